@@ -1,0 +1,95 @@
+"""llm_patterns: the five patterns that keep a pipeline alive when it calls LLM APIs.
+
+1. ``RateLimiter`` / ``TokenBucket`` (rate_limit.py): stay under RPM and TPM, wait or push back.
+2. ``BackoffPolicy`` / ``RetryPolicy`` (backoff.py, retry.py): retry what is retryable, with jitter.
+3. ``PriceTable`` / ``CostTracker`` / ``SQLiteLedger`` (pricing.py, cost.py, ledger.py): know the bill.
+4. ``FallbackChain`` and the providers (fallback.py, providers/): one answer format, many providers.
+5. ``CircuitBreaker`` (circuit_breaker.py): stop calling a provider that is down.
+
+``ResilientClient`` (client.py) puts them together; ``MockLLMServer`` (mock/) misbehaves on demand.
+Time and randomness are injected everywhere (clock.py): tests and notebooks run on a VirtualClock.
+
+Names are imported lazily, so ``import llm_patterns`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+# A library logs; the application decides where logs go (no output unless it configures logging).
+logging.getLogger("llm_patterns").addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # time, randomness, events
+    "Clock": "clock", "SystemClock": "clock", "VirtualClock": "clock", "ScaledClock": "clock",
+    "Event": "events", "Observable": "events",
+    "estimate_tokens": "tokens",
+    # errors
+    "LLMError": "errors", "RateLimitError": "errors", "QuotaExceededError": "errors",
+    "ServerError": "errors", "ProviderTimeout": "errors", "ConnectionFailed": "errors",
+    "AuthenticationError": "errors", "InvalidRequestError": "errors",
+    "ContextWindowExceeded": "errors", "ContentFilterError": "errors",
+    "MalformedResponse": "errors", "BudgetExceeded": "errors", "CircuitOpenError": "errors",
+    "RateLimitTimeout": "errors", "AllProvidersFailed": "errors",
+    "is_retryable": "errors", "retry_after_from_headers": "errors",
+    # task 1
+    "TokenBucket": "rate_limit", "RateLimiter": "rate_limit",
+    # task 2
+    "BackoffPolicy": "backoff", "RetryPolicy": "retry", "current_attempt": "retry",
+    # task 3
+    "Pricing": "pricing", "PriceTable": "pricing", "CostTracker": "cost", "SQLiteLedger": "ledger",
+    "CostRecord": "ledger", "UnknownModelError": "pricing",
+    # task 4
+    "Usage": "response", "LLMResponse": "response", "Provider": "response",
+    "FallbackChain": "fallback", "to_messages": "response", "prompt_text": "response",
+    "OpenAIProvider": "providers", "AnthropicProvider": "providers",
+    # task 5
+    "CircuitBreaker": "circuit_breaker", "CircuitState": "circuit_breaker",
+    "is_outage": "circuit_breaker",
+    # together
+    "ResilientClient": "client", "GuardedProvider": "client", "MockLLMServer": "mock",
+    # token limits
+    "check_fits": "context", "context_window": "context", "ContextLimits": "context",
+    "register_context_window": "context",
+    "chunk_text": "chunking", "chunk_spans": "chunking", "map_reduce_summarize": "chunking",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llm_patterns' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"llm_patterns.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .backoff import BackoffPolicy
+    from .chunking import chunk_text
+    from .circuit_breaker import CircuitBreaker, CircuitState
+    from .client import ResilientClient
+    from .clock import Clock, ScaledClock, SystemClock, VirtualClock
+    from .context import check_fits, context_window
+    from .cost import CostTracker
+    from .errors import *  # noqa: F403
+    from .events import Event, Observable
+    from .fallback import FallbackChain
+    from .ledger import SQLiteLedger
+    from .mock import MockLLMServer
+    from .pricing import PriceTable, Pricing
+    from .providers import AnthropicProvider, OpenAIProvider
+    from .rate_limit import RateLimiter, TokenBucket
+    from .response import LLMResponse, Provider, Usage
+    from .retry import RetryPolicy
+    from .tokens import estimate_tokens

@@ -1,0 +1,64 @@
+"""Instrumentation hooks: components announce what they do; widgets, logs and metrics listen.
+
+Every pattern (limiter, retry, breaker, cost tracker, fallback chain, client) is an
+``Observable``: ``subscribe(callback)`` registers ``callback(event)`` and returns a function that
+unsubscribes it. Emitting with no subscribers costs one attribute check, and a callback that
+raises is logged and never breaks the call it watches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Event", "Observable"]
+
+logger = logging.getLogger("llm_patterns.events")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened: ``source`` is the component kind ("rate_limit", "retry",
+    "breaker", "cost", "fallback", "client"), ``name`` its instance name, ``kind`` the verb."""
+
+    source: str
+    name: str
+    kind: str
+    time: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Subscriber = Callable[[Event], None]
+
+
+class Observable:
+    """Mixin: ``subscribe`` / ``_emit``. Subclasses set ``_event_source`` and have ``name``."""
+
+    _event_source = "component"
+    _subscribers: tuple[Subscriber, ...] = ()
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(event)`` on every event from now on; returns an unsubscribe function."""
+        lock = self.__dict__.setdefault("_subscribers_lock", threading.Lock())
+        with lock:
+            self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            with lock:
+                self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+
+        return unsubscribe
+
+    def _emit(self, kind: str, time: float, **data: Any) -> None:
+        subscribers = self._subscribers
+        if not subscribers:
+            return
+        event = Event(self._event_source, getattr(self, "name", "") or "", kind, time, data)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:  # a broken listener must not break the call it watches
+                logger.exception("event subscriber %r failed on %s.%s", callback, event.source, kind)

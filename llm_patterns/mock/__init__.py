@@ -1,0 +1,13 @@
+"""The mock LLM provider: an OpenAI / Anthropic look-alike that misbehaves on demand.
+
+``MockLLMServer`` answers in process through ``httpx.MockTransport`` (``.transport``,
+``.client()``, ``.async_client()``); ``serve`` / ``running`` put the same server on a real
+127.0.0.1 port for the official SDKs; ``python -m llm_patterns serve-mock`` does it from a shell.
+"""
+
+from __future__ import annotations
+
+from .http import MockHTTPServer, running, serve
+from .server import APIS, FAULT_KINDS, MockLLMServer
+
+__all__ = ["APIS", "FAULT_KINDS", "MockHTTPServer", "MockLLMServer", "running", "serve"]

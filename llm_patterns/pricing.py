@@ -1,0 +1,496 @@
+"""Prices per million tokens, and what one request cost, in exact ``Decimal`` dollars.
+
+``Pricing`` is one model's price sheet; ``PriceTable`` finds the sheet for a model name, either
+from a mapping you give it or (default) from the bundled snapshot of the ``genai-prices``
+package, offline: we never call ``UpdatePrices`` (its refresh once replaced a correct snapshot
+with stale data, genai-prices #703) and never touch the network.
+
+Token accounting follows OpenAI: ``prompt_tokens`` INCLUDES the cached (and cache-write) tokens,
+so ``uncached = prompt - cached - cache_write``. Anthropic reports ``input_tokens`` EXCLUDING
+cache reads and writes; ``normalize_usage`` converts every shape to one form (mixing the two up
+is how LiteLLM double-counted cached tokens, issues #6215 and #9812).
+
+Money is ``Decimal``: 10,000 x $0.0013 is exactly $13, where floats give 13.00000000000106.
+
+Long-context tiers (genai-prices' "cliff" model, e.g. claude-sonnet-4-5 above 200k input tokens
+pays the higher rate on EVERY token): ``table[model]`` is the base tier, and ``table.cost`` hands
+a request whose input crosses the tier to ``genai-prices`` itself, so the bill matches theirs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import difflib
+import logging
+import operator
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "PriceTable",
+    "Pricing",
+    "TokenCounts",
+    "UnknownModelError",
+    "normalize_usage",
+    "to_money",
+]
+
+logger = logging.getLogger("llm_patterns.pricing")
+
+#: Decimal arithmetic for money: wide enough that no sum of real costs is ever rounded.
+MONEY_CONTEXT = decimal.Context(prec=60)
+MILLION = Decimal(1_000_000)
+
+_MISSING = object()
+
+
+# --------------------------------------------------------------------------- money
+
+def to_money(name: str, value: object, *, allow_none: bool = False) -> Decimal | None:
+    """``value`` as a finite Decimal >= 0 (floats via ``str`` so 0.15 stays 0.15).
+
+    ``name`` is the parameter, used in the error message.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise TypeError(
+            f"{name} must be a number (int, float, str or Decimal), got {value!r} "
+            f"({type(value).__name__})"
+        )
+    try:
+        money = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    except decimal.InvalidOperation:
+        raise ValueError(f"{name} must be a number of dollars, got {value!r}") from None
+    if not money.is_finite():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if money < 0:
+        raise ValueError(f"{name} must be >= 0 dollars, got {value!r}")
+    return money
+
+
+# --------------------------------------------------------------------------- usage
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """One request's tokens, OpenAI-style: ``prompt_tokens`` includes ``cached_tokens`` (cache
+    reads) and ``cache_write_tokens`` (Anthropic cache creation)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens"):
+            object.__setattr__(self, key, _count(key, getattr(self, key)))
+        if self.cached_tokens + self.cache_write_tokens > self.prompt_tokens:
+            raise ValueError(
+                f"cached_tokens ({self.cached_tokens}) + cache_write_tokens "
+                f"({self.cache_write_tokens}) exceed prompt_tokens ({self.prompt_tokens}): cached "
+                "tokens are part of the prompt (OpenAI-style usage)"
+            )
+
+    @property
+    def uncached_tokens(self) -> int:
+        """Prompt tokens billed at the full input price."""
+        return self.prompt_tokens - self.cached_tokens - self.cache_write_tokens
+
+
+def _count(key: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"usage {key} must be an int, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        n = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"usage {key} must be an int, got {value!r} ({type(value).__name__})"
+        ) from None
+    if n < 0:
+        raise ValueError(f"usage {key} must be >= 0, got {n}")
+    return n
+
+
+def _get(obj: object, key: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(key, _MISSING)
+    return getattr(obj, key, _MISSING)
+
+
+def _opt(obj: object, key: str) -> int:
+    """An optional count: missing or None is 0."""
+    value = _get(obj, key)
+    return 0 if value is _MISSING or value is None else _count(key, value)
+
+
+def _nested(obj: object, outer: str, inner: str) -> int:
+    details = _get(obj, outer)
+    if details is _MISSING or details is None:
+        return 0
+    return _opt(details, inner)
+
+
+def _keys_found(obj: object) -> str:
+    if isinstance(obj, Mapping):
+        return ", ".join(sorted(map(str, obj))) or "none"
+    names = [n for n in dir(obj) if not n.startswith("_") and not callable(getattr(obj, n, None))]
+    return f"{type(obj).__name__} with " + (", ".join(names) or "no attributes")
+
+
+def normalize_usage(usage: object) -> TokenCounts:
+    """Read a provider's usage report into ``TokenCounts`` (OpenAI-style, cached in prompt).
+
+    Accepted shapes (dicts or objects with these attributes, e.g. the SDKs' pydantic models):
+
+    - OpenAI chat / our ``Usage``: ``prompt_tokens``, ``completion_tokens``, and
+      ``cached_tokens`` or ``prompt_tokens_details.cached_tokens`` (a SUBSET of prompt_tokens).
+    - OpenAI Responses API: ``input_tokens`` with ``input_tokens_details.cached_tokens`` (subset).
+    - Anthropic: ``input_tokens`` (EXCLUDING cache reads and writes), ``output_tokens``,
+      ``cache_read_input_tokens``, ``cache_creation_input_tokens``.
+    - Gemini ``usageMetadata``: ``promptTokenCount`` (incl. ``cachedContentTokenCount``),
+      ``candidatesTokenCount`` + ``thoughtsTokenCount`` (thinking is billed as output).
+
+    Negative counts raise ``ValueError``; any other shape raises ``TypeError`` naming the keys.
+    """
+    if isinstance(usage, TokenCounts):
+        return usage
+    if usage is None or isinstance(usage, (str, bytes, int, float)):
+        raise TypeError(f"usage must be a usage dict or object, got {usage!r}")
+    prompt = _get(usage, "prompt_tokens")
+    if prompt is not _MISSING and prompt is not None:  # OpenAI chat completions, our Usage
+        cached = _get(usage, "cached_tokens")
+        cached = (
+            _nested(usage, "prompt_tokens_details", "cached_tokens")
+            if cached is _MISSING or cached is None
+            else _count("cached_tokens", cached)
+        )
+        return TokenCounts(
+            _count("prompt_tokens", prompt),
+            _opt(usage, "completion_tokens"),
+            cached,
+            _opt(usage, "cache_write_tokens"),
+        )
+    inp = _get(usage, "input_tokens")
+    if inp is not _MISSING and inp is not None:
+        inp = _count("input_tokens", inp)
+        details = _get(usage, "input_tokens_details")
+        if details is not _MISSING and details is not None:  # OpenAI Responses API
+            return TokenCounts(inp, _opt(usage, "output_tokens"), _opt(details, "cached_tokens"))
+        read = _opt(usage, "cache_read_input_tokens")  # Anthropic: input excludes the cache
+        write = _opt(usage, "cache_creation_input_tokens")
+        return TokenCounts(inp + read + write, _opt(usage, "output_tokens"), read, write)
+    gprompt = _get(usage, "promptTokenCount")
+    if gprompt is not _MISSING and gprompt is not None:  # Gemini usageMetadata
+        return TokenCounts(
+            _count("promptTokenCount", gprompt),
+            _opt(usage, "candidatesTokenCount") + _opt(usage, "thoughtsTokenCount"),
+            _opt(usage, "cachedContentTokenCount"),
+        )
+    raise TypeError(
+        "usage must be an OpenAI (prompt_tokens, completion_tokens), Anthropic (input_tokens, "
+        "output_tokens, cache_read_input_tokens) or Gemini (promptTokenCount) usage report or a "
+        f"Usage; found {_keys_found(usage)}"
+    )
+
+
+# --------------------------------------------------------------------------- Pricing
+
+@dataclass(frozen=True)
+class Pricing:
+    """One model's prices in USD per MILLION tokens (not per thousand).
+
+    ``cached_input_per_million`` prices cache reads (None: the input price);
+    ``cache_write_per_million`` prices Anthropic cache creation (None: the input price).
+    """
+
+    input_per_million: Decimal
+    output_per_million: Decimal
+    cached_input_per_million: Decimal | None = None
+    cache_write_per_million: Decimal | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        for key in ("input_per_million", "output_per_million"):
+            object.__setattr__(self, key, to_money(key, getattr(self, key)))
+        for key in ("cached_input_per_million", "cache_write_per_million"):
+            object.__setattr__(self, key, to_money(key, getattr(self, key), allow_none=True))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, name: str = "pricing") -> Pricing:
+        """From ``{"input": .., "output": .., "cached_input": .., "cache_write": ..}`` (the last
+        two optional); the field names of ``Pricing`` work too."""
+        aliases = {
+            "input": "input_per_million", "output": "output_per_million",
+            "cached_input": "cached_input_per_million", "cache_write": "cache_write_per_million",
+        }
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            target = aliases.get(key, key)
+            if target not in aliases.values():
+                raise ValueError(
+                    f"{name}: unknown price key {key!r}; expected input, output, cached_input, "
+                    "cache_write (USD per million tokens)"
+                )
+            kwargs[target] = value
+        missing = [k for k in ("input_per_million", "output_per_million") if k not in kwargs]
+        if missing:
+            what = " and ".join(m.split("_")[0] for m in missing)
+            raise ValueError(f"{name}: missing {what} price in {dict(data)!r}")
+        return cls(**kwargs)
+
+    def cost(self, usage: object) -> Decimal:
+        """What ``usage`` (any shape ``normalize_usage`` reads) costs at these prices."""
+        c = normalize_usage(usage)
+        inp = self.input_per_million
+        cached = inp if self.cached_input_per_million is None else self.cached_input_per_million
+        write = inp if self.cache_write_per_million is None else self.cache_write_per_million
+        with decimal.localcontext(MONEY_CONTEXT):
+            micro = (
+                c.uncached_tokens * inp
+                + c.cached_tokens * cached
+                + c.cache_write_tokens * write
+                + c.completion_tokens * self.output_per_million
+            )
+            return micro / MILLION
+
+    def __str__(self) -> str:
+        parts = [f"${self.input_per_million}/M in", f"${self.output_per_million}/M out"]
+        if self.cached_input_per_million is not None:
+            parts.insert(1, f"${self.cached_input_per_million}/M cached")
+        if self.cache_write_per_million is not None:
+            parts.insert(-1, f"${self.cache_write_per_million}/M cache write")
+        return ", ".join(parts)
+
+
+def _as_pricing(value: object, name: str) -> Pricing:
+    if isinstance(value, Pricing):
+        return value
+    if isinstance(value, Mapping):
+        return Pricing.from_dict(value, name=name)
+    raise TypeError(
+        f"{name} must be a Pricing or a dict of prices, got {value!r} ({type(value).__name__})"
+    )
+
+
+# --------------------------------------------------------------------------- PriceTable
+
+class UnknownModelError(KeyError):
+    """No price for this model. A ``KeyError`` whose message reads well (KeyError's repr does not)."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(model)
+        self.model = model
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class _Entry:
+    pricing: Pricing
+    day: _dt.date | None = None        # genai-prices entries: prices can change by date
+    tier_start: int | None = None      # input tokens above which genai-prices' tier applies
+    dynamic: bool = False              # time-of-day prices: always ask genai-prices
+    gp_model: Any = None
+    gp_provider: Any = None
+    is_default: bool = False
+
+
+def _tier_base(value: Any) -> tuple[Any, int | None]:
+    tiers = getattr(value, "tiers", None)
+    if tiers is None:
+        return value, None
+    return value.base, min((t.start for t in tiers), default=None)
+
+
+class PriceTable:
+    """Model name -> ``Pricing``; with no mapping, the bundled genai-prices snapshot (offline).
+
+    ``table[model]``, ``model in table``, ``table.get(model)``, ``table.cost(model, usage)``.
+    An unknown model raises ``UnknownModelError`` (a ``KeyError``) naming it and suggesting
+    close names, never a silent $0 or a cheaper model's price, unless ``default`` is given
+    (then a WARNING is logged once per model that falls back to it).
+
+    genai-prices names: its own matching applies, so dated ids and aliases resolve
+    (``gpt-4o-2024-08-06``, ``claude-sonnet-4-5-20250929``, ``claude-sonnet-4.5``); a
+    ``provider/model`` prefix (``openai/gpt-4o``, ``models/gemini-2.5-pro``) is also tried.
+    Lookups are cached (per model and day), so pricing a call costs microseconds.
+    """
+
+    def __init__(self, mapping: Mapping[str, Pricing | Mapping[str, Any]] | None = None, *,
+                 default: Pricing | Mapping[str, Any] | None = None) -> None:
+        if mapping is not None and not isinstance(mapping, Mapping):
+            raise TypeError(
+                f"mapping must be a dict of model -> Pricing, got {type(mapping).__name__}"
+            )
+        self._mapping: dict[str, Pricing] | None = None
+        self._lower: dict[str, str] = {}
+        if mapping is not None:
+            self._mapping = {}
+            for model, value in mapping.items():
+                if not isinstance(model, str) or not model:
+                    raise TypeError(f"mapping keys must be model names (str), got {model!r}")
+                self._mapping[model] = _as_pricing(value, f"mapping[{model!r}]")
+                self._lower.setdefault(model.lower(), model)
+        self.default = None if default is None else _as_pricing(default, "default")
+        self._cache: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def source(self) -> str:
+        """Where the prices come from: ``"mapping"`` or ``"genai-prices <version>"``."""
+        if self._mapping is not None:
+            return "mapping"
+        import genai_prices
+
+        return f"genai-prices {genai_prices.__version__}"
+
+    # -- lookups
+
+    def _entry(self, model: str, *, use_default: bool = True) -> _Entry:
+        if not isinstance(model, str):
+            raise TypeError(f"model must be a str, got {model!r} ({type(model).__name__})")
+        entry = self._cache.get(model)
+        if entry is not None and (entry.day is None or entry.day == _dt.date.today()):
+            if use_default or not entry.is_default:
+                return entry
+            raise self._unknown(model)
+        entry = self._resolve(model)
+        if entry is None:
+            if self.default is None or not use_default:
+                raise self._unknown(model)
+            logger.warning(
+                "no price for model %r in %s; using the default %s", model, self.source, self.default
+            )
+            entry = _Entry(self.default, is_default=True)
+        with self._lock:
+            self._cache[model] = entry
+        return entry
+
+    def _resolve(self, model: str) -> _Entry | None:
+        if self._mapping is not None:
+            key = model if model in self._mapping else self._lower.get(model.lower())
+            return None if key is None else _Entry(self._mapping[key])
+        return _genai_entry(model)
+
+    def _unknown(self, model: str) -> UnknownModelError:
+        names = list(self._mapping) if self._mapping is not None else _genai_model_ids()
+        close = difflib.get_close_matches(model, names, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        return UnknownModelError(model, f"no price for model {model!r} in {self.source}{hint}")
+
+    def __getitem__(self, model: str) -> Pricing:
+        return self._entry(model).pricing
+
+    def __contains__(self, model: object) -> bool:
+        """True when the model has its own price (the ``default`` does not count)."""
+        if not isinstance(model, str):
+            return False
+        try:
+            self._entry(model, use_default=False)
+        except KeyError:
+            return False
+        return True
+
+    def get(self, model: str, default: Pricing | None = None) -> Pricing | None:
+        """``table[model]``, or ``default`` when that raises ``KeyError``."""
+        try:
+            return self[model]
+        except KeyError:
+            return default
+
+    def cost(self, model: str, usage: object) -> Decimal:
+        """What ``usage`` cost on ``model``, in USD (Decimal).
+
+        Tiered genai-prices models whose input crosses a tier (and time-of-day prices) are
+        priced by ``genai_prices`` itself; everything else by the cached ``Pricing``.
+        """
+        entry = self._entry(model)
+        counts = normalize_usage(usage)
+        if entry.gp_model is not None and (
+            entry.dynamic
+            or (entry.tier_start is not None and counts.prompt_tokens > entry.tier_start)
+        ):
+            return _genai_cost(entry, counts)
+        return entry.pricing.cost(counts)
+
+    def __repr__(self) -> str:
+        size = f"{len(self._mapping)} models" if self._mapping is not None else "genai-prices"
+        default = f", default={self.default}" if self.default is not None else ""
+        return f"PriceTable({size}{default})"
+
+
+# --------------------------------------------------------------------------- genai-prices
+
+def _genai_entry(model: str) -> _Entry | None:
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()  # bundled, unless the caller ran UpdatePrices
+    candidates: list[tuple[str, str | None]] = [(model, None)]
+    if "/" in model:
+        prefix, rest = model.split("/", 1)
+        candidates += [(rest, prefix), (model.rsplit("/", 1)[1], None)]
+    for ref, provider_id in candidates:
+        try:
+            provider, info = snapshot.find_provider_model(ref, None, provider_id, None)
+        except LookupError:
+            continue
+        break
+    else:
+        return None
+    today = _dt.date.today()
+    prices = info.get_prices(_dt.datetime.now(tz=_dt.timezone.utc))
+    inp, t1 = _tier_base(getattr(prices, "input_mtok", None))
+    if inp is None:  # image-only or per-request models: not a token price
+        logger.warning("genai-prices has no per-token input price for %r (%s)", model, info.id)
+        return None
+    out, t2 = _tier_base(getattr(prices, "output_mtok", None))
+    cached, t3 = _tier_base(getattr(prices, "cache_read_mtok", None))
+    write, t4 = _tier_base(getattr(prices, "cache_write_mtok", None))
+    starts = [t for t in (t1, t2, t3, t4) if t is not None]
+    conditional = info.prices if isinstance(info.prices, list) else []
+    dynamic = any(type(c.constraint).__name__ == "TimeOfDateConstraint" for c in conditional)
+    # no output price: an input-only model (embeddings); per-request fees are not token prices
+    pricing = Pricing(inp, out if out is not None else 0, cached, cache_write_per_million=write)
+    logger.debug("price for %r: %s:%s %s", model, provider.id, info.id, pricing)
+    return _Entry(
+        pricing, day=today, tier_start=min(starts) if starts else None, dynamic=dynamic,
+        gp_model=info, gp_provider=provider,
+    )
+
+
+def _genai_cost(entry: _Entry, counts: TokenCounts) -> Decimal:
+    from genai_prices import Usage
+
+    usage = Usage(
+        input_tokens=counts.prompt_tokens,
+        cache_read_tokens=counts.cached_tokens,
+        cache_write_tokens=counts.cache_write_tokens,
+        output_tokens=counts.completion_tokens,
+    )
+    return entry.gp_model.calc_price(usage, entry.gp_provider).total_price
+
+
+_ids_lock = threading.Lock()
+_ids: list[str] | None = None
+
+
+def _genai_model_ids() -> list[str]:
+    global _ids
+    with _ids_lock:
+        if _ids is None:
+            from genai_prices import data_snapshot
+
+            seen: dict[str, None] = {}
+            for provider in data_snapshot.get_snapshot().providers:
+                for info in provider.models:
+                    seen.setdefault(info.id, None)
+            _ids = list(seen)
+        return _ids
+

@@ -1,0 +1,781 @@
+"""TokenBucket and RateLimiter: continuous refill, all-or-nothing, FIFO, backpressure, sync."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_patterns.clock import SystemClock, VirtualClock
+from llm_patterns.errors import RateLimitTimeout
+from llm_patterns.rate_limit import RateLimiter, TokenBucket, _parse_duration
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def window_violation(log, capacity, rate, tol=1e-6):
+    """The first window [t_i, t_j] of a grant log ``[(time, amount)]`` whose grants exceed
+    ``capacity + rate * (t_j - t_i)`` (what a full bucket plus refill could pay), else None."""
+    log = sorted(log)
+    prefix = [0.0]
+    for _, amount in log:
+        prefix.append(prefix[-1] + amount)
+    for i in range(len(log)):
+        for j in range(i, len(log)):
+            granted = prefix[j + 1] - prefix[i]
+            allowed = capacity + rate * (log[j][0] - log[i][0])
+            if granted > allowed + tol * max(1.0, capacity):
+                return (log[i][0], log[j][0], granted, allowed)
+    return None
+
+
+class OverfillingBucket:
+    """The classic bug: refill without the cap, so an idle bucket overfills."""
+
+    def __init__(self, capacity, refill_rate, *, clock):
+        self.capacity, self.rate, self.clock = capacity, refill_rate, clock
+        self.tokens, self.last = capacity, clock.now()
+
+    def consume(self, n=1):
+        now = self.clock.now()
+        self.tokens += (now - self.last) * self.rate
+        self.last = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+
+def run_bucket_ops(bucket, clock, ops):
+    log = []
+    for advance, n in ops:
+        clock.advance(advance)
+        if bucket.consume(n):
+            log.append((clock.now(), n))
+    return log
+
+
+def grant_log(limiter):
+    """Subscribe to ``acquire`` events; the log holds (grant time, tokens)."""
+    log = []
+    limiter.subscribe(
+        lambda e: log.append((e.time, e.data["tokens"])) if e.kind == "acquire" else None
+    )
+    return log
+
+
+# ---------------------------------------------------------------------------------------------
+# TokenBucket
+
+
+def test_bucket_starts_full_and_empties():
+    clock = VirtualClock()
+    bucket = TokenBucket(3, 1.0, clock=clock)
+    assert bucket.available == 3.0
+    assert [bucket.consume() for _ in range(4)] == [True, True, True, False]
+    assert bucket.available == 0.0  # the refused consume took nothing
+
+
+def test_bucket_refills_continuously_and_never_overfills():
+    clock = VirtualClock()
+    bucket = TokenBucket(10, 2.0, clock=clock)
+    assert bucket.consume(10)
+    clock.advance(0.25)
+    assert bucket.available == pytest.approx(0.5)
+    assert not bucket.consume(1)
+    clock.advance(0.25)
+    assert bucket.consume(1)
+    clock.advance(3600)  # idle for an hour
+    assert bucket.available == 10.0
+    assert bucket.tokens == 10.0  # the hint's name for the level
+    assert bucket.consume(10) and not bucket.consume(1)
+
+
+def test_bucket_wait_time():
+    clock = VirtualClock()
+    bucket = TokenBucket(10, 4.0, clock=clock)
+    assert bucket.wait_time(10) == 0.0
+    assert bucket.consume(8)
+    assert bucket.wait_time(2) == 0.0
+    assert bucket.wait_time(4) == pytest.approx(0.5)
+    assert bucket.available == pytest.approx(2.0)  # wait_time takes nothing
+    clock.sleep(bucket.wait_time(4))
+    assert bucket.consume(4)
+
+
+@pytest.mark.parametrize("method", ["consume", "wait_time"])
+def test_bucket_rejects_impossible_and_negative_amounts(method):
+    bucket = TokenBucket(5, 1.0, clock=VirtualClock())
+    with pytest.raises(ValueError, match=r"n=6.*capacity=5"):
+        getattr(bucket, method)(6)
+    with pytest.raises(ValueError, match=r"n must be .*>= 0, got -1"):
+        getattr(bucket, method)(-1)
+    with pytest.raises(TypeError, match="n must be a number, got '2'"):
+        getattr(bucket, method)("2")
+    with pytest.raises(ValueError, match="nan"):
+        getattr(bucket, method)(float("nan"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"capacity": 0, "refill_rate": 1}, "capacity must be a finite number > 0, got 0"),
+        ({"capacity": -3, "refill_rate": 1}, "capacity .* got -3"),
+        ({"capacity": 5, "refill_rate": 0}, "refill_rate must be a finite number > 0, got 0"),
+        ({"capacity": 5, "refill_rate": float("inf")}, "refill_rate .* got inf"),
+    ],
+)
+def test_bucket_rejects_bad_configuration(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        TokenBucket(**kwargs, clock=VirtualClock())
+
+
+def test_bucket_force_take_makes_a_debt_and_give_back_is_capped():
+    clock = VirtualClock()
+    bucket = TokenBucket(10, 1.0, clock=clock)
+    bucket.force_take(15)
+    assert bucket.available == -5.0
+    assert bucket.wait_time(1) == pytest.approx(6.0)
+    clock.advance(6)
+    assert bucket.consume(1)
+    bucket.give_back(100)
+    assert bucket.available == 10.0
+    with pytest.raises(ValueError, match="n must be"):
+        bucket.give_back(-1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    capacity=st.floats(1, 100),
+    rate=st.floats(0.01, 50),
+    ops=st.lists(st.tuples(st.floats(0, 5), st.floats(0, 1)), min_size=1, max_size=80),
+)
+def test_bucket_never_grants_more_than_capacity_plus_refill(capacity, rate, ops):
+    clock = VirtualClock()
+    bucket = TokenBucket(capacity, rate, clock=clock)
+    log = []
+    for advance, fraction in ops:
+        clock.advance(advance)
+        n = fraction * capacity
+        if bucket.consume(n):
+            log.append((clock.now(), n))
+        assert bucket.available <= capacity
+    total = sum(n for _, n in log)
+    assert total <= capacity + rate * clock.now() + 1e-6 * capacity
+    assert window_violation(log, capacity, rate) is None
+
+
+def test_window_checker_rejects_an_overfilling_bucket():
+    ops = [(0.0, 10)] + [(100.0, 0)] + [(0.0, 10)] * 3  # drain, idle, then drain again
+    clock = VirtualClock()
+    good = run_bucket_ops(TokenBucket(10, 1.0, clock=clock), clock, ops)
+    assert window_violation(good, 10, 1.0) is None
+    clock = VirtualClock()
+    bad = run_bucket_ops(OverfillingBucket(10, 1.0, clock=clock), clock, ops)
+    assert window_violation(bad, 10, 1.0) is not None
+
+
+def test_bucket_threads_grant_exactly_capacity():
+    bucket = TokenBucket(100, 1e-9, clock=SystemClock())
+    threads_n, tries = 24, 20
+    barrier = threading.Barrier(threads_n)
+    granted = [0] * threads_n
+
+    def worker(i):
+        barrier.wait()
+        for _ in range(tries):
+            if bucket.consume(1):
+                granted[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(granted) == 100
+
+
+# ---------------------------------------------------------------------------------------------
+# RateLimiter: configuration and basics
+
+
+def test_limiter_bucket_sizes():
+    lim = RateLimiter(rpm=600, tpm=60_000, clock=VirtualClock())
+    assert lim.requests_bucket.capacity == 600 and lim.requests_bucket.refill_rate == 10
+    assert lim.tokens_bucket.capacity == 60_000 and lim.tokens_bucket.refill_rate == 1000
+    per_second = RateLimiter(rpm=600, tpm=60_000, burst_seconds=1.0, clock=VirtualClock())
+    assert per_second.requests_bucket.capacity == 10
+    assert per_second.tokens_bucket.capacity == 1000
+    assert RateLimiter(tpm=600, clock=VirtualClock()).requests_bucket is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        ({}, ValueError, "rpm or tpm"),
+        ({"rpm": 0}, ValueError, "rpm must be a finite number > 0, got 0"),
+        ({"tpm": -5}, ValueError, "tpm .* got -5"),
+        ({"rpm": 60, "burst_seconds": 0}, ValueError, "burst_seconds .* got 0"),
+        ({"rpm": 60, "max_wait": -1}, ValueError, "max_wait must be a finite number >= 0, got -1"),
+        ({"rpm": "60"}, TypeError, "rpm must be a number, got '60'"),
+        ({"rpm": 30, "burst_seconds": 1.0}, ValueError, r"rpm=30 .*burst_seconds=1.0.* 0.5 < 1"),
+    ],
+)
+def test_limiter_rejects_bad_configuration(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        RateLimiter(**kwargs, clock=VirtualClock())
+
+
+def test_acquire_waits_exactly_as_long_as_needed():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, burst_seconds=2.0, clock=clock)  # 2 requests, 1 per second
+    assert lim.acquire() == 0.0 and lim.acquire() == 0.0
+    assert lim.acquire() == pytest.approx(1.0)
+    assert clock.now() == pytest.approx(1.0)
+    clock.advance(0.25)
+    assert lim.acquire() == pytest.approx(0.75)
+
+
+def test_acquire_waits_for_tokens_and_returns_seconds():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, tpm=600, clock=clock)  # 10 tokens/s, 600 capacity
+    assert lim.acquire(600) == 0.0
+    assert lim.acquire(30) == pytest.approx(3.0)
+    assert lim.status()["requests_available"] == pytest.approx(59.0)  # min(60, 59 + 3) - 1
+
+
+@pytest.mark.parametrize("call", ["acquire", "try_acquire", "acquire_async"])
+def test_impossible_request_raises_value_error_naming_both_numbers(call):
+    lim = RateLimiter(rpm=60, tpm=600, burst_seconds=1.0, clock=VirtualClock())  # 10 tokens max
+    fn = getattr(lim, call)
+    with pytest.raises(ValueError, match=r"tokens=11 .*\(10 = tpm 600"):
+        if call == "acquire_async":
+            asyncio.run(fn(11))
+        else:
+            fn(11)
+    with pytest.raises(ValueError, match="tokens must be a finite number >= 0, got -1"):
+        fn(-1) if call != "acquire_async" else asyncio.run(fn(-1))
+    with pytest.raises(TypeError, match="tokens must be a number"):
+        fn(True) if call != "acquire_async" else asyncio.run(fn(True))
+    assert lim.status()["tokens_available"] == 10  # nothing was taken
+
+
+def test_tokens_are_free_without_tpm_and_requests_free_without_rpm():
+    clock = VirtualClock()
+    rpm_only = RateLimiter(rpm=60, clock=clock)
+    assert rpm_only.try_acquire(10**9)  # no TPM bucket: any token count passes
+    tpm_only = RateLimiter(tpm=600, clock=clock)
+    assert all(tpm_only.try_acquire(0) for _ in range(1000))
+    assert tpm_only.try_acquire(600) and not tpm_only.try_acquire(1)
+
+
+def test_try_acquire_is_all_or_nothing():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, tpm=600, clock=clock)
+    assert lim.try_acquire(590)
+    before = lim.status()
+    assert not lim.try_acquire(20)  # requests available, tokens not
+    after = lim.status()
+    assert after["requests_available"] == before["requests_available"] == 59
+    assert after["tokens_available"] == before["tokens_available"] == 10
+    assert clock.now() == 0.0  # never waits
+
+
+def test_token_debt_blocks_even_zero_token_requests():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=600, tpm=600, clock=clock)
+    lim.acquire(600)
+    lim.settle(estimated=100, actual=200)  # 100 tokens of debt
+    assert lim.status()["tokens_available"] == -100
+    assert not lim.try_acquire(0)
+    assert lim.acquire(0) == pytest.approx(10.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# RateLimiter: waiting requests spend nothing, FIFO, cancellation
+
+
+def run_arrivals(lim, clock, arrivals, observers=()):
+    """Run ``(label, arrival_time, tokens)`` coroutines on ``clock``; return grant order/times
+    and the exceptions raised; ``observers`` are ``(time, fn)`` called at those times."""
+    granted, errors = [], {}
+
+    async def request(label, at, tokens):
+        await clock.asleep(at - clock.now())
+        try:
+            await lim.acquire_async(tokens)
+        except Exception as e:  # noqa: BLE001 - recorded for the assertions
+            errors[label] = (e, clock.now())
+            return
+        granted.append((label, clock.now()))
+
+    async def observe(at, fn):
+        await clock.asleep(at - clock.now())
+        fn()
+
+    async def main():
+        await asyncio.gather(
+            *(request(*a) for a in arrivals), *(observe(at, fn) for at, fn in observers)
+        )
+
+    asyncio.run(main())
+    return granted, errors
+
+
+def test_waiting_for_tokens_spends_no_request_budget():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, tpm=600, clock=clock)  # 1 request/s, 10 tokens/s
+    for _ in range(30):
+        assert lim.try_acquire(20)  # 30 requests and all 600 tokens spent
+    seen = {}
+
+    def look():
+        seen["status"] = lim.status()
+        seen["try"] = lim.try_acquire(0)  # a newcomer may not jump the queue
+
+    granted, errors = run_arrivals(lim, clock, [("big", 0.0, 300)], observers=[(10.0, look)])
+    assert not errors
+    assert granted == [("big", pytest.approx(30.0))]
+    # at t=10 the waiter holds no request slot: 30 left + 10 refilled
+    assert seen["status"]["requests_available"] == pytest.approx(40.0)
+    assert seen["status"]["tokens_available"] == pytest.approx(100.0)
+    assert seen["status"]["waiting"] == 1
+    assert seen["try"] is False
+    # at the grant it paid both buckets once: min(60, 30 + 30) - 1
+    assert lim.status()["requests_available"] == pytest.approx(59.0)
+    assert lim.status()["tokens_available"] == pytest.approx(0.0)
+
+
+def test_big_request_is_not_starved_by_later_small_ones():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=600, burst_seconds=1.0, clock=clock)  # 10 tokens, 10 tokens/s
+    arrivals = [("drain", 0.0, 10), ("big", 0.1, 10)]
+    arrivals += [(f"small{i}", 0.2 + 0.05 * i, 1) for i in range(20)]
+    granted, errors = run_arrivals(lim, clock, arrivals)
+    assert not errors
+    order = [label for label, _ in granted]
+    assert order == [label for label, _, _ in arrivals]  # first come, first served
+    times = dict(granted)
+    assert times["big"] == pytest.approx(1.0)  # as soon as the bucket could hold it
+    assert times["small0"] == pytest.approx(1.1)  # then one small per 0.1 s
+    assert times["small19"] == pytest.approx(3.0)
+
+
+def test_cancelled_waiter_takes_nothing_and_lets_the_next_move_up():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=600, burst_seconds=1.0, clock=clock)
+    lim.acquire(10)
+    result = {}
+
+    async def main():
+        big = asyncio.ensure_future(lim.acquire_async(10))
+        small = asyncio.ensure_future(lim.acquire_async(2))
+        await clock.asleep(0.1)
+        assert lim.status()["waiting"] == 2
+        big.cancel()
+        await clock.asleep(0)
+        result["waiting_after_cancel"] = lim.status()["waiting"]
+        result["small_waited"] = await small
+        with pytest.raises(asyncio.CancelledError):
+            await big
+
+    asyncio.run(main())
+    assert result["waiting_after_cancel"] == 1
+    assert result["small_waited"] == pytest.approx(0.2)  # no longer behind the big one
+    assert lim.status()["waiting"] == 0
+    assert lim.status()["tokens_available"] == pytest.approx(0.0)
+
+
+def test_async_coroutines_respect_both_limits_and_fifo():
+    rng = random.Random(7)
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=120, tpm=6000, burst_seconds=5.0, clock=clock)  # 10 req, 500 tok
+    log = grant_log(lim)
+    arrivals = sorted(
+        ((f"r{i}", round(rng.uniform(0, 20), 3), rng.randint(0, 400)) for i in range(200)),
+        key=lambda a: a[1],
+    )
+    granted, errors = run_arrivals(lim, clock, arrivals)
+    assert not errors and len(granted) == 200 and len(log) == 200
+    assert window_violation([(t, 1) for t, _ in log], 10, 2.0) is None
+    assert window_violation(log, 500, 100.0) is None
+    # arrivals at distinct times are served in arrival order
+    assert [label for label, _ in granted] == [label for label, _, _ in arrivals]
+    # and the limiter wastes nothing: it finishes about when the binding limit allows
+    total_tokens = sum(t for _, _, t in arrivals)
+    best = max((200 - 10) / 2.0, (total_tokens - 500) / 100.0)
+    assert best <= clock.now() <= best * 1.05 + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# max_wait and RateLimitTimeout
+
+
+def test_max_wait_raises_at_once_and_takes_nothing(caplog):
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, tpm=600, max_wait=5.0, clock=clock, name="openai")
+    lim.acquire(600)
+    events = []
+    lim.subscribe(events.append)
+    before = lim.status()
+    with (
+        caplog.at_level(logging.WARNING, logger="llm_patterns.rate_limit"),
+        pytest.raises(RateLimitTimeout) as info,
+    ):
+        lim.acquire(100)  # needs 10 s
+    assert info.value.retry_after == pytest.approx(10.0)
+    assert "10.00 s" in str(info.value) and "max_wait=5" in str(info.value)
+    assert clock.now() == 0.0  # raised at once
+    assert lim.status() == before  # took nothing
+    assert lim.acquire(40) == pytest.approx(4.0)  # within max_wait: waits
+    assert any("max_wait=5" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+    timeout = [e for e in events if e.kind == "timeout"]
+    assert timeout and timeout[0].data["retry_after"] == pytest.approx(10.0)
+    assert timeout[0].data["tokens_available"] == pytest.approx(0.0)
+
+
+def test_max_wait_counts_the_queue_ahead():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=600, burst_seconds=1.0, max_wait=1.5, clock=clock)
+    lim.acquire(10)
+    granted, errors = run_arrivals(lim, clock, [("a", 0.0, 10), ("b", 0.0, 10)])
+    assert granted == [("a", pytest.approx(1.0))]
+    err, at = errors["b"]
+    assert isinstance(err, RateLimitTimeout)
+    assert err.retry_after == pytest.approx(2.0)  # 1 s for a, then 1 s for itself
+    assert at == 0.0
+
+
+def test_max_wait_zero_never_waits():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, burst_seconds=1.0, max_wait=0, clock=clock)
+    assert lim.acquire() == 0.0
+    with pytest.raises(RateLimitTimeout):
+        lim.acquire()
+
+
+def test_queued_waiter_times_out_when_a_penalty_pushes_it_past_max_wait():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=600, burst_seconds=1.0, max_wait=3.0, clock=clock)
+    lim.acquire(10)
+    granted, errors = run_arrivals(
+        lim, clock, [("a", 0.0, 10), ("b", 0.0, 5)], observers=[(0.5, lambda: lim.penalize(10))]
+    )
+    assert granted == []
+    assert isinstance(errors["a"][0], RateLimitTimeout)
+    assert errors["a"][0].retry_after == pytest.approx(9.5)  # woke at t=1, paused until 10.5
+    assert isinstance(errors["b"][0], RateLimitTimeout)
+    assert lim.status()["waiting"] == 0
+    assert lim.status()["tokens_available"] == pytest.approx(10.0)  # nobody took anything
+
+
+# ---------------------------------------------------------------------------------------------
+# penalize, settle, headers
+
+
+def test_penalize_pauses_everyone_and_keeps_the_longest():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=600, clock=clock)
+    lim.penalize(5)
+    assert not lim.try_acquire()
+    lim.penalize(2)  # shorter: the 5 s pause stands
+    assert lim.status()["penalty_remaining"] == pytest.approx(5.0)
+    assert lim.acquire() == pytest.approx(5.0)
+    assert lim.status()["penalty_remaining"] == 0.0
+    assert lim.try_acquire()
+    with pytest.raises(ValueError, match="seconds must be .*>= 0, got -1"):
+        lim.penalize(-1)
+
+
+def test_penalize_holds_queued_async_waiters():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, burst_seconds=1.0, clock=clock)
+    lim.acquire()
+    granted, errors = run_arrivals(
+        lim, clock, [("a", 0.0, 0), ("b", 0.0, 0)], observers=[(0.5, lambda: lim.penalize(4))]
+    )
+    assert not errors
+    assert granted == [("a", pytest.approx(4.5)), ("b", pytest.approx(5.5))]
+
+
+def test_settle_charges_and_gives_back():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=6000, clock=clock)
+    lim.acquire(1000)
+    lim.settle(estimated=1000, actual=1500)
+    assert lim.status()["tokens_available"] == pytest.approx(4500)
+    lim.settle(estimated=1000, actual=200)
+    assert lim.status()["tokens_available"] == pytest.approx(5300)
+    lim.settle(estimated=5000, actual=0)  # never above capacity
+    assert lim.status()["tokens_available"] == 6000
+    with pytest.raises(ValueError, match="actual must be .* got -3"):
+        lim.settle(10, -3)
+    RateLimiter(rpm=60, clock=clock).settle(10, 20)  # no TPM bucket: nothing to settle
+
+
+def test_update_from_headers_lowers_but_never_raises():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=600, tpm=60_000, clock=clock)
+    for _ in range(10):
+        lim.acquire(100)  # local: 590 requests, 59,000 tokens
+    lim.update_from_headers(
+        {"x-ratelimit-remaining-requests": "1000", "x-ratelimit-remaining-tokens": "60000"}
+    )
+    status = lim.status()
+    assert status["requests_available"] == 590 and status["tokens_available"] == 59_000
+    lim.update_from_headers(
+        {"X-RateLimit-Remaining-Requests": "500", "X-RateLimit-Remaining-Tokens": "5000"}
+    )
+    status = lim.status()
+    assert status["requests_available"] == 500 and status["tokens_available"] == 5000
+    # the header cannot count what we granted after the server wrote it
+    lim.update_from_headers(
+        httpx.Headers({"x-ratelimit-remaining-tokens": "4000"}), in_flight_tokens=1500
+    )
+    assert lim.status()["tokens_available"] == 2500
+    clock.advance(1.0)  # refill (1000 tokens/s) is what brings it back up
+    assert lim.status()["tokens_available"] == pytest.approx(3500)
+    lim.update_from_headers({"anthropic-ratelimit-requests-remaining": "3"})
+    assert lim.status()["requests_available"] == 3
+    lim.update_from_headers({"x-ratelimit-remaining-requests": "garbage"})  # ignored
+    assert lim.status()["requests_available"] == 3
+
+
+def test_update_from_headers_reports_reset_and_warns_on_lower_limit(caplog):
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=600, tpm=60_000, clock=clock, name="p")
+    events = []
+    lim.subscribe(events.append)
+    headers = {
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "499",
+        "x-ratelimit-reset-requests": "6m0s",
+        "x-ratelimit-reset-tokens": "20ms",
+        "x-ratelimit-remaining-tokens": "59000",
+    }
+    with caplog.at_level(logging.WARNING, logger="llm_patterns.rate_limit"):
+        lim.update_from_headers(headers)
+        lim.update_from_headers(headers)
+    warnings = [r for r in caplog.records if "limit of 500" in r.message]
+    assert len(warnings) == 1  # once, not on every response
+    sync = events[-1]
+    assert sync.kind == "sync" and sync.source == "rate_limit" and sync.name == "p"
+    assert sync.data["remaining_requests"] == 499 and sync.data["remaining_tokens"] == 59_000
+    assert sync.data["reset_requests"] == 360.0 and sync.data["reset_tokens"] == 0.02
+    assert sync.data["requests_available"] == 499 and sync.data["tokens_available"] == 59_000
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("1h2m3.5s", 3723.5),
+        ("0.5", 0.5),
+        ("", None),
+        ("soon", None),
+        ("5x", None),
+        ("1s junk", None),
+        ("-1", None),
+    ],
+)
+def test_parse_duration(text, seconds):
+    assert _parse_duration(text) == seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# status, events, logs
+
+
+def test_status_fields():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, tpm=6000, clock=clock, name="openai", max_wait=30)
+    lim.acquire(1000)
+    clock.advance(10)
+    assert lim.status() == {
+        "name": "openai",
+        "requests_available": 60.0,
+        "tokens_available": 6000.0,
+        "requests_capacity": 60.0,
+        "tokens_capacity": 6000.0,
+        "rpm": 60.0,
+        "tpm": 6000.0,
+        "burst_seconds": 60.0,
+        "max_wait": 30.0,
+        "waiting": 0,
+        "penalty_remaining": 0.0,
+    }
+    assert RateLimiter(tpm=60, clock=clock).status()["requests_available"] is None
+
+
+def test_events_carry_levels():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, tpm=600, burst_seconds=1.0, clock=clock, name="gauge")
+    events = []
+    unsubscribe = lim.subscribe(events.append)
+    lim.acquire(10)
+    lim.acquire(5)  # waits 0.5 s for tokens and 1 s for the request
+    lim.penalize(2)
+    lim.settle(5, 3)
+    unsubscribe()
+    lim.acquire(0)
+    kinds = [e.kind for e in events]
+    assert kinds == ["acquire", "wait", "acquire", "penalize", "settle"]
+    first, wait, second, pen, settle = events
+    assert first.data == {
+        "tokens": 10,
+        "waited": 0.0,
+        "requests_available": 0.0,
+        "tokens_available": 0.0,
+    }
+    assert wait.data["seconds"] == pytest.approx(1.0) and wait.data["waiting"] == 1
+    assert second.time == pytest.approx(1.0) and second.data["waited"] == pytest.approx(1.0)
+    assert second.data["tokens_available"] == pytest.approx(5.0)  # refilled to 10, paid 5
+    assert pen.data["seconds"] == 2 and pen.data["requests_available"] == pytest.approx(0.0)
+    assert settle.data["estimated"] == 5 and settle.data["tokens_available"] == pytest.approx(7.0)
+    assert all(e.source == "rate_limit" and e.name == "gauge" for e in events)
+
+
+def test_waits_are_logged_with_the_numbers(caplog):
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, tpm=600, clock=clock, name="openai")
+    with caplog.at_level(logging.DEBUG, logger="llm_patterns.rate_limit"):
+        lim.acquire(600)
+        assert not caplog.records  # no wait, no log line
+        lim.acquire(12)
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == "rate limiter 'openai': waited 1.20 s for 1 request + 12 tokens"
+
+
+# ---------------------------------------------------------------------------------------------
+# property: the limiter never exceeds RPM or TPM over any window
+
+
+op = st.one_of(
+    st.tuples(st.just("advance"), st.floats(0, 20)),
+    st.tuples(st.just("try"), st.integers(0, 500)),
+    st.tuples(st.just("acquire"), st.integers(0, 500)),
+    st.tuples(st.just("refund"), st.floats(0, 1)),
+    st.tuples(st.just("sync"), st.integers(0, 600)),
+    st.tuples(st.just("penalize"), st.floats(0, 10)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rpm=st.sampled_from([30, 60, 600]),
+    tpm=st.sampled_from([600, 6000]),
+    burst=st.sampled_from([2.0, 10.0, 60.0]),
+    ops=st.lists(op, max_size=60),
+)
+def test_limiter_never_exceeds_rpm_or_tpm_over_any_window(rpm, tpm, burst, ops):
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=rpm, tpm=tpm, burst_seconds=burst, clock=clock)
+    req_cap, tok_cap = rpm / 60 * burst, tpm / 60 * burst
+    log = []  # (time, tokens actually used)
+    for kind, value in ops:
+        if kind == "advance":
+            clock.advance(value)
+        elif kind in ("try", "acquire"):
+            tokens = min(value, int(tok_cap))
+            if kind == "try":
+                ok = lim.try_acquire(tokens)
+            else:
+                lim.acquire(tokens)
+                ok = True
+            if ok:
+                log.append([clock.now(), tokens])
+        elif kind == "refund" and log:  # the last request used less than estimated
+            used = int(log[-1][1] * value)
+            lim.settle(log[-1][1], used)
+            log[-1][1] = used
+        elif kind == "sync":
+            lim.update_from_headers(
+                {
+                    "x-ratelimit-remaining-tokens": str(value),
+                    "x-ratelimit-remaining-requests": str(value // 50),
+                }
+            )
+        elif kind == "penalize":
+            lim.penalize(value)
+        status = lim.status()
+        assert status["requests_available"] <= req_cap and status["tokens_available"] <= tok_cap
+    assert window_violation([(t, 1) for t, _ in log], req_cap, rpm / 60) is None
+    assert window_violation([(t, n) for t, n in log], tok_cap, tpm / 60) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# real threads
+
+
+def test_threads_hammering_try_acquire_get_exactly_the_capacity():
+    # 100 requests of capacity, refilling 1e-4 per second: no refill within the test
+    lim = RateLimiter(rpm=0.006, burst_seconds=1e6, clock=SystemClock())
+    assert lim.status()["requests_capacity"] == pytest.approx(100)
+    n_threads, tries = 16, 20
+    barrier = threading.Barrier(n_threads)
+    granted = [0] * n_threads
+
+    def worker(i):
+        barrier.wait()
+        for _ in range(tries):
+            if lim.try_acquire():
+                granted[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(granted) == 100
+
+
+def test_threads_waiting_in_acquire_respect_the_limit():
+    # 5 requests of burst, 100 per second; 16 threads x 2 acquires: about 0.27 s of real waiting
+    lim = RateLimiter(rpm=6000, tpm=600_000, burst_seconds=0.05, clock=SystemClock())
+    log = grant_log(lim)
+    n_threads = 16
+    barrier = threading.Barrier(n_threads)
+    errors = []
+
+    def worker():
+        barrier.wait()
+        try:
+            for _ in range(2):
+                lim.acquire(100)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not errors and len(log) == 32
+    assert lim.status()["waiting"] == 0
+    assert window_violation([(t, 1) for t, _ in log], 5, 100.0) is None
+    assert window_violation(log, 500, 10_000.0) is None
+
+
+def test_thread_queues_behind_an_earlier_waiting_thread():
+    # 10 tokens of burst, 100 tokens per second: about 0.1 s of real waiting
+    lim = RateLimiter(tpm=6000, burst_seconds=0.1, clock=SystemClock())
+    order = []
+    lim.subscribe(lambda e: order.append(e.data["tokens"]) if e.kind == "acquire" else None)
+    lim.acquire(5)
+    big = threading.Thread(target=lim.acquire, args=(10,))  # needs the whole bucket
+    big.start()
+    while lim.status()["waiting"] == 0 and big.is_alive():
+        threading.Event().wait(0.001)
+    lim.acquire(1)  # 5 tokens are there, but the earlier big request goes first
+    big.join(timeout=10)
+    assert order == [5, 10, 1]
