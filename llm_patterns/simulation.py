@@ -172,7 +172,7 @@ class Simulation:
         }
         self.retry = RetryPolicy(max_attempts=3, backoff=BackoffPolicy(base_delay=0.5, max_delay=8),
                                  clock=self.clock, rng=random.Random(s.seed + 2))
-        self.cost = CostTracker(PRICES, budget=s.budget)
+        self.cost = CostTracker(PRICES, budget=s.budget, clock=self.clock)
         self.client = ResilientClient(self.providers, limiters=self.limiters, retry=self.retry,
                                       breakers=self.breakers, cost=self.cost, clock=self.clock)
         self.timeline = Timeline(keep_log=keep_log)

@@ -1,0 +1,280 @@
+"""The criteria runner behind every ``check_taskN``: one line of feedback per criterion.
+
+Each criterion is a small function that raises :class:`Fail` with a hint that teaches. The runner
+runs every criterion (one failure never hides another) in a worker thread with a real-time
+budget, so an endless loop in student code becomes a failed criterion instead of a hung
+notebook; ``time.sleep`` is refused inside those threads, so student code must use the virtual
+clock it is given. Output is deterministic (no times, addresses or random values), which keeps
+the solution notebooks stable under strict nbval.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ._student import describe_exception
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "CheckFailed",
+    "CheckResult",
+    "Criterion",
+    "Fail",
+    "RealSleepUsed",
+    "run_check",
+    "spawn_guarded",
+]
+
+DEFAULT_BUDGET = 2.0
+"""Real seconds one criterion may take before it is stopped and marked failed."""
+
+_real_sleep = time.sleep
+
+
+class Fail(Exception):
+    """Raised by a criterion: the student's code misbehaved; ``hint`` says why and what to do."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
+class RealSleepUsed(BaseException):
+    """Raised inside a check when student code calls ``time.sleep`` (a BaseException, so a
+    student's ``except Exception`` cannot swallow it)."""
+
+
+class _StopCriterion(BaseException):
+    """Injected into a criterion's threads when it overruns its budget."""
+
+
+class CheckFailed(AssertionError):
+    """A check found failing criteria. Renders as a few lines in IPython and nbval."""
+
+    def __init__(self, title: str, failures: Sequence[tuple[str, str]], passed: int, total: int):
+        self.title = title
+        self.failures = list(failures)
+        self.passed = passed
+        self.total = total
+        names = "; ".join(name for name, _ in self.failures)
+        super().__init__(f"{title}: {len(self.failures)} of {total} criteria failed: {names}")
+
+    def _render_traceback_(self) -> list[str]:
+        lines = [f"CheckFailed: {self.title}: {len(self.failures)} of {self.total} criteria failed"]
+        lines += [f"  ✗ {name}" for name, _ in self.failures]
+        lines.append("(the hints are printed above)")
+        return lines
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a passing check returns; its repr is short and deterministic."""
+
+    task: str
+    passed: int
+    total: int
+
+    def __repr__(self) -> str:
+        return f"CheckResult(passed={self.passed}, total={self.total})"
+
+    def __bool__(self) -> bool:
+        return self.passed == self.total
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A named expectation; ``run()`` returns normally on success or raises :class:`Fail`."""
+
+    name: str
+    run: Callable[[], object]
+
+
+# --- guards ---------------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+@dataclass
+class _Guard:
+    """The state of one running criterion: its threads and whether it used a real sleep."""
+
+    threads: list[threading.Thread] = field(default_factory=list)
+    real_sleep: list[float] = field(default_factory=list)
+    stopped: bool = False
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            callbacks = list(self.on_stop)
+            threads = [t for t in self.threads if t.is_alive()]
+        for cb in callbacks:
+            cb()
+        for t in threads:
+            _inject(t, _StopCriterion)
+
+
+def _inject(thread: threading.Thread, exc: type[BaseException]) -> None:
+    if thread.ident is None or not thread.is_alive():
+        return
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
+
+
+def _guarded_sleep(seconds: float) -> None:
+    guard = getattr(_local, "guard", None)
+    if guard is None:
+        _real_sleep(seconds)
+        return
+    guard.real_sleep.append(seconds)
+    raise RealSleepUsed(f"time.sleep({seconds!r}) called inside a check")
+
+
+_patch_lock = threading.Lock()
+_patch_depth = 0
+
+
+class _SleepPatch:
+    """Replace ``time.sleep`` while a check runs; only the check's threads are affected."""
+
+    def __enter__(self) -> None:
+        global _patch_depth
+        with _patch_lock:
+            if _patch_depth == 0:
+                time.sleep = _guarded_sleep
+            _patch_depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _patch_depth
+        with _patch_lock:
+            _patch_depth -= 1
+            if _patch_depth == 0:
+                time.sleep = _real_sleep
+
+
+class _QuietLogging:
+    """Keep the student's log lines out of the check's output (it must stay deterministic)."""
+
+    def __enter__(self) -> None:
+        root = logging.getLogger()
+        self._saved = root.handlers[:]
+        root.handlers = [logging.NullHandler()]
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().handlers = self._saved
+
+
+def current_guard() -> _Guard | None:
+    return getattr(_local, "guard", None)
+
+
+def spawn_guarded(target: Callable[[], None], name: str = "check-worker") -> threading.Thread:
+    """Start a daemon thread that belongs to the running criterion (same guards, same stop)."""
+    guard = current_guard()
+
+    def body() -> None:
+        _local.guard = guard
+        try:
+            target()
+        finally:
+            _local.guard = None
+
+    thread = threading.Thread(target=body, name=name, daemon=True)
+    if guard is not None:
+        with guard.lock:
+            guard.threads.append(thread)
+    thread.start()
+    return thread
+
+
+def _run_one(fn: Callable[[], object], budget: float) -> tuple[str, BaseException | None, _Guard]:
+    """Run ``fn`` in a guarded thread: ("ok" | "error" | "timeout", exception, guard)."""
+    guard = _Guard()
+    box: dict[str, BaseException] = {}
+
+    def body() -> None:
+        _local.guard = guard
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - everything is reported to the student
+            box["exc"] = exc
+        finally:
+            _local.guard = None
+
+    thread = threading.Thread(target=body, name="check-criterion", daemon=True)
+    guard.threads.append(thread)
+    thread.start()
+    thread.join(budget)
+    if thread.is_alive():
+        guard.stop()
+        for _ in range(10):  # re-inject: a bare `except:` in student code may swallow one
+            thread.join(0.05)
+            if not thread.is_alive():
+                break
+            _inject(thread, _StopCriterion)
+        return "timeout", None, guard
+    exc = box.get("exc")
+    return ("ok" if exc is None else "error"), exc, guard
+
+
+def _sleep_hint() -> str:
+    return "used time.sleep — use clock.sleep so the check runs in virtual time"
+
+
+def _verdict(
+    status: str, exc: BaseException | None, guard: _Guard, budget: float, timeout_hint: str
+) -> str | None:
+    """None when the criterion passed, else the hint to print."""
+    if status == "timeout":
+        if guard.real_sleep:
+            return _sleep_hint()
+        return f"did not finish within {budget:g} s — an endless loop?" + (
+            f" ({timeout_hint})" if timeout_hint else ""
+        )
+    if guard.real_sleep or isinstance(exc, RealSleepUsed):
+        return _sleep_hint()
+    if exc is None:
+        return None
+    if isinstance(exc, Fail):
+        return exc.hint
+    if isinstance(exc, _StopCriterion):
+        return f"did not finish within {budget:g} s — an endless loop?"
+    return describe_exception(exc)
+
+
+TIMEOUT_HINT = "a `while` that waits for tokens must call clock.sleep so time can pass"
+
+
+def run_check(
+    title: str,
+    criteria: Iterable[Criterion],
+    *,
+    budget: float = DEFAULT_BUDGET,
+    timeout_hint: str = TIMEOUT_HINT,
+) -> CheckResult:
+    """Run every criterion, print a line for each, raise :class:`CheckFailed` if any failed."""
+    if not budget > 0:
+        raise ValueError(f"budget must be > 0 seconds, got {budget!r}")
+    criteria = list(criteria)
+    print(title, flush=True)
+    failures: list[tuple[str, str]] = []
+    with _SleepPatch(), _QuietLogging():
+        for criterion in criteria:
+            status, exc, guard = _run_one(criterion.run, budget)
+            hint = _verdict(status, exc, guard, budget, timeout_hint)
+            if hint is None:
+                print(f"✓ {criterion.name}", flush=True)
+            else:
+                failures.append((criterion.name, hint))
+                print(f"✗ {criterion.name} — {hint}", flush=True)
+    passed = len(criteria) - len(failures)
+    print(f"{passed}/{len(criteria)} criteria passed", flush=True)
+    if failures:
+        err = CheckFailed(title, failures, passed, len(criteria))
+        raise err.with_traceback(None)
+    return CheckResult(title, passed, len(criteria))

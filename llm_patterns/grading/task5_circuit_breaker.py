@@ -1,0 +1,192 @@
+"""Task 5 check: a circuit breaker that opens, cools down on the clock, and probes once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..clock import VirtualClock
+from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
+from ._student import construct, norm_state
+
+__all__ = ["check_task5"]
+
+TITLE = "Task 5 · Circuit breaker"
+THRESHOLD = 3
+RESET = 30.0
+
+
+def _breaker(CircuitBreaker: Any, clock: VirtualClock) -> Any:
+    return construct(CircuitBreaker, THRESHOLD, RESET, clock=clock)
+
+
+def _state(breaker: Any) -> str:
+    return norm_state(breaker.state)
+
+
+def _opened(CircuitBreaker: Any) -> tuple[Any, VirtualClock]:
+    clock = VirtualClock()
+    breaker = _breaker(CircuitBreaker, clock)
+    for _ in range(THRESHOLD):
+        breaker.can_execute()
+        breaker.record_failure()
+    if _state(breaker) != "open":
+        raise Fail(
+            f"after {THRESHOLD} failures (failure_threshold={THRESHOLD}) the state is "
+            f"{_state(breaker)!r}, expected 'open' — fix 'opens after failure_threshold "
+            "failures' first"
+        )
+    return breaker, clock
+
+
+def _half_open(CircuitBreaker: Any) -> tuple[Any, VirtualClock]:
+    breaker, clock = _opened(CircuitBreaker)
+    clock.advance(RESET + 0.001)
+    if not breaker.can_execute():
+        raise Fail(
+            f"after clock.advance({RESET:g}) past reset_timeout={RESET:g} can_execute() is still "
+            "False — fix 'half-opens after reset_timeout' first"
+        )
+    return breaker, clock
+
+
+def _starts_closed(CircuitBreaker: Any) -> None:
+    breaker = _breaker(CircuitBreaker, VirtualClock())
+    if _state(breaker) != "closed":
+        raise Fail(f"a new breaker is {_state(breaker)!r}: it starts 'closed'")
+    if not all(breaker.can_execute() for _ in range(5)):
+        raise Fail("a new (closed) breaker refused a call: closed lets every call through")
+
+
+def _opens(CircuitBreaker: Any) -> None:
+    clock = VirtualClock()
+    breaker = _breaker(CircuitBreaker, clock)
+    for i in range(THRESHOLD - 1):
+        breaker.record_failure()
+        if _state(breaker) != "closed" or not breaker.can_execute():
+            raise Fail(
+                f"after {i + 1} failure(s) with failure_threshold={THRESHOLD} the breaker is "
+                f"{_state(breaker)!r}: it opens only at the threshold (count >= threshold)"
+            )
+    breaker.record_failure()
+    if _state(breaker) != "open":
+        raise Fail(
+            f"after {THRESHOLD} failures (failure_threshold={THRESHOLD}) the state is "
+            f"{_state(breaker)!r}, expected 'open'"
+        )
+    if breaker.can_execute():
+        raise Fail("an open breaker let a call through: while open, can_execute() is False")
+
+
+def _success_resets(CircuitBreaker: Any) -> None:
+    breaker = _breaker(CircuitBreaker, VirtualClock())
+    for _ in range(THRESHOLD - 1):
+        breaker.record_failure()
+    breaker.record_success()
+    for _ in range(THRESHOLD - 1):
+        breaker.record_failure()
+    if _state(breaker) != "closed":
+        raise Fail(
+            f"{THRESHOLD - 1} failures, a success, then {THRESHOLD - 1} failures opened the "
+            "breaker: only consecutive failures count — reset the count on success"
+        )
+
+
+def _stays_open(CircuitBreaker: Any) -> None:
+    breaker, clock = _opened(CircuitBreaker)
+    clock.advance(RESET - 0.5)
+    if breaker.can_execute():
+        raise Fail(
+            f"{RESET - 0.5:g} s after opening (reset_timeout={RESET:g}) the breaker let a call "
+            "through: stay open until reset_timeout has passed"
+        )
+    if _state(breaker) != "open":
+        raise Fail(f"{RESET - 0.5:g} s after opening the state is {_state(breaker)!r}, not 'open'")
+
+
+def _half_opens(CircuitBreaker: Any) -> None:
+    breaker, clock = _opened(CircuitBreaker)
+    clock.advance(RESET + 0.001)
+    allowed = breaker.can_execute()
+    state = _state(breaker)
+    if not allowed:
+        raise Fail(
+            f"after clock.advance({RESET:g}) (reset_timeout={RESET:g}) your breaker still refuses "
+            "calls: compare self.clock.now() - opened_at with reset_timeout (not time.time() — "
+            "the check runs in virtual time) and move to 'half_open'"
+        )
+    if state == "closed":
+        raise Fail(
+            "after reset_timeout your breaker went straight back to 'closed': go to 'half_open' "
+            "and let one trial call decide"
+        )
+    if state != "half_open":
+        raise Fail(f"after reset_timeout the state is {breaker.state!r}, expected 'half_open'")
+
+
+def _one_trial(CircuitBreaker: Any) -> None:
+    breaker, _clock = _half_open(CircuitBreaker)
+    extra = sum(1 for _ in range(5) if breaker.can_execute())
+    if extra:
+        raise Fail(
+            f"in half-open your breaker let {extra + 1} of 6 callers through before the trial "
+            "finished: let exactly one trial through (remember that it was handed out) and "
+            "refuse the rest until it succeeds or fails"
+        )
+
+
+def _trial_success_closes(CircuitBreaker: Any) -> None:
+    breaker, _clock = _half_open(CircuitBreaker)
+    breaker.record_success()
+    if _state(breaker) != "closed":
+        raise Fail(f"a successful trial left the breaker {_state(breaker)!r}: close it")
+    if not all(breaker.can_execute() for _ in range(5)):
+        raise Fail("after a successful trial the closed breaker still refuses calls")
+    for _ in range(THRESHOLD - 1):
+        breaker.record_failure()
+    if _state(breaker) != "closed":
+        raise Fail(
+            f"after closing, {THRESHOLD - 1} failures re-opened the breaker: reset the failure "
+            "count when the trial succeeds"
+        )
+
+
+def _trial_failure_reopens(CircuitBreaker: Any) -> None:
+    breaker, clock = _half_open(CircuitBreaker)
+    breaker.record_failure()
+    if _state(breaker) != "open":
+        raise Fail(
+            f"a failed trial left the breaker {_state(breaker)!r}: a failure in half-open "
+            "re-opens it at once (whatever the failure count)"
+        )
+    if breaker.can_execute():
+        raise Fail("right after a failed trial the breaker let a call through: it must re-open")
+    clock.advance(RESET - 0.5)
+    if breaker.can_execute():
+        raise Fail(
+            "after a failed trial the breaker half-opened again too soon: restart the cooldown "
+            "(opened_at = clock.now()) when the trial fails"
+        )
+    clock.advance(1.0)
+    if not breaker.can_execute():
+        raise Fail("reset_timeout after a failed trial the breaker did not half-open again")
+
+
+def check_task5(CircuitBreaker: Any, *, budget: float = DEFAULT_BUDGET) -> CheckResult:
+    """Check a student's ``CircuitBreaker(failure_threshold, reset_timeout, clock)``."""
+    criteria = [
+        Criterion("starts closed and lets calls through", lambda: _starts_closed(CircuitBreaker)),
+        Criterion("opens after failure_threshold failures", lambda: _opens(CircuitBreaker)),
+        Criterion("a success resets the failure count", lambda: _success_resets(CircuitBreaker)),
+        Criterion("stays open until reset_timeout has passed", lambda: _stays_open(CircuitBreaker)),
+        Criterion(
+            "half-opens after reset_timeout (on the given clock)",
+            lambda: _half_opens(CircuitBreaker),
+        ),
+        Criterion("half-open admits exactly one trial", lambda: _one_trial(CircuitBreaker)),
+        Criterion("a successful trial closes it", lambda: _trial_success_closes(CircuitBreaker)),
+        Criterion(
+            "a failed trial re-opens it with a fresh cooldown",
+            lambda: _trial_failure_reopens(CircuitBreaker),
+        ),
+    ]
+    return run_check(TITLE, criteria, budget=budget, timeout_hint="a breaker never needs to loop")

@@ -1,0 +1,416 @@
+"""The notebook checks accept correct student code and reject each classic bug by criterion."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+import time
+
+import pytest
+import student_impls as S
+
+from llm_patterns.grading import (
+    CheckFailed,
+    CheckResult,
+    check_task1,
+    check_task2,
+    check_task3,
+    check_task4,
+    check_task5,
+    check_task7,
+)
+
+
+def run(check, *args, **kw):
+    """Run a check quietly: (result or None, {failed criterion: hint}, printed text)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            result = check(*args, **kw)
+        except CheckFailed as exc:
+            return None, dict(exc.failures), out.getvalue()
+    return result, {}, out.getvalue()
+
+
+def failed_keys(failures: dict[str, str], keys: dict[str, str]) -> set[str]:
+    """Map failed criterion names onto short test keys (by a distinctive substring)."""
+    found = set()
+    for name in failures:
+        matches = [k for k, sub in keys.items() if sub in name]
+        assert len(matches) == 1, f"criterion {name!r} matches {matches}"
+        found.add(matches[0])
+    return found
+
+
+T1 = {
+    "full": "starts full",
+    "refill": "refills at refill_rate",
+    "overfill": "never holds more than capacity",
+    "wait_time": "wait_time(n)",
+    "above_capacity": "n above capacity",
+    "lock": "thread-safe",
+    "acquire": "acquire waits",
+    "all_or_nothing": "both buckets or from neither",
+}
+T2 = {
+    "first": "attempt 0",
+    "growth": "doubles",
+    "cap": "never above max_delay",
+    "jitter": "jittered",
+    "transient": "retries 429",
+    "permanent": "refuses",
+}
+T3 = {
+    "per_million": "per 1M",
+    "total": "total adds up",
+    "unknown": "unknown model",
+    "labels": "by_task() and by_dag()",
+    "alerts": "alert threshold",
+    "lock": "thread-safe",
+}
+T4 = {
+    "first": "first provider",
+    "moves_on": "moves on",
+    "budget": "BudgetExceeded",
+    "all_failed": "AllProvidersFailed",
+    "logs": "logs who failed",
+}
+T5 = {
+    "closed": "starts closed",
+    "opens": "opens after failure_threshold",
+    "reset": "success resets",
+    "stays_open": "stays open",
+    "half_opens": "half-opens after",
+    "one_trial": "exactly one trial",
+    "success_closes": "successful trial",
+    "failure_reopens": "failed trial",
+}
+T7 = {
+    "lost": "loses no text",
+    "limit": "fits in max_tokens",
+    "word_cut": "no word cut",
+    "long_word": "longer than the limit",
+    "empty_bad": "empty text",
+    "overlap": "with overlap",
+}
+
+
+def hint_for(failures: dict[str, str], substring: str) -> str:
+    (hint,) = [h for name, h in failures.items() if substring in name]
+    return hint
+
+
+def assert_accepts(check, *impl):
+    result, failures, printed = run(check, *impl)
+    assert failures == {}, failures
+    assert isinstance(result, CheckResult) and result.passed == result.total
+    assert printed.splitlines()[-1] == f"{result.total}/{result.total} criteria passed"
+    assert "✗" not in printed
+
+
+def assert_rejects(check, impl, keys, expected: set[str], **kw):
+    result, failures, printed = run(check, *impl, **kw)
+    assert result is None, "the check accepted a buggy implementation"
+    assert failed_keys(failures, keys) == expected, failures
+    for name, hint in failures.items():
+        assert f"✗ {name} — {hint}" in printed
+    return failures
+
+
+# --- task 1 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [(S.GoodLazyBucket, S.GoodLimiter), (S.GoodGCRABucket, S.GoodPollingLimiter),
+     (S.GoodLazyBucket, S.GoodPollingLimiter)],
+    ids=["lazy-refill", "gcra+polling", "lazy+polling"],
+)
+def test_task1_accepts(impl):
+    assert_accepts(check_task1, *impl)
+
+
+@pytest.mark.parametrize(
+    ("bucket", "limiter", "expected"),
+    [
+        (S.BugOverfillBucket, S.GoodLimiter, {"overfill"}),
+        (S.BugWallClockBucket, S.GoodLimiter, {"refill", "overfill", "wait_time"}),
+        (S.BugUnlockedBucket, S.GoodLimiter, {"lock"}),
+        (S.BugOneLineUnlockedBucket, S.GoodLimiter, {"lock"}),
+        (S.BugNoCapacityCheckBucket, S.GoodLimiter, {"above_capacity"}),
+        (S.GoodLazyBucket, S.BugSpendWhileWaitingLimiter, {"all_or_nothing"}),
+        (S.GoodLazyBucket, S.BugTokensFirstLimiter, {"all_or_nothing"}),
+        (S.GoodLazyBucket, S.BugShortCircuitLimiter, {"all_or_nothing"}),
+        (S.GoodLazyBucket, S.BugRealSleepLimiter, {"acquire", "all_or_nothing"}),
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+def test_task1_rejects(bucket, limiter, expected):
+    failures = assert_rejects(check_task1, (bucket, limiter), T1, expected)
+    if bucket is S.BugOverfillBucket:
+        assert "capacity is 10" in hint_for(failures, T1["overfill"])
+    if bucket is S.BugWallClockBucket:
+        assert "time.time()" in hint_for(failures, T1["refill"])
+    if limiter is S.BugRealSleepLimiter:
+        assert all("used time.sleep — use clock.sleep" in h for h in failures.values())
+
+
+def test_task1_real_sleep_is_refused_only_during_the_check_and_restored():
+    original = time.sleep
+    run(check_task1, S.GoodLazyBucket, S.BugRealSleepLimiter)
+    assert time.sleep is original
+    run(check_task1, S.StubBucket, S.StubLimiter)
+    assert time.sleep is original
+
+
+def test_lock_detection_is_reliable():
+    for _ in range(20):
+        _, failures, _ = run(check_task1, S.BugUnlockedBucket, S.GoodLimiter)
+        assert failed_keys(failures, T1) == {"lock"}
+        _, failures, _ = run(check_task1, S.GoodLazyBucket, S.GoodLimiter)
+        assert failures == {}
+        _, failures, _ = run(check_task3, S.BugUnlockedTracker)
+        assert failed_keys(failures, T3) == {"lock"}
+        _, failures, _ = run(check_task3, S.GoodFloatTracker)
+        assert failures == {}
+
+
+def test_endless_loop_fails_within_budget_and_returns():
+    t0 = time.perf_counter()
+    _, failures, _ = run(check_task1, S.GoodLazyBucket, S.BugBusyWaitLimiter, budget=0.2)
+    assert time.perf_counter() - t0 < 10  # a hang guard, not a speed test
+    assert failed_keys(failures, T1) == {"acquire", "all_or_nothing"}
+    assert all(h.startswith("did not finish within 0.2 s — an endless loop?")
+               for h in failures.values())
+    # the stopped threads are gone: the async exception reached them
+    deadline = time.perf_counter() + 5
+    while any(t.name == "check-criterion" for t in threading.enumerate()):
+        assert time.perf_counter() < deadline, "a criterion thread survived its budget"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("check", "impl", "keys"),
+    [
+        (check_task1, (S.StubBucket, S.StubLimiter), T1),
+        (check_task2, (S.stub_backoff, S.stub_is_retryable), T2),
+        (check_task3, (S.StubTracker,), T3),
+        (check_task4, (S.stub_fallback,), T4),
+        (check_task5, (S.StubBreaker,), T5),
+        (check_task7, (S.stub_chunk,), T7),
+    ],
+    ids=["task1", "task2", "task3", "task4", "task5", "task7"],
+)
+def test_stub_reads_not_implemented_for_every_criterion(check, impl, keys):
+    _, failures, printed = run(check, *impl)
+    assert failed_keys(failures, keys) == set(keys)
+    assert all(h == "not implemented yet — replace the `raise NotImplementedError` with your code"
+               for h in failures.values())
+    assert printed.splitlines()[-1] == f"0/{len(keys)} criteria passed"
+
+
+# --- task 2 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [(S.good_full_jitter, S.good_is_retryable), (S.good_equal_jitter, S.good_is_retryable_by_status),
+     (S.good_proportional_jitter, S.good_is_retryable)],
+    ids=["full", "equal", "proportional"],
+)
+def test_task2_accepts(impl):
+    assert_accepts(check_task2, *impl)
+
+
+@pytest.mark.parametrize(
+    ("impl", "expected"),
+    [
+        ((S.bug_jitter_after_cap, S.good_is_retryable), {"cap"}),
+        ((S.bug_no_jitter, S.good_is_retryable), {"jitter"}),
+        ((S.bug_linear, S.good_is_retryable), {"growth"}),
+        ((S.bug_global_random, S.good_is_retryable), {"jitter"}),
+        ((S.good_full_jitter, S.bug_retries_quota), {"permanent"}),
+        ((S.good_full_jitter, S.bug_misses_529_and_timeouts), {"transient"}),
+        ((S.good_full_jitter, S.bug_retries_everything), {"permanent"}),
+    ],
+    ids=lambda x: "+".join(f.__name__ for f in x) if isinstance(x, tuple) else None,
+)
+def test_task2_rejects(impl, expected):
+    failures = assert_rejects(check_task2, impl, T2, expected)
+    text = " ".join(failures.values())
+    if impl[0] is S.bug_no_jitter:
+        assert "thundering herd" in text
+    if impl[1] is S.bug_retries_quota:
+        assert "QuotaExceededError" in text
+    if impl[1] is S.bug_misses_529_and_timeouts:
+        assert "529" in text and "ProviderTimeout" in text
+
+
+# --- task 3 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", [S.GoodFloatTracker, S.GoodDecimalTracker, S.GoodRecordsTracker])
+def test_task3_accepts(impl):
+    assert_accepts(check_task3, impl)
+
+
+@pytest.mark.parametrize(
+    ("impl", "expected"),
+    [
+        (S.BugPer1KTracker, {"per_million", "total", "labels", "alerts", "lock"}),
+        (S.BugCheapDefaultTracker, {"unknown"}),
+        (S.BugAlertEveryCallTracker, {"alerts"}),
+        (S.BugUnlockedTracker, {"lock"}),
+        (S.BugByTaskIdOnlyTracker, {"labels"}),
+        (S.BugOverwriteByTaskTracker, {"labels"}),
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+def test_task3_rejects(impl, expected):
+    failures = assert_rejects(check_task3, (impl,), T3, expected)
+    if impl is S.BugPer1KTracker:
+        assert "per 1M" in failures["prices are per 1M tokens"]
+        assert "1,000" in failures["prices are per 1M tokens"]
+    if impl is S.BugAlertEveryCallTracker:
+        assert "fired 2 times" in failures["each alert threshold fires once"]
+
+
+# --- task 4 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", [S.good_fallback, S.good_fallback_other_style])
+def test_task4_accepts(impl):
+    assert_accepts(check_task4, impl)
+
+
+@pytest.mark.parametrize(
+    ("impl", "expected"),
+    [
+        (S.bug_no_fallback, {"moves_on", "all_failed", "logs"}),
+        (S.bug_swallows_budget, {"budget"}),
+        (S.bug_reraises_last, {"all_failed"}),
+        (S.bug_prints_instead_of_logging, {"logs"}),
+        (S.bug_logs_only_failures, {"logs"}),
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+def test_task4_rejects(impl, expected):
+    failures = assert_rejects(check_task4, (impl,), T4, expected)
+    if impl is S.bug_no_fallback:  # an unexpected error points at the student's line
+        hint = failures["logs who failed and who answered"]
+        assert hint.startswith("raised ServerError: ") and "in bug_no_fallback, line" in hint
+    if impl is S.bug_logs_only_failures:
+        assert "anthropic-backup" in failures["logs who failed and who answered"]
+
+
+def test_task4_logging_capture_leaves_root_logger_alone():
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    run(check_task4, S.good_fallback)
+    assert root.handlers == handlers and root.level == level
+
+
+# --- task 5 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", [S.GoodLazyBreaker, S.GoodEagerBreaker])
+def test_task5_accepts(impl):
+    assert_accepts(check_task5, impl)
+
+
+@pytest.mark.parametrize(
+    ("impl", "expected"),
+    [
+        (S.BugEveryoneInHalfOpen, {"one_trial"}),
+        (S.BugNeverHalfOpens, {"half_opens", "one_trial", "success_closes", "failure_reopens"}),
+        (S.BugWallClockBreaker, {"half_opens", "one_trial", "success_closes", "failure_reopens"}),
+        (S.BugTrialFailureStaysHalfOpen, {"failure_reopens"}),
+        (S.BugStaleCooldown, {"failure_reopens"}),
+        (S.BugNoSuccessReset, {"reset", "success_closes"}),
+        (S.BugStraightToClosed, {"half_opens", "one_trial", "failure_reopens"}),
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+def test_task5_rejects(impl, expected):
+    failures = assert_rejects(check_task5, (impl,), T5, expected)
+    if impl is S.BugEveryoneInHalfOpen:
+        assert "6 of 6 callers" in failures["half-open admits exactly one trial"]
+
+
+# --- task 7 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", [S.good_chunk_recursive, S.good_chunk_greedy_words])
+def test_task7_accepts(impl):
+    assert_accepts(check_task7, impl)
+
+
+@pytest.mark.parametrize(
+    ("impl", "expected"),
+    [
+        (S.bug_chunk_loses_whitespace, {"lost", "word_cut", "long_word", "overlap"}),
+        (S.bug_chunk_over_limit, {"limit", "long_word", "overlap"}),
+        (S.bug_chunk_cuts_words, {"word_cut"}),
+        (S.bug_chunk_empty_text, {"empty_bad"}),
+        (S.bug_chunk_no_validation, {"empty_bad"}),
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+def test_task7_rejects(impl, expected):
+    assert_rejects(check_task7, (impl,), T7, expected)
+
+
+def test_task7_endless_loop_on_a_long_word_is_a_failed_criterion():
+    failures = assert_rejects(
+        check_task7, (S.bug_chunk_endless_on_long_word,), T7, {"long_word"}, budget=0.3
+    )
+    assert "did not finish within 0.3 s" in hint_for(failures, T7["long_word"])
+
+
+# --- output and rendering ----------------------------------------------------------------------
+
+
+def test_output_is_deterministic_and_short():
+    first = run(check_task1, S.GoodGCRABucket, S.GoodLimiter)
+    second = run(check_task1, S.GoodGCRABucket, S.GoodLimiter)
+    assert first[2] == second[2]
+    assert first[2].splitlines()[0] == "Task 1 · Rate limiting"
+    assert repr(first[0]) == "CheckResult(passed=8, total=8)"
+    _, _, a = run(check_task3, S.BugCheapDefaultTracker)
+    _, _, b = run(check_task3, S.BugCheapDefaultTracker)
+    assert a == b and "0x" not in a
+
+
+def test_check_failed_renders_short():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(CheckFailed) as info:
+        check_task5(S.BugEveryoneInHalfOpen)
+    exc = info.value
+    assert isinstance(exc, AssertionError)
+    lines = exc._render_traceback_()
+    assert lines[0] == "CheckFailed: Task 5 · Circuit breaker: 1 of 8 criteria failed"
+    assert lines[1] == "  ✗ half-open admits exactly one trial"
+    assert len(lines) <= 10
+    assert "half-open admits exactly one trial" in str(exc)
+    assert out.getvalue().splitlines()[-1] == "7/8 criteria passed"
+
+
+def test_ipython_shows_the_short_rendering():
+    ipython = pytest.importorskip("IPython.core.interactiveshell")
+    shell = ipython.InteractiveShell.instance()
+    shell.user_ns["check_task5"] = check_task5
+    shell.user_ns["Impl"] = S.BugEveryoneInHalfOpen
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        shell.run_cell("check_task5(Impl)")
+    text = out.getvalue() + err.getvalue()
+    assert "CheckFailed: Task 5 · Circuit breaker: 1 of 8 criteria failed" in text
+    assert "Traceback" not in text and "task5_circuit_breaker.py" not in text
+
+
+def test_bad_budget_is_a_value_error():
+    with pytest.raises(ValueError, match="budget"):
+        check_task2(S.good_full_jitter, S.good_is_retryable, budget=0)
