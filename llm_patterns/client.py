@@ -264,7 +264,7 @@ class ResilientClient(Observable):
         ]
         for g in self.guarded:  # one stream of client events, whichever provider emitted them
             g.subscribe(self._forward)
-        self.chain = FallbackChain(self.guarded, name=name)
+        self.chain = FallbackChain(self.guarded, name=name, clock=self.clock)
 
     def _forward(self, event: Any) -> None:
         self._emit(event.kind, event.time, **event.data)

@@ -53,6 +53,8 @@ class Scenario:
     budget: float = 2.0
     seed: int = 0
     dag_id: str = "nightly_summaries"
+    breaker_threshold: int = 5  # consecutive outage failures that open a breaker
+    breaker_reset: float = 30.0  # seconds a breaker stays open before its half-open trial
 
     def __post_init__(self) -> None:
         for key in ("duration", "request_rate", "budget"):
@@ -140,7 +142,7 @@ class Simulation:
     """Two mock providers behind a ResilientClient, all on one clock, with a seeded workload."""
 
     def __init__(self, scenario: Scenario | None = None, *, clock: Clock | None = None,
-                 keep_log: bool = True) -> None:
+                 keep_log: bool = True, track: bool = True) -> None:
         self.scenario = s = scenario or Scenario()
         self.clock = clock or VirtualClock()
         self.rng = random.Random(s.seed)
@@ -153,11 +155,11 @@ class Simulation:
         if s.outage is not None:
             self.primary_server.outage(*s.outage, status=503)
         self.providers = [
-            OpenAIProvider(PRIMARY, PRIMARY_MODEL, base_url="http://mock.llm/v1", api_key="sk-sim",
+            OpenAIProvider(PRIMARY, PRIMARY_MODEL, base_url="http://mock.llm/v1", api_key="test-key",
                            client=self.primary_server.client(),
                            async_client=self.primary_server.async_client(), clock=self.clock),
             AnthropicProvider(SECONDARY, SECONDARY_MODEL, base_url="http://mock.llm",
-                              api_key="sk-sim", client=self.secondary_server.client(),
+                              api_key="test-key", client=self.secondary_server.client(),
                               async_client=self.secondary_server.async_client(), clock=self.clock),
         ]
         self.limiters = {
@@ -167,7 +169,8 @@ class Simulation:
                                    max_wait=30.0, name=SECONDARY),
         }
         self.breakers = {
-            name: CircuitBreaker(name, failure_threshold=5, reset_timeout=30.0, clock=self.clock)
+            name: CircuitBreaker(name, failure_threshold=s.breaker_threshold,
+                                 reset_timeout=s.breaker_reset, clock=self.clock)
             for name in (PRIMARY, SECONDARY)
         }
         self.retry = RetryPolicy(max_attempts=3, backoff=BackoffPolicy(base_delay=0.5, max_delay=8),
@@ -176,9 +179,10 @@ class Simulation:
         self.client = ResilientClient(self.providers, limiters=self.limiters, retry=self.retry,
                                       breakers=self.breakers, cost=self.cost, clock=self.clock)
         self.timeline = Timeline(keep_log=keep_log)
-        for component in (*self.limiters.values(), *self.breakers.values(), self.client,
-                          self.cost, self.retry):
-            component.subscribe(self.timeline)
+        if track:  # a live demo (track=False) draws from its own listeners, unbounded lists here
+            for component in (*self.limiters.values(), *self.breakers.values(), self.client,
+                              self.cost, self.retry):
+                component.subscribe(self.timeline)
         self.outcomes: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.fallbacks = 0

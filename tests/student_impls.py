@@ -1039,3 +1039,15 @@ def bug_chunk_no_validation(text, max_tokens, overlap=0):
 
 def stub_chunk(text, max_tokens, overlap=0):
     raise NotImplementedError("implement chunk_text")
+
+
+class BugDeadlockLimiter(GoodLimiter):
+    """Takes its own (non-reentrant) lock twice: the classic deadlock."""
+
+    def acquire(self, tokens=0):
+        with self.lock:
+            return self._take(tokens)
+
+    def _take(self, tokens):
+        with self.lock:  # already held by this thread: blocks forever
+            return 0.0

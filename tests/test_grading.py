@@ -190,6 +190,17 @@ def test_endless_loop_fails_within_budget_and_returns():
         time.sleep(0.01)
 
 
+def test_deadlock_is_named_and_does_not_spill_into_later_checks():
+    """A lock taken twice blocks forever: the hint says so, and the next check is unharmed."""
+    _, failures, _ = run(check_task1, S.GoodLazyBucket, S.BugDeadlockLimiter, budget=0.3)
+    assert failures and all("stuck waiting for a lock" in h for h in failures.values())
+    for _ in range(3):  # the lockstep thread-safety criteria still pass on correct code
+        _, failures, _ = run(check_task3, S.GoodFloatTracker)
+        assert failures == {}
+        _, failures, _ = run(check_task3, S.BugUnlockedTracker)
+        assert failed_keys(failures, T3) == {"lock"}
+
+
 @pytest.mark.parametrize(
     ("check", "impl", "keys"),
     [

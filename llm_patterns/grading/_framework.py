@@ -11,7 +11,9 @@ the solution notebooks stable under strict nbval.
 from __future__ import annotations
 
 import ctypes
+import dis
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -106,6 +108,7 @@ class _Guard:
     threads: list[threading.Thread] = field(default_factory=list)
     real_sleep: list[float] = field(default_factory=list)
     stopped: bool = False
+    blocked: bool = False  # a thread was stuck in a C call (a deadlock), not looping
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -117,11 +120,43 @@ class _Guard:
         for cb in callbacks:
             cb()
         for t in threads:
-            _inject(t, _StopCriterion)
+            _inject(t, _StopCriterion, self)
 
 
-def _inject(thread: threading.Thread, exc: type[BaseException]) -> None:
+_CALL_OPS = frozenset(
+    dis.opmap[name] for name in ("CALL", "PRECALL", "CALL_FUNCTION_EX", "BEFORE_WITH",
+                                 "CALL_FUNCTION", "CALL_METHOD", "CALL_KW", "SETUP_WITH")
+    if name in dis.opmap
+)
+
+
+def _blocked_in_c(thread: threading.Thread, samples: int = 5, gap: float = 0.01) -> bool:
+    """Whether ``thread`` sits still inside a C call (a lock it will never get), not a loop.
+
+    An exception injected into such a thread is never delivered, and on CPython 3.11 the
+    pending injection slows every other thread until it is; so a deadlocked thread is left
+    alone (it is a daemon and uses no CPU) instead of being interrupted.
+    """
+    seen = set()
+    for i in range(samples):
+        frame = sys._current_frames().get(thread.ident)
+        if frame is None:
+            return False
+        seen.add((id(frame.f_code), frame.f_lasti))
+        if len(seen) > 1:
+            return False
+        if i + 1 < samples:
+            _real_sleep(gap)
+    code, lasti = frame.f_code.co_code, frame.f_lasti
+    return 0 <= lasti < len(code) and code[lasti] in _CALL_OPS
+
+
+def _inject(thread: threading.Thread, exc: type[BaseException], guard: _Guard | None = None) -> None:
     if thread.ident is None or not thread.is_alive():
+        return
+    if _blocked_in_c(thread):
+        if guard is not None:
+            guard.blocked = True
         return
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
 
@@ -214,9 +249,9 @@ def _run_one(fn: Callable[[], object], budget: float) -> tuple[str, BaseExceptio
         guard.stop()
         for _ in range(10):  # re-inject: a bare `except:` in student code may swallow one
             thread.join(0.05)
-            if not thread.is_alive():
+            if not thread.is_alive() or guard.blocked:
                 break
-            _inject(thread, _StopCriterion)
+            _inject(thread, _StopCriterion, guard)
         return "timeout", None, guard
     exc = box.get("exc")
     return ("ok" if exc is None else "error"), exc, guard
@@ -233,6 +268,10 @@ def _verdict(
     if status == "timeout":
         if guard.real_sleep:
             return _sleep_hint()
+        if guard.blocked:
+            return (f"did not finish within {budget:g} s — stuck waiting for a lock (a deadlock?): "
+                    "a method that holds the lock calls another that takes the same "
+                    "threading.Lock; use threading.RLock or take the lock once")
         return f"did not finish within {budget:g} s — an endless loop?" + (
             f" ({timeout_hint})" if timeout_hint else ""
         )
