@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser and not airflow and not redis"
 
 notebooks: $(STAMP)
-	$(PY) -m llm_patterns.notebook_build
+	$(PY) tools/build_notebooks.py
 
 grade: $(STAMP)
 	$(PY) -m llm_patterns grade notebooks/

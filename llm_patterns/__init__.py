@@ -51,6 +51,8 @@ _EXPORTS: dict[str, str] = {
     "CircuitBreaker": "circuit_breaker", "CircuitState": "circuit_breaker",
     "is_outage": "circuit_breaker",
     # together
+    # shared state across processes and hosts (Airflow workers)
+    "SharedRateLimiter": "state", "SharedCircuitBreaker": "state",
     "ResilientClient": "client", "GuardedProvider": "client", "MockLLMServer": "mock",
     # token limits
     "check_fits": "context", "context_window": "context", "ContextLimits": "context",

@@ -173,15 +173,24 @@ class SummaryResult:
         return [s.response for s in self.steps]
 
 
-def _caller(summarize: Any, output_tokens: int) -> Callable[[str], tuple[str, Any]]:
-    if hasattr(summarize, "complete"):
+def _caller(summarize: Any, output_tokens: int,
+            dag_id: str | None) -> Callable[[str, str], tuple[str, Any]]:
+    from .client import ResilientClient  # lazy: chunking does not need the client otherwise
 
-        def call(prompt: str) -> tuple[str, Any]:
+    if isinstance(summarize, ResilientClient):  # it takes labels and records cost itself
+
+        def call(prompt: str, task_id: str) -> tuple[str, Any]:
+            response = summarize.complete(prompt, max_tokens=output_tokens, dag_id=dag_id,
+                                          task_id=task_id)
+            return _text_of(response), response
+    elif hasattr(summarize, "complete"):
+
+        def call(prompt: str, task_id: str) -> tuple[str, Any]:
             response = summarize.complete(prompt, max_tokens=output_tokens)
             return _text_of(response), response
     elif callable(summarize):
 
-        def call(prompt: str) -> tuple[str, Any]:
+        def call(prompt: str, task_id: str) -> tuple[str, Any]:
             response = summarize(prompt)
             return _text_of(response), response
     else:
@@ -227,7 +236,8 @@ def map_reduce_summarize(
     works too. Templates contain ``{text}``. When the joined summaries do not fit one reduce
     prompt they are chunked and reduced again; ``max_rounds`` bounds the reduce rounds, the final
     one included, and ``ContextWindowExceeded`` says when that is not enough. With ``cost`` (a CostTracker), each response that has ``.model``
-    and ``.usage`` is recorded with ``task_id`` "chunk-i" / "reduce-j" (and ``dag_id``).
+    and ``.usage`` is recorded with ``task_id`` "chunk-i" / "reduce-j" (and ``dag_id``); a
+    ``ResilientClient`` gets those labels on each call and records the cost itself.
     """
     for name, template in (("map_prompt", map_prompt), ("reduce_prompt", reduce_prompt)):
         if not isinstance(template, str) or "{text}" not in template:
@@ -248,12 +258,15 @@ def map_reduce_summarize(
                 f"max_tokens={max_tokens} leaves {room[name]} tokens for text after {name} "
                 f"({max_tokens - room[name]} tokens) with overlap={overlap}; raise max_tokens"
             )
-    call = _caller(summarize, output_tokens)
+    call = _caller(summarize, output_tokens, dag_id)
+    recorded_by_client = getattr(summarize, "cost", None)
+    if cost is not None and cost is recorded_by_client:
+        cost = None  # the client records each call already, with the same labels
     steps: list[SummaryStep] = []
 
     def run(task_id: str, template: str, piece: str) -> str:
         prompt = _fill(template, piece)
-        answer, response = call(prompt)
+        answer, response = call(prompt, task_id)
         spent = None
         model, usage = getattr(response, "model", None), getattr(response, "usage", None)
         if cost is not None and model is not None and usage is not None:

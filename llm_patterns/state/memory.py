@@ -1,0 +1,120 @@
+"""``MemoryStateStore``: the state-store protocol in one process's memory (``memory://``).
+
+For tests, notebooks and single-process pipelines: the same semantics as the shared stores
+(it runs the same pure functions from ``base``), under one lock, with no sharing at all across
+processes. Default time base: ``SystemClock`` (monotonic), or the ``clock`` you inject (a
+``VirtualClock`` makes it deterministic).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ..clock import Clock, SystemClock
+from . import base
+from .base import Admission, BreakerConfig, BreakerOutcome, Bucket
+
+__all__ = ["DictStateStore", "MemoryStateStore"]
+
+T = TypeVar("T")
+Op = Callable[[dict[str, Any], float], T]
+
+
+class DictStateStore:
+    """The protocol's operations over dict states; a subclass supplies the atomic step.
+
+    ``_limiter(key, now, fn)`` / ``_breaker(key, now, fn)`` must, atomically: read the key's
+    state (or a new one), read the time if ``now`` is None, run ``fn(state, now)``, save the
+    state, and return ``fn``'s result.
+    """
+
+    clock: Any
+    url: str
+
+    def _limiter(self, key: str, now: float | None, fn: Op[T]) -> T:
+        raise NotImplementedError
+
+    def _breaker(self, key: str, now: float | None, fn: Op[T]) -> T:
+        raise NotImplementedError
+
+    # -- buckets
+    def acquire(self, key: str, buckets: Sequence[Bucket], now: float | None = None) -> float:
+        bs = [base.check_bucket(b) for b in buckets]
+        return self._limiter(key, now, lambda s, t: base.bucket_acquire(s, bs, t))
+
+    def adjust(self, key: str, bucket: Bucket, delta: float, now: float | None = None) -> float:
+        b, d = base.check_bucket(bucket), base.check_finite("delta", delta)
+        return self._limiter(key, now, lambda s, t: base.bucket_adjust(s, b, d, t))
+
+    def lower(self, key: str, bucket: Bucket, ceiling: float, now: float | None = None) -> float:
+        b, c = base.check_bucket(bucket), base.check_finite("ceiling", ceiling)
+        return self._limiter(key, now, lambda s, t: base.bucket_lower(s, b, c, t))
+
+    def pause(self, key: str, seconds: float, now: float | None = None) -> float:
+        sec = base.check_finite("seconds", seconds, minimum=0.0)
+        return self._limiter(key, now, lambda s, t: base.bucket_pause(s, sec, t))
+
+    def levels(self, key: str, buckets: Sequence[Bucket],
+               now: float | None = None) -> dict[str, float]:
+        bs = [base.check_bucket(b) for b in buckets]
+        return self._limiter(key, now, lambda s, t: base.bucket_levels(s, bs, t))
+
+    # -- breakers
+    def breaker_admit(self, key: str, config: BreakerConfig,
+                      now: float | None = None) -> Admission:
+        return self._breaker(key, now, lambda s, t: base.breaker_admit(s, config, t))
+
+    def breaker_record(self, key: str, config: BreakerConfig, outcome: str, *,
+                       generation: int | None = None, lease: str | None = None,
+                       error: str | None = None, now: float | None = None) -> BreakerOutcome:
+        return self._breaker(key, now, lambda s, t: base.breaker_record(
+            s, config, outcome, generation, lease, error, t))
+
+    def breaker_release(self, key: str, lease: str) -> None:
+        self._breaker(key, None, lambda s, t: base.breaker_release(s, lease))
+
+    def breaker_read(self, key: str, config: BreakerConfig,
+                     now: float | None = None) -> dict[str, Any]:
+        return self._breaker(key, now, lambda s, t: copy.deepcopy(base.breaker_read(s, config, t)))
+
+    def breaker_force(self, key: str, config: BreakerConfig, state: str,
+                      now: float | None = None) -> BreakerOutcome:
+        return self._breaker(key, now, lambda s, t: base.breaker_force(s, config, state, t))
+
+    def close(self) -> None:
+        """Release resources (nothing here; kept for the protocol)."""
+
+
+class MemoryStateStore(DictStateStore):
+    """In-process state store; see the module docstring."""
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.url = "memory://"
+        self._lock = threading.Lock()
+        self._buckets: dict[str, dict[str, Any]] = {}
+        self._breakers: dict[str, dict[str, Any]] = {}
+
+    def _limiter(self, key: str, now: float | None, fn: Op[T]) -> T:
+        base.check_key(key)
+        with self._lock:
+            t = self.clock.now() if now is None else base.check_finite("now", now)
+            state = self._buckets.get(key)
+            if state is None:
+                state = self._buckets[key] = base.new_bucket_state()
+            return fn(state, t)
+
+    def _breaker(self, key: str, now: float | None, fn: Op[T]) -> T:
+        base.check_key(key)
+        with self._lock:
+            t = self.clock.now() if now is None else base.check_finite("now", now)
+            state = self._breakers.get(key)
+            if state is None:
+                state = self._breakers[key] = base.new_breaker_state(t)
+            return fn(state, t)
+
+    def __repr__(self) -> str:
+        return f"MemoryStateStore(clock={self.clock!r})"

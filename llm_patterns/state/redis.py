@@ -1,0 +1,876 @@
+"""``RedisStore``: shared limiter, breaker and budget state for workers on many hosts.
+
+``redis://[user:password@]host:6379/0`` (extra ``[redis]``). Every operation of the
+``StateStore`` protocol is ONE Lua script run by the server, so it is atomic across every
+process on every machine: the RPM and TPM buckets are refilled and paid all-or-nothing in one
+step, the half-open probe lease is handed out at most ``half_open_max_calls`` times, and a
+budget reservation checks and holds the money in the same step (no GET-then-SET: research §5,
+§7). The scripts port the pure functions of ``base`` line by line; the same contract tests run
+against the memory, SQLite and Redis stores.
+
+Time: the scripts read the Redis server's ``TIME`` (wall clock, epoch seconds), so workers whose
+clocks disagree still share one rate and one cooldown. A caller's ``now`` is IGNORED (the
+protocol allows it). ``server_time=False`` makes the store read ``clock.now()`` instead and pass
+it in: for deterministic tests and simulations only, never across hosts.
+
+Expiry: a bucket key expires once it would have refilled to full (it is then identical to a
+new one, so nothing is lost); a breaker after ``idle_ttl`` without use (never while open or
+while a probe lease is live); probe leases expire after ``probe_timeout`` inside the state, so a
+crashed probe cannot wedge half-open. Budget totals do not expire (a hard budget must not reset
+itself); budget reservations do.
+
+Redis down: ``on_failure="closed"`` (default) refuses calls: ``acquire``/``levels`` raise
+``LimiterStateUnavailable`` (a ``RateLimitTimeout``: Airflow reschedules the task),
+breaker reads/admissions raise ``BreakerStateUnavailable`` (a ``CircuitOpenError``), budget
+reservations raise ``StateStoreUnavailable``; bookkeeping after a call that already happened
+(settle, penalize, breaker results) is applied to a local fallback instead of failing the call.
+``on_failure="open"`` falls back to a per-process ``MemoryStateStore`` (each process then
+enforces the limits alone: N processes may send N times the rate) with ONE WARNING per outage.
+Either way the store retries Redis after a back-off (1 s doubling to 30 s); between attempts it
+does not touch the network, and socket timeouts bound every attempt: never a hang. Budget
+reservations always fail closed: with Redis down nobody can know what the others spent.
+Error messages and logs name the URL with its password replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..clock import Clock, SystemClock
+from ..errors import CircuitOpenError, LLMError, RateLimitTimeout
+from . import base
+from .base import Admission, BreakerConfig, BreakerOutcome, Bucket
+from .memory import MemoryStateStore
+
+__all__ = [
+    "BreakerStateUnavailable",
+    "LimiterStateUnavailable",
+    "RedisStore",
+    "StateStoreUnavailable",
+    "redact_url",
+]
+
+logger = logging.getLogger("llm_patterns.state")
+T = TypeVar("T")
+
+ON_FAILURE = ("closed", "open")
+_BUCKET_SLACK = 60.0  # seconds a full bucket key outlives its refill (cheap; avoids churn)
+
+
+class StateStoreUnavailable(LLMError):
+    """The shared state store cannot be reached and the store fails closed: no call is made.
+
+    ``url`` is the store's URL with any password replaced by ``***``; ``retry_after`` the
+    seconds until the store tries the server again.
+    """
+
+    url: str = ""
+
+
+class LimiterStateUnavailable(StateStoreUnavailable, RateLimitTimeout):
+    """The rate limiter's shared state is unreachable (fail closed): treat as backpressure."""
+
+
+class BreakerStateUnavailable(StateStoreUnavailable, CircuitOpenError):
+    """The breaker's shared state is unreachable (fail closed): the call is refused."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password (in the netloc or a ``password=`` query item) as ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        cred, host = netloc.rsplit("@", 1)
+        if ":" in cred:  # user:password@host (user may be empty)
+            netloc = f"{cred.split(':', 1)[0]}:***@{host}"
+    query = parts.query
+    if query:
+        items = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(
+            query, keep_blank_values=True)]
+        query = urlencode(items, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# --------------------------------------------------------------------------- Lua
+
+_PRELUDE = r"""
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local function clock_now(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function f(x) return string.format('%.17g', x) end
+local function extend(key, seconds)
+  -- never shorten a key's life: other fields may need the time already granted
+  local ms = math.ceil(seconds * 1000)
+  local left = redis.call('PTTL', key)
+  if left < 0 or ms > left then redis.call('PEXPIRE', key, ms) end
+end
+"""
+
+# KEYS[1] limiter hash: l:<bucket> level, t:<bucket> last refill, p pause-until
+# ARGV: op, now|'' , slack, then per op
+_LIMITER_LUA = _PRELUDE + r"""
+local key, op = KEYS[1], ARGV[1]
+local now = clock_now(ARGV[2])
+local slack = tonumber(ARGV[3])
+local h = {}
+local raw = redis.call('HGETALL', key)
+for i = 1, #raw, 2 do h[raw[i]] = tonumber(raw[i + 1]) end
+local need = 0
+local function refill(name, cap, rate)
+  local level, last = h['l:' .. name], h['t:' .. name]
+  if level == nil or last == nil then level = cap; last = now end
+  if now > last then level = math.min(cap, level + (now - last) * rate)
+  elseif level > cap then level = cap end
+  h['l:' .. name] = level; h['t:' .. name] = now
+  return level
+end
+local function track(name, cap, rate)
+  local full = (cap - h['l:' .. name]) / rate
+  if full > need then need = full end
+end
+local function save()
+  local pause = h['p']
+  if pause ~= nil and pause - now > need then need = pause - now end
+  local args = {}
+  for k, v in pairs(h) do args[#args + 1] = k; args[#args + 1] = f(v) end
+  if #args > 0 then redis.call('HSET', key, unpack(args)) end
+  extend(key, need + slack)
+end
+local function buckets(first)
+  local out = {}
+  local i = first
+  while i + 3 <= #ARGV do
+    out[#out + 1] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
+    i = i + 4
+  end
+  return out
+end
+
+if op == 'acquire' then
+  local bs = buckets(4)
+  local wait = 0
+  if h['p'] ~= nil and h['p'] - now > wait then wait = h['p'] - now end
+  for _, b in ipairs(bs) do
+    local level = refill(b[1], b[2], b[3])
+    local deficit = b[4] - level
+    if deficit > b[2] * 1e-9 and deficit / b[3] > wait then wait = deficit / b[3] end
+  end
+  if wait <= 0 then
+    for _, b in ipairs(bs) do h['l:' .. b[1]] = h['l:' .. b[1]] - b[4] end
+    wait = 0
+  end
+  for _, b in ipairs(bs) do track(b[1], b[2], b[3]) end
+  save()
+  return f(wait)
+elseif op == 'adjust' or op == 'lower' then
+  local b = buckets(4)[1]
+  local level = refill(b[1], b[2], b[3])
+  local x = b[4]
+  if op == 'adjust' then
+    if x > 0 then level = math.min(b[2], level + x) else level = level + x end
+  elseif x < level then level = x end
+  h['l:' .. b[1]] = level
+  track(b[1], b[2], b[3])
+  save()
+  return f(level)
+elseif op == 'pause' then
+  local untl = now + tonumber(ARGV[4])
+  if h['p'] == nil or untl > h['p'] then h['p'] = untl end
+  save()
+  return f(math.max(0, h['p'] - now))
+elseif op == 'levels' then
+  local out = {}
+  for _, b in ipairs(buckets(4)) do
+    out[#out + 1] = b[1]; out[#out + 1] = f(refill(b[1], b[2], b[3]))
+    track(b[1], b[2], b[3])
+  end
+  local pr = 0
+  if h['p'] ~= nil and h['p'] - now > 0 then pr = h['p'] - now end
+  out[#out + 1] = 'pause_remaining'; out[#out + 1] = f(pr)
+  save()
+  return out
+end
+return redis.error_reply('unknown limiter op ' .. tostring(op))
+"""
+
+# KEYS[1] breaker hash, KEYS[2] lease hash (lease id -> expiry)
+# ARGV: op, now|'', key ttl, failure_threshold, reset_timeout, half_open_max_calls,
+#       probe_timeout, then per op
+_BREAKER_LUA = _PRELUDE + r"""
+local key, lkey, op = KEYS[1], KEYS[2], ARGV[1]
+local now = clock_now(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local threshold, reset = tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_calls, probe_timeout = tonumber(ARGV[6]), tonumber(ARGV[7])
+local COUNTERS = {'calls', 'successes', 'failures', 'ignored_errors', 'rejections', 'opened_count'}
+local NUMS = {'consecutive', 'opened_at', 'generation', 'changed_at'}
+
+local s = {}
+local raw = redis.call('HGETALL', key)
+for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
+if s.state == nil then
+  s = {state = 'closed', consecutive = 0, opened_at = 0, generation = 0, changed_at = now}
+  for _, c in ipairs(COUNTERS) do s[c] = 0 end
+else
+  for _, c in ipairs(COUNTERS) do s[c] = tonumber(s[c]) or 0 end
+  for _, c in ipairs(NUMS) do s[c] = tonumber(s[c]) or 0 end
+end
+local leases = {}
+raw = redis.call('HGETALL', lkey)
+for i = 1, #raw, 2 do leases[raw[i]] = tonumber(raw[i + 1]) end
+
+local moved = {}
+local function transition(new, at)
+  local old = s.state
+  s.state = new
+  s.generation = s.generation + 1
+  leases = {}
+  s.changed_at = at
+  if new == 'closed' then s.consecutive = 0 end
+  if new == 'open' then s.opened_at = at; s.opened_count = s.opened_count + 1 end
+  moved[#moved + 1] = old; moved[#moved + 1] = new
+end
+local function refresh()
+  if s.state == 'open' and now >= s.opened_at + reset then
+    transition('half_open', s.opened_at + reset)
+  end
+  for id, exp in pairs(leases) do
+    if not (exp > now) then leases[id] = nil end
+  end
+  return s.state
+end
+local function live()
+  local n, oldest, first = 0, nil, nil
+  for id, exp in pairs(leases) do
+    n = n + 1
+    if oldest == nil or exp < oldest or (exp == oldest and id < first) then oldest = exp; first = id end
+  end
+  return n, oldest, first
+end
+local function save()
+  local args = {'state', s.state, 'consecutive', f(s.consecutive), 'opened_at', f(s.opened_at),
+                'generation', f(s.generation), 'changed_at', f(s.changed_at)}
+  for _, c in ipairs(COUNTERS) do args[#args + 1] = c; args[#args + 1] = f(s[c]) end
+  if s.last_error ~= nil and s.last_error ~= false then
+    args[#args + 1] = 'last_error'; args[#args + 1] = s.last_error
+  else
+    redis.call('HDEL', key, 'last_error')
+  end
+  redis.call('HSET', key, unpack(args))
+  redis.call('DEL', lkey)
+  local la = {}
+  for id, exp in pairs(leases) do la[#la + 1] = id; la[#la + 1] = f(exp) end
+  local keep = ttl
+  if s.state == 'open' and s.opened_at + reset - now + probe_timeout > keep then
+    keep = s.opened_at + reset - now + probe_timeout
+  end
+  if #la > 0 then
+    redis.call('HSET', lkey, unpack(la))
+    redis.call('PEXPIRE', lkey, math.ceil((probe_timeout + ttl) * 1000))
+    if probe_timeout + ttl > keep then keep = probe_timeout + ttl end
+  end
+  redis.call('PEXPIRE', key, math.ceil(keep * 1000))
+end
+
+if op == 'admit' then
+  local state = refresh()
+  local tr_old, tr_new = '', ''
+  if #moved > 0 then tr_old = moved[#moved - 1]; tr_new = moved[#moved] end
+  if state == 'closed' then
+    s.calls = s.calls + 1
+    save()
+    return {'1', state, f(s.generation), '', '0', tr_old, tr_new}
+  end
+  local retry_after
+  if state == 'half_open' then
+    local n, oldest = live()
+    if n < max_calls then
+      local lease = ARGV[8]
+      leases[lease] = now + probe_timeout
+      s.calls = s.calls + 1
+      save()
+      return {'1', state, f(s.generation), lease, '0', tr_old, tr_new}
+    end
+    retry_after = math.max(0.001, oldest - now)
+  else
+    retry_after = math.max(0.001, s.opened_at + reset - now)
+  end
+  s.rejections = s.rejections + 1
+  save()
+  return {'0', state, f(s.generation), '', f(retry_after), tr_old, tr_new}
+elseif op == 'record' then
+  local outcome = ARGV[8]
+  local generation = nil
+  if ARGV[9] ~= '' then generation = tonumber(ARGV[9]) end
+  local lease = nil
+  if ARGV[10] ~= '' then lease = ARGV[10] end
+  local state = refresh()
+  if lease == nil and state == 'half_open' and generation == nil then
+    local n, oldest, first = live()
+    if n > 0 then lease = first end
+  end
+  local current = (generation == nil or generation == s.generation) and
+    (state ~= 'half_open' or lease == nil or leases[lease] ~= nil)
+  if state == 'half_open' and lease ~= nil then leases[lease] = nil end
+  if outcome == 'failure' then
+    if ARGV[11] == '1' then s.last_error = ARGV[12] else s.last_error = nil end
+  end
+  if outcome == 'success' then
+    s.successes = s.successes + 1
+    if current and state ~= 'open' then
+      s.consecutive = 0
+      if state == 'half_open' then transition('closed', now) end
+    end
+  elseif outcome == 'ignored' then
+    s.ignored_errors = s.ignored_errors + 1
+  else
+    s.failures = s.failures + 1
+    if current and state ~= 'open' then
+      s.consecutive = s.consecutive + 1
+      if state == 'half_open' or s.consecutive >= threshold then transition('open', now) end
+    end
+  end
+  save()
+  local out = {s.state, f(s.consecutive)}
+  for _, m in ipairs(moved) do out[#out + 1] = m end
+  return out
+elseif op == 'force' then
+  local target = ARGV[8]
+  refresh()
+  if target == 'closed' then
+    s.consecutive = 0
+    if s.state ~= 'closed' then transition('closed', now) end
+  elseif s.state == 'open' then
+    s.opened_at = now
+    s.opened_count = s.opened_count + 1
+    s.generation = s.generation + 1
+  else
+    transition('open', now)
+  end
+  save()
+  local out = {s.state, f(s.consecutive)}
+  for _, m in ipairs(moved) do out[#out + 1] = m end
+  return out
+elseif op == 'read' then
+  local state = refresh()
+  local retry_in = 0
+  if state == 'open' then retry_in = math.max(0, s.opened_at + reset - now) end
+  local n = live()
+  save()
+  local has_err, err = '0', ''
+  if s.last_error ~= nil and s.last_error ~= false then has_err = '1'; err = s.last_error end
+  local out = {state, f(s.consecutive), f(retry_in), f(s.generation), f(n), has_err, err,
+               f(s.changed_at)}
+  for _, c in ipairs(COUNTERS) do out[#out + 1] = f(s[c]) end
+  for _, m in ipairs(moved) do out[#out + 1] = m end
+  return out
+end
+return redis.error_reply('unknown breaker op ' .. tostring(op))
+"""
+
+# KEYS[1] budget hash (spent, in integer units), KEYS[2] zset reservation id -> expiry,
+# KEYS[3] hash reservation id -> amount. ARGV: op, now|'', then per op.
+_BUDGET_LUA = _PRELUDE + r"""
+local key, zkey, akey, op = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local now = clock_now(ARGV[2])
+local function purge()
+  local gone = redis.call('ZRANGEBYSCORE', zkey, '-inf', f(now))
+  for _, id in ipairs(gone) do
+    redis.call('ZREM', zkey, id)
+    redis.call('HDEL', akey, id)
+  end
+  local held, n = 0, 0
+  for _, v in ipairs(redis.call('HVALS', akey)) do held = held + tonumber(v); n = n + 1 end
+  return held, n
+end
+local function i(x) return string.format('%.0f', x) end
+local spent = tonumber(redis.call('HGET', key, 'spent') or '0')
+local held, n = purge()
+if op == 'reserve' then
+  local id, amount, limit, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  if spent + held + amount > limit then
+    return {'0', i(spent), i(held), i(n)}
+  end
+  redis.call('ZADD', zkey, f(now + ttl), id)
+  redis.call('HSET', akey, id, i(amount))
+  extend(zkey, ttl + 60)
+  extend(akey, ttl + 60)
+  if redis.call('EXISTS', key) == 0 then redis.call('HSET', key, 'spent', '0') end
+  return {'1', i(spent), i(held + amount), i(n + 1)}
+elseif op == 'commit' or op == 'release' then
+  local id = ARGV[3]
+  local amount = redis.call('HGET', akey, id)
+  local was_live = '0'
+  if amount then
+    was_live = '1'
+    held = held - tonumber(amount)
+    n = n - 1
+    redis.call('ZREM', zkey, id)
+    redis.call('HDEL', akey, id)
+  end
+  if op == 'commit' then
+    spent = spent + tonumber(ARGV[4])
+    redis.call('HSET', key, 'spent', i(spent))
+  end
+  return {was_live, i(spent), i(held), i(n)}
+elseif op == 'read' then
+  return {'1', i(spent), i(held), i(n)}
+elseif op == 'reset' then
+  redis.call('DEL', key, zkey, akey)
+  return {'1', '0', '0', '0'}
+end
+return redis.error_reply('unknown budget op ' .. tostring(op))
+"""
+
+
+def _num(x: Any) -> str:
+    """A float for an ARGV: ``repr`` is the shortest string that reads back to the same float."""
+    return repr(float(x))
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class RedisStore:
+    """The ``StateStore`` protocol on Redis (see the module docstring).
+
+    ``url_or_client``: a ``redis://`` / ``rediss://`` / ``unix://`` URL, or a ``redis.Redis``
+    client (then it is used as is: set its timeouts yourself). ``prefix`` starts every key.
+    ``on_failure``: ``"closed"`` refuses calls while Redis is unreachable, ``"open"`` falls back
+    to per-process memory state. ``socket_timeout`` / ``connect_timeout`` bound each attempt;
+    ``reconnect_after`` .. ``max_reconnect_after`` is the back-off before Redis is tried again.
+    ``idle_ttl``: seconds an unused breaker is kept. ``clock`` is what waiters sleep on (and the
+    back-off's time base); with ``server_time=False`` it is also the state's time base.
+    """
+
+    def __init__(
+        self,
+        url_or_client: Any,
+        *,
+        prefix: str = "llm_patterns",
+        on_failure: str = "closed",
+        socket_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+        reconnect_after: float = 1.0,
+        max_reconnect_after: float = 30.0,
+        idle_ttl: float = 86400.0,
+        clock: Clock | None = None,
+        server_time: bool = True,
+    ) -> None:
+        try:
+            import redis as redis_lib
+        except ImportError as exc:  # pragma: no cover - depends on the extra
+            raise ImportError(
+                "RedisStore needs the 'redis' package: pip install 'llm-patterns[redis]'"
+            ) from exc
+        self._redis = redis_lib
+        if on_failure not in ON_FAILURE:
+            raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} "):
+            raise ValueError(f"prefix must be a non-empty str without braces or spaces, "
+                             f"got {prefix!r}")
+        for name, value in (("socket_timeout", socket_timeout),
+                            ("connect_timeout", connect_timeout),
+                            ("reconnect_after", reconnect_after),
+                            ("max_reconnect_after", max_reconnect_after),
+                            ("idle_ttl", idle_ttl)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value > 0
+            ):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        if max_reconnect_after < reconnect_after:
+            raise ValueError(f"max_reconnect_after={max_reconnect_after!r} must be >= "
+                             f"reconnect_after={reconnect_after!r}")
+        if not server_time and clock is None:
+            raise ValueError("server_time=False needs a clock= to read the time from")
+        self.prefix = prefix
+        self.on_failure = on_failure
+        self.socket_timeout = float(socket_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.reconnect_after = float(reconnect_after)
+        self.max_reconnect_after = float(max_reconnect_after)
+        self.idle_ttl = float(idle_ttl)
+        self.server_time = bool(server_time)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        if isinstance(url_or_client, str):
+            if "://" not in url_or_client:
+                raise ValueError(f"url must look like 'redis://host:6379/0', got "
+                                 f"{redact_url(url_or_client)!r}")
+            self._url_raw: str | None = url_or_client
+            self.url = redact_url(url_or_client)
+            self.client = self._make_client(url_or_client)
+        elif callable(getattr(url_or_client, "evalsha", None)):
+            self._url_raw = None
+            self.client = url_or_client
+            kw = getattr(getattr(url_or_client, "connection_pool", None), "connection_kwargs",
+                         {})
+            host = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
+            self.url = f"redis://{host}/{kw.get('db', 0)}"
+        else:
+            raise TypeError(f"url_or_client must be a redis:// URL or a redis.Redis client, "
+                            f"got {url_or_client!r}")
+        self._limiter_script = self.client.register_script(_LIMITER_LUA)
+        self._breaker_script = self.client.register_script(_BREAKER_LUA)
+        self._budget_script = self.client.register_script(_BUDGET_LUA)
+        self._fallback = MemoryStateStore(clock=self.clock)
+        self._lock = threading.Lock()
+        self._down_until: float | None = None  # on self.clock; None = Redis believed up
+        self._backoff = self.reconnect_after
+        self._closed = False
+
+    def _make_client(self, url: str) -> Any:
+        r = self._redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return r.Redis.from_url(
+            url, socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.connect_timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
+        )
+
+    # -- keys
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}:{{{base.check_key(key)}}}"
+
+    # -- time: the caller's ``now`` is ignored (see the module docstring)
+    def _now_arg(self) -> str:
+        return "" if self.server_time else _num(self.clock.now())
+
+    # -- failure handling
+    @property
+    def available(self) -> bool:
+        """False while the store is backing off after Redis failed."""
+        with self._lock:
+            return self._down_until is None
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        ex = self._redis.exceptions
+        return (ex.ConnectionError, ex.TimeoutError, ex.ReadOnlyError, ConnectionError,
+                TimeoutError, OSError)
+
+    def _mark_down(self, exc: BaseException) -> float:
+        with self._lock:
+            first = self._down_until is None
+            if first:
+                self._backoff = self.reconnect_after
+            else:
+                self._backoff = min(self.max_reconnect_after, self._backoff * 2)
+            self._down_until = self.clock.now() + self._backoff
+            backoff = self._backoff
+        if first:
+            what = ("refusing calls (on_failure='closed')" if self.on_failure == "closed" else
+                    "falling back to per-process in-memory limits and breakers "
+                    "(on_failure='open': each process now enforces the limits alone)")
+            logger.warning("state store %s unreachable (%s: %s); %s; retrying Redis in %.1f s",
+                           self.url, type(exc).__name__, exc, what, backoff)
+        else:
+            logger.debug("state store %s still unreachable (%s); next try in %.1f s",
+                         self.url, type(exc).__name__, backoff)
+        return backoff
+
+    def _mark_up(self) -> None:
+        with self._lock:
+            was_down = self._down_until is not None
+            self._down_until = None
+            self._backoff = self.reconnect_after
+        if was_down:
+            self._fallback = MemoryStateStore(clock=self.clock)  # a later outage starts afresh
+            logger.info("state store %s reachable again; shared state restored "
+                        "(per-process fallback state discarded)", self.url)
+
+    def _backing_off(self) -> float:
+        """Seconds left before Redis may be tried again (0 = try it now)."""
+        with self._lock:
+            if self._down_until is None:
+                return 0.0
+            return max(0.0, self._down_until - self.clock.now())
+
+    def _run(self, kind: str, remote: Callable[[], T], local: Callable[[MemoryStateStore], T],
+             *, gate: bool) -> T:
+        """Run ``remote`` on Redis; when Redis is down: ``local`` on the fallback store
+        (fail open, or bookkeeping after a call), or refuse (fail closed, ``gate`` ops)."""
+        if self._closed:
+            raise ValueError(f"state store {self.url} is closed")
+        wait = self._backing_off()
+        if wait == 0.0:
+            try:
+                result = remote()
+            except self._errors() as exc:
+                wait = self._mark_down(exc)
+                cause: BaseException | None = exc
+            else:
+                self._mark_up()
+                return result
+        else:
+            cause = None
+        if self.on_failure == "open" or not gate:
+            return local(self._fallback)
+        wait = max(wait, 0.001)
+        msg = (f"shared {kind} state at {self.url} is unreachable; refusing the call "
+               f"(on_failure='closed'); retrying Redis in {wait:.1f} s")
+        cls = {"limiter": LimiterStateUnavailable, "breaker": BreakerStateUnavailable}.get(
+            kind, StateStoreUnavailable)
+        err = cls(msg, retry_after=wait)
+        err.url = self.url
+        if cause is not None:
+            raise err from cause
+        raise err
+
+    # -- buckets
+    def _limiter(self, op: str, key: str, args: list[str]) -> Any:
+        return self._limiter_script(keys=[self._key(key)],
+                                    args=[op, self._now_arg(), _num(_BUCKET_SLACK), *args])
+
+    @staticmethod
+    def _bucket_args(buckets: Sequence[Bucket], amounts: Sequence[float] | None = None
+                     ) -> list[str]:
+        out: list[str] = []
+        for i, b in enumerate(buckets):
+            amount = b.amount if amounts is None else amounts[i]
+            out += [b.name, _num(b.capacity), _num(b.refill_per_s), _num(amount)]
+        return out
+
+    def acquire(self, key: str, buckets: Sequence[Bucket], now: float | None = None) -> float:
+        bs = [base.check_bucket(b) for b in buckets]
+        base.check_key(key)
+        return self._run(
+            "limiter", lambda: float(self._limiter("acquire", key, self._bucket_args(bs))),
+            lambda m: m.acquire(key, bs), gate=True)
+
+    def adjust(self, key: str, bucket: Bucket, delta: float, now: float | None = None) -> float:
+        b, d = base.check_bucket(bucket), base.check_finite("delta", delta)
+        base.check_key(key)
+        return self._run(
+            "limiter", lambda: float(self._limiter("adjust", key, self._bucket_args([b], [d]))),
+            lambda m: m.adjust(key, b, d), gate=False)
+
+    def lower(self, key: str, bucket: Bucket, ceiling: float, now: float | None = None) -> float:
+        b, c = base.check_bucket(bucket), base.check_finite("ceiling", ceiling)
+        base.check_key(key)
+        return self._run(
+            "limiter", lambda: float(self._limiter("lower", key, self._bucket_args([b], [c]))),
+            lambda m: m.lower(key, b, c), gate=False)
+
+    def pause(self, key: str, seconds: float, now: float | None = None) -> float:
+        sec = base.check_finite("seconds", seconds, minimum=0.0)
+        base.check_key(key)
+        return self._run(
+            "limiter", lambda: float(self._limiter("pause", key, [_num(sec)])),
+            lambda m: m.pause(key, sec), gate=False)
+
+    def levels(self, key: str, buckets: Sequence[Bucket],
+               now: float | None = None) -> dict[str, float]:
+        bs = [base.check_bucket(b) for b in buckets]
+        base.check_key(key)
+
+        def remote() -> dict[str, float]:
+            flat = self._limiter("levels", key, self._bucket_args(bs))
+            return {_s(flat[i]): float(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return self._run("limiter", remote, lambda m: m.levels(key, bs), gate=True)
+
+    # -- breakers
+    def _breaker(self, op: str, key: str, cfg: BreakerConfig, args: list[str]) -> list[str]:
+        k = self._key(key)
+        ttl = max(self.idle_ttl, cfg.reset_timeout + cfg.probe_timeout + 60.0)
+        out = self._breaker_script(keys=[k, f"{k}:leases"], args=[
+            op, self._now_arg(), _num(ttl), str(int(cfg.failure_threshold)),
+            _num(cfg.reset_timeout), str(int(cfg.half_open_max_calls)), _num(cfg.probe_timeout),
+            *args])
+        return [_s(x) for x in out]
+
+    @staticmethod
+    def _moves(flat: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        return tuple((flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2))
+
+    def breaker_admit(self, key: str, config: BreakerConfig,
+                      now: float | None = None) -> Admission:
+        base.check_key(key)
+
+        def remote() -> Admission:
+            r = self._breaker("admit", key, config, [uuid.uuid4().hex])
+            return Admission(r[0] == "1", r[1], int(float(r[2])), r[3] or None, float(r[4]),
+                             (r[5], r[6]) if r[5] else None)
+        return self._run("breaker", remote, lambda m: m.breaker_admit(key, config), gate=True)
+
+    def breaker_record(self, key: str, config: BreakerConfig, outcome: str, *,
+                       generation: int | None = None, lease: str | None = None,
+                       error: str | None = None, now: float | None = None) -> BreakerOutcome:
+        base.check_key(key)
+        if outcome not in base.OUTCOMES:
+            raise ValueError(f"outcome must be one of {base.OUTCOMES}, got {outcome!r}")
+
+        def remote() -> BreakerOutcome:
+            r = self._breaker("record", key, config, [
+                outcome, "" if generation is None else str(int(generation)), lease or "",
+                "0" if error is None else "1", "" if error is None else str(error)])
+            return BreakerOutcome(r[0], int(float(r[1])), self._moves(r[2:]))
+        return self._run("breaker", remote, lambda m: m.breaker_record(
+            key, config, outcome, generation=generation, lease=lease, error=error), gate=False)
+
+    def breaker_release(self, key: str, lease: str) -> None:
+        k = self._key(key)
+        self._run("breaker", lambda: self.client.hdel(f"{k}:leases", lease),
+                  lambda m: m.breaker_release(key, lease), gate=False)
+
+    def breaker_read(self, key: str, config: BreakerConfig,
+                     now: float | None = None) -> dict[str, Any]:
+        base.check_key(key)
+
+        def remote() -> dict[str, Any]:
+            r = self._breaker("read", key, config, [])
+            counters = dict(zip(base._COUNTERS, (int(float(x)) for x in r[8:14])))
+            return {
+                "state": r[0], "consecutive_failures": int(float(r[1])),
+                "retry_in": float(r[2]), "generation": int(float(r[3])),
+                "trials_in_flight": int(float(r[4])),
+                "last_error": r[6] if r[5] == "1" else None,
+                "last_state_change": float(r[7]), **counters,
+                "transitions": self._moves(r[14:]),
+            }
+        return self._run("breaker", remote, lambda m: m.breaker_read(key, config), gate=True)
+
+    def breaker_force(self, key: str, config: BreakerConfig, state: str,
+                      now: float | None = None) -> BreakerOutcome:
+        base.check_key(key)
+        if state not in ("open", "closed"):
+            raise ValueError(f"state must be 'open' or 'closed', got {state!r}")
+
+        def remote() -> BreakerOutcome:
+            r = self._breaker("force", key, config, [state])
+            return BreakerOutcome(r[0], int(float(r[1])), self._moves(r[2:]))
+        return self._run("breaker", remote, lambda m: m.breaker_force(key, config, state),
+                         gate=True)
+
+    # -- budgets (integer amounts, e.g. nano-USD; see budget.SharedBudget)
+    def _budget(self, op: str, key: str, args: list[str]) -> tuple[bool, int, int, int]:
+        k = self._key(key)
+        r = self._budget_script(keys=[k, f"{k}:res", f"{k}:amt"],
+                                args=[op, self._now_arg(), *args])
+        return (_s(r[0]) == "1", int(_s(r[1])), int(_s(r[2])), int(_s(r[3])))
+
+    def budget_reserve(self, key: str, reservation: str, amount: int, limit: int,
+                       ttl: float) -> tuple[bool, int, int, int]:
+        """Atomically: drop expired reservations; if ``spent + reserved + amount <= limit``
+        hold ``amount`` under ``reservation`` for ``ttl`` s. -> (ok, spent, reserved, count)."""
+        from .budget import check_units, dict_budget_ops
+
+        amount, limit = check_units("amount", amount), check_units("limit", limit)
+        ttl = base.check_finite("ttl", ttl, minimum=0.001)
+        return self._run("budget", lambda: self._budget(
+            "reserve", key, [reservation, str(amount), str(limit), _num(ttl)]),
+            lambda m: dict_budget_ops(m).budget_reserve(key, reservation, amount, limit, ttl),
+            gate=True)
+
+    def budget_commit(self, key: str, reservation: str | None,
+                      actual: int) -> tuple[bool, int, int, int]:
+        """Drop ``reservation`` (if still held) and add ``actual`` to the spend.
+        -> (was_live, spent, reserved, count)."""
+        from .budget import check_units
+
+        actual = check_units("actual", actual)
+        return self._budget_bookkeeping("commit", key, reservation or "", [str(actual)])
+
+    def budget_release(self, key: str, reservation: str) -> tuple[bool, int, int, int]:
+        """Give a reservation back (the call did not happen or cost nothing)."""
+        return self._budget_bookkeeping("release", key, reservation, [])
+
+    def budget_read(self, key: str) -> tuple[bool, int, int, int]:
+        from .budget import dict_budget_ops
+
+        return self._run("budget", lambda: self._budget("read", key, []),
+                         lambda m: dict_budget_ops(m).budget_read(key), gate=True)
+
+    def budget_reset(self, key: str) -> None:
+        """Forget the budget's spend and reservations (a new budget period)."""
+        self._budget("reset", key, [])
+
+    def _budget_bookkeeping(self, op: str, key: str, rid: str,
+                            extra: list[str]) -> tuple[bool, int, int, int]:
+        if self._backing_off() == 0.0:
+            try:
+                out = self._budget(op, key, [rid, *extra])
+            except self._errors() as exc:
+                self._mark_down(exc)
+            else:
+                self._mark_up()
+                return out
+        if op == "commit":  # money already spent: say so, loudly, with the amount
+            logger.error("state store %s unreachable: spend of %s units on budget %r NOT "
+                         "recorded in the shared total", self.url, extra[0], key)
+        return (False, 0, 0, 0)
+
+    # -- lifecycle
+    def ping(self) -> bool:
+        """True if Redis answers now (one round trip, bounded by the socket timeouts)."""
+        try:
+            return bool(self.client.ping())
+        except self._errors():
+            return False
+
+    def close(self) -> None:
+        """Close this store's connections; further use raises ``ValueError``."""
+        self._closed = True
+        if self._url_raw is not None:
+            try:
+                self.client.close()
+            except self._errors() as exc:  # pragma: no cover - best effort
+                logger.debug("closing %s: %s", self.url, exc)
+
+    def __enter__(self) -> RedisStore:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._url_raw is None:
+            raise TypeError("a RedisStore built from a client object cannot be pickled; "
+                            "build it from a URL to hand it to other processes")
+        return {"url": self._url_raw, "kw": {
+            "prefix": self.prefix, "on_failure": self.on_failure,
+            "socket_timeout": self.socket_timeout, "connect_timeout": self.connect_timeout,
+            "reconnect_after": self.reconnect_after,
+            "max_reconnect_after": self.max_reconnect_after, "idle_ttl": self.idle_ttl,
+            "clock": self.clock, "server_time": self.server_time}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], **state["kw"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, on_failure={self.on_failure!r})"
+
+
+def from_redis_url(url: str, *, clock: Any = None) -> RedisStore:
+    """``RedisStore`` for ``url``; query items ``on_failure``, ``prefix``, ``socket_timeout``,
+    ``connect_timeout`` configure the store (they are removed before redis-py sees the URL)."""
+    parts = urlsplit(url)
+    ours, theirs = {}, []
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k in ("on_failure", "prefix", "socket_timeout", "connect_timeout", "idle_ttl"):
+            ours[k] = v if k in ("on_failure", "prefix") else float(v)
+        else:
+            theirs.append((k, v))
+    clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(theirs),
+                        parts.fragment))
+    env_mode = os.environ.get("LLM_PATTERNS_STATE_ON_FAILURE")
+    if env_mode and "on_failure" not in ours:
+        ours["on_failure"] = env_mode
+    return RedisStore(clean, clock=clock, **ours)
