@@ -410,7 +410,8 @@ class CircuitBreaker(Observable):
 
         if success:
             self._stats["successes"] += 1
-            self._pending.append(("success", now, {}))
+            if self._subscribers:  # only an event: nothing to queue when nobody listens
+                self._pending.append(("success", now, {}))
             if not current or state is CircuitState.OPEN:
                 return  # a late answer from an earlier episode or a lost lease: statistics only
             self._consecutive_failures = 0
@@ -505,6 +506,8 @@ class CircuitBreaker(Observable):
 
     def _dispatch(self) -> None:
         """Deliver queued notifications in order; never under the lock, never re-entrantly."""
+        if not self._pending:  # the common case; whoever queues next dispatches after it
+            return
         while True:
             with self._lock:
                 if self._dispatching or not self._pending:

@@ -22,9 +22,9 @@ from typing import Any
 
 from .circuit_breaker import CircuitBreaker, CircuitState
 from .clock import Clock, SystemClock
-from .context import check_fits
+from .context import _exact_counter, cached_context_window, check_counted
 from .cost import CostTracker
-from .errors import CircuitOpenError, ContextWindowExceeded, RateLimitError
+from .errors import CircuitOpenError, RateLimitError
 from .events import Observable
 from .fallback import FallbackChain
 from .rate_limit import RateLimiter
@@ -37,6 +37,21 @@ __all__ = ["ResilientClient", "GuardedProvider"]
 logger = logging.getLogger("llm_patterns.client")
 
 _LABELS = ("dag_id", "task_id", "run_id")
+_UNRESOLVED: Any = object()
+
+
+def _evolve(response: LLMResponse, attempts: int, latency: float) -> LLMResponse:
+    """``replace(response, attempts=..., latency_s=...)`` without re-running the validation of
+    fields that do not change (the common case: a plain LLMResponse)."""
+    if (type(response) is LLMResponse and type(attempts) is int and attempts >= 1
+            and latency >= 0):
+        new = object.__new__(LLMResponse)
+        d = new.__dict__
+        d.update(response.__dict__)
+        d["attempts"] = attempts
+        d["latency_s"] = latency
+        return new
+    return replace(response, attempts=attempts, latency_s=latency)
 
 
 class GuardedProvider(Observable):
@@ -66,6 +81,10 @@ class GuardedProvider(Observable):
         self.refund_unused_tokens = refund_unused_tokens
         self.check_context = check_context
         self.clock = clock or SystemClock()
+        self._counter: Any = _UNRESOLVED  # the model's exact token counter, looked up once
+        self._forward_to: Observable | None = None  # the ResilientClient re-emitting our events
+        if check_context and self.model:  # resolve the window now, not inside the first call
+            cached_context_window(self.model)
 
     def __repr__(self) -> str:
         return f"GuardedProvider({self.provider!r})"
@@ -74,23 +93,47 @@ class GuardedProvider(Observable):
 
     def _prepare(self, prompt: str | None, messages: Any, max_tokens: int) -> tuple[list, int]:
         msgs = to_messages(prompt, messages)
-        estimate = estimate_tokens(prompt_text(msgs)) + max_tokens
-        if self.check_context and self.model:
-            try:
-                check_fits(self.model, msgs, max_tokens)
-            except KeyError:
-                pass  # a model we know no window for: let the provider decide
-            except ContextWindowExceeded as err:
-                err.provider = self.name
-                raise
-        if self.cost is not None and self.model and getattr(self.cost, "hard_limit", False):
-            prompt_tokens = estimate - max_tokens
-            self.cost.check(self.cost.estimate(self.model, prompt_tokens, max_tokens))
+        # a prompt is one user message: its text is the prompt itself (joined only once)
+        text = prompt if messages is None and type(prompt) is str else prompt_text(msgs)
+        prompt_estimate = estimate_tokens(text)
+        estimate = prompt_estimate + max_tokens
+        model = self.model
+        if self.check_context and model:
+            if type(max_tokens) is not int or max_tokens <= 0:
+                _check_max_tokens(max_tokens)
+            limits = cached_context_window(model)  # None: no window known, let the provider decide
+            if limits is not None:
+                counter = self._counter
+                if counter is _UNRESOLVED:
+                    counter = self._counter = _exact_counter(model.strip().lower())
+                counted = prompt_estimate if counter is None else counter(text)
+                check_counted(model, counted, max_tokens, limits, provider=self.name)
+        if self.cost is not None and model and getattr(self.cost, "hard_limit", False):
+            self.cost.check(self.cost.estimate(model, prompt_estimate, max_tokens))
         return msgs, estimate
+
+    def _listening(self) -> bool:
+        """Whether anyone hears this provider's events (its own subscribers or its client's)."""
+        if self._subscribers:
+            return True
+        parent = self._forward_to
+        return parent is not None and bool(parent._subscribers)
+
+    def _emit(self, kind: str, time: float, **data: Any) -> None:
+        parent = self._forward_to  # the client's stream first, as when it was a subscriber
+        if parent is not None and parent._subscribers:
+            parent._emit(kind, time, **data)
+        if self._subscribers:
+            Observable._emit(self, kind, time, **data)
 
     def _is_trial(self) -> bool:
         """Whether the breaker admitted this call as its half-open probe."""
-        return self.breaker is not None and self.breaker.state is CircuitState.HALF_OPEN
+        breaker = self.breaker
+        if breaker is None:
+            return False
+        if isinstance(breaker, CircuitBreaker):  # just admitted us: its state is current
+            return breaker._state is CircuitState.HALF_OPEN
+        return breaker.state is CircuitState.HALF_OPEN
 
     def _recheck_breaker(self, trial: bool) -> None:
         """After a limiter wait: don't send a call the breaker would now refuse.
@@ -107,6 +150,8 @@ class GuardedProvider(Observable):
             )
 
     def _before_attempt(self, attempt: int, estimate: int) -> None:
+        if not self._listening():
+            return
         self._emit("attempt", self.clock.now(), provider=self.name, attempt=attempt,
                    tokens=estimate)
 
@@ -118,8 +163,10 @@ class GuardedProvider(Observable):
             and error.retry_after > 0
         ):
             self.limiter.penalize(error.retry_after)
-        self._emit("error", self.clock.now(), provider=self.name, error_type=type(error).__name__,
-                   status_code=getattr(error, "status_code", None), error=str(error))
+        if self._listening():
+            self._emit("error", self.clock.now(), provider=self.name,
+                       error_type=type(error).__name__,
+                       status_code=getattr(error, "status_code", None), error=str(error))
 
     def _after_success(self, response: LLMResponse, estimate: int, max_tokens: int,
                        labels: dict[str, Any], attempts: int, started: float) -> LLMResponse:
@@ -138,26 +185,27 @@ class GuardedProvider(Observable):
         if self.cost is not None:
             cost = self.cost.record(response.model or self.model, usage, provider=self.name,
                                     **labels)
-        response = replace(response, attempts=attempts,
-                           latency_s=self.clock.now() - started)
-        self._emit("response", self.clock.now(), provider=self.name, attempts=attempts,
-                   latency=response.latency_s, cost=cost, prompt_tokens=usage.prompt_tokens,
-                   completion_tokens=usage.completion_tokens)
+        now = self.clock.now()
+        response = _evolve(response, attempts, now - started)
+        if self._listening():
+            self._emit("response", now, provider=self.name, attempts=attempts,
+                       latency=response.latency_s, cost=cost, prompt_tokens=usage.prompt_tokens,
+                       completion_tokens=usage.completion_tokens)
         return response
 
     # -- the provider protocol ----------------------------------------------------------------
 
     def complete(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
                  **kw: Any) -> LLMResponse:
-        labels = {k: kw.pop(k) for k in _LABELS if k in kw}
+        labels = {k: kw.pop(k) for k in _LABELS if k in kw} if kw else {}
         msgs, estimate = self._prepare(prompt, messages, max_tokens)
         started, attempts = self.clock.now(), 0
 
         def guarded_call() -> LLMResponse:
             if self.limiter is not None:
                 trial = self._is_trial()
-                self.limiter.acquire(estimate)
-                self._recheck_breaker(trial)
+                if self.limiter.acquire(estimate) > 0:  # no wait: nothing can have changed
+                    self._recheck_breaker(trial)
             return self.provider.complete(messages=msgs, max_tokens=max_tokens, **kw)
 
         def attempt() -> LLMResponse:
@@ -177,15 +225,15 @@ class GuardedProvider(Observable):
 
     async def acomplete(self, prompt: str | None = None, *, messages: Any = None,
                         max_tokens: int = 256, **kw: Any) -> LLMResponse:
-        labels = {k: kw.pop(k) for k in _LABELS if k in kw}
+        labels = {k: kw.pop(k) for k in _LABELS if k in kw} if kw else {}
         msgs, estimate = self._prepare(prompt, messages, max_tokens)
         started, attempts = self.clock.now(), 0
 
         async def guarded_call() -> LLMResponse:
             if self.limiter is not None:
                 trial = self._is_trial()
-                await self.limiter.acquire_async(estimate)
-                self._recheck_breaker(trial)
+                if await self.limiter.acquire_async(estimate) > 0:
+                    self._recheck_breaker(trial)
             return await self.provider.acomplete(messages=msgs, max_tokens=max_tokens, **kw)
 
         async def attempt() -> LLMResponse:
@@ -263,7 +311,7 @@ class ResilientClient(Observable):
             for p in providers
         ]
         for g in self.guarded:  # one stream of client events, whichever provider emitted them
-            g.subscribe(self._forward)
+            g._forward_to = self  # (built only when someone listens: see GuardedProvider._emit)
         self.chain = FallbackChain(self.guarded, name=name, clock=self.clock)
 
     def _forward(self, event: Any) -> None:
@@ -304,8 +352,14 @@ class ResilientClient(Observable):
 
 
 def _labels(dag_id: str | None, task_id: str | None, run_id: str | None) -> dict[str, str]:
-    return {k: v for k, v in (("dag_id", dag_id), ("task_id", task_id), ("run_id", run_id))
-            if v is not None}
+    labels = {}
+    if dag_id is not None:
+        labels["dag_id"] = dag_id
+    if task_id is not None:
+        labels["task_id"] = task_id
+    if run_id is not None:
+        labels["run_id"] = run_id
+    return labels
 
 
 def _check_max_tokens(max_tokens: int) -> None:

@@ -192,6 +192,24 @@ def _from_genai_prices(name: str, provider: str | None) -> tuple[str, int] | Non
     return None
 
 
+# model -> its limits (None: unknown), resolved once; cleared whenever an override changes
+_resolved: dict[str, ContextLimits | None] = {}
+
+
+def cached_context_window(model: str) -> ContextLimits | None:
+    """``context_window(model)`` resolved once per model (None when unknown): for hot paths."""
+    try:
+        return _resolved[model]
+    except KeyError:
+        pass
+    try:
+        limits: ContextLimits | None = context_window(model)
+    except (KeyError, ValueError):
+        limits = None
+        _resolved[model] = None
+    return limits
+
+
 def context_window(model: str) -> ContextLimits:
     """The limits of ``model``; KeyError naming it (and close matches) when unknown.
 
@@ -200,6 +218,16 @@ def context_window(model: str) -> ContextLimits:
     """
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a non-empty str, got {model!r}")
+    limits = _resolved.get(model)
+    if limits is None:
+        limits = _lookup(model)
+        if len(_resolved) >= 4096:
+            _resolved.clear()
+        _resolved[model] = limits
+    return limits
+
+
+def _lookup(model: str) -> ContextLimits:
     names, provider = _candidates(model)
     with _lock:
         for name in names:
@@ -247,6 +275,7 @@ def register_context_window(
     limits = ContextLimits(context_window, max_output_tokens, source="override")
     with _lock:
         _overrides[model.strip().lower()] = limits
+        _resolved.clear()
     logger.info(
         "context window of %s set to %d tokens (max output %s)",
         model,
@@ -260,6 +289,7 @@ def _unregister(model: str) -> None:
     """Remove an override (for tests)."""
     with _lock:
         _overrides.pop(model.strip().lower(), None)
+        _resolved.clear()
 
 
 def known_models() -> list[str]:
@@ -405,7 +435,24 @@ def check_fits(
         prompt_tokens = count_prompt_tokens(model, messages)
     else:
         prompt_tokens = count_tokens(prompt_text(messages))
+    return check_counted(model, prompt_tokens, max_tokens, limits, provider=provider)
+
+
+def count_text_tokens(model: str, text: str) -> int:
+    """``count_prompt_tokens`` for a prompt already joined into one text."""
+    counter = _exact_counter(model.strip().lower())
+    return counter(text) if counter is not None else estimate_tokens(text)
+
+
+def check_counted(
+    model: str, prompt_tokens: int, max_tokens: int, limits: ContextLimits,
+    *, provider: str | None = None,
+) -> int:
+    """The check of ``check_fits`` on a prompt already counted and limits already resolved
+    (what ``ResilientClient`` calls, so neither is done twice per request)."""
     window, cap = limits.context_window, limits.max_output_tokens
+    if prompt_tokens + max_tokens <= window and (cap is None or max_tokens <= cap):
+        return prompt_tokens
     problem = None
     if prompt_tokens + max_tokens > window:
         problem = (

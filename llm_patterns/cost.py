@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from collections import deque
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = ["CostRecord", "CostTracker"]
 logger = logging.getLogger("llm_patterns.cost")
 
 AlertCallback = Callable[[float, Decimal, Decimal], None]
+_ZERO = Decimal(0)
 
 
 def usd(amount: Decimal) -> str:
@@ -58,7 +60,10 @@ class CostTracker(Observable):
     ``on_alert(threshold, total, budget)`` is called once per threshold. ``ledger``: a
     ``SQLiteLedger`` shared by processes (then totals and alerts are global to the ledger; an
     alert is keyed by ``name``, budget and threshold). ``clock`` stamps events; ``wall``
-    (default ``time.time``) stamps records with epoch seconds.
+    (default ``time.time``) stamps records with epoch seconds. ``max_records``: how many of the
+    most recent records ``records`` keeps in memory (None: all, 0: none), so a long-running
+    process does not grow without bound; ``total`` and the ``by_*`` breakdowns are kept exactly
+    and incrementally whatever it is (with a ledger every record is in the ledger).
     """
 
     _event_source = "cost"
@@ -75,6 +80,7 @@ class CostTracker(Observable):
         name: str = "",
         clock: Clock | None = None,
         wall: Callable[[], float] | None = None,
+        max_records: int | None = 10_000,
     ) -> None:
         if prices is None:
             prices = PriceTable()
@@ -108,6 +114,11 @@ class CostTracker(Observable):
         if ledger is not None and not isinstance(ledger, SQLiteLedger):
             raise TypeError(f"ledger must be a SQLiteLedger or None, got {ledger!r}")
         self.ledger = ledger
+        if max_records is not None and (
+            isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 0
+        ):
+            raise ValueError(f"max_records must be an int >= 0 or None, got {max_records!r}")
+        self.max_records = max_records
         self.name = name
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._wall = wall if wall is not None else time.time
@@ -115,12 +126,14 @@ class CostTracker(Observable):
         self._fired: set[float] = set()
         self._reserved = Decimal(0)
         # in-memory totals (unused with a ledger, which is then the one source of truth)
-        self._records: list[CostRecord] = []
+        # the most recent records as CostRecord field tuples (built into CostRecords on read)
+        self._records: deque[tuple[Any, ...]] = deque(maxlen=max_records)
+        self._count = 0
+        self._thresholds: tuple[Decimal | None, tuple[tuple[float, Decimal], ...]] = (None, ())
         self._total = Decimal(0)
-        self._by_task: dict[tuple[str | None, str | None], Decimal] = {}
-        self._by_dag: dict[str | None, Decimal] = {}
-        self._by_model: dict[str, Decimal] = {}
-        self._by_provider: dict[str | None, Decimal] = {}
+        # exact USD per (dag_id, task_id, model, provider): one addition per record; the by_*
+        # breakdowns are summed from it when read (few keys, read far less often than written)
+        self._by_key: dict[tuple[str | None, str | None, str, str | None], Decimal] = {}
 
     # -- recording
 
@@ -140,30 +153,38 @@ class CostTracker(Observable):
         ``ValueError`` (negative counts), ``TypeError`` (unknown shape), ``KeyError`` (no price
         for ``model``: never guessed as $0 or as some cheaper model).
         """
-        counts = normalize_usage(usage)
-        labels = {k: _label(k, v) for k, v in
-                  (("dag_id", dag_id), ("task_id", task_id), ("run_id", run_id),
-                   ("provider", provider))}
-        cost = self.prices.cost(model, counts)
-        rec = CostRecord(
-            time=self._wall(), model=model, provider=labels["provider"], dag_id=labels["dag_id"],
-            task_id=labels["task_id"], run_id=labels["run_id"],
-            prompt_tokens=counts.prompt_tokens, completion_tokens=counts.completion_tokens,
-            cached_tokens=counts.cached_tokens, cost=cost,
-            cache_write_tokens=counts.cache_write_tokens,
-        )
+        if not (
+            (dag_id is None or type(dag_id) is str) and (task_id is None or type(task_id) is str)
+            and (run_id is None or type(run_id) is str)
+            and (provider is None or type(provider) is str)
+        ):
+            dag_id, task_id = _label("dag_id", dag_id), _label("task_id", task_id)
+            run_id, provider = _label("run_id", run_id), _label("provider", provider)
+        prices = self.prices
+        if type(prices).cost is PriceTable.cost:  # usage read once, repeated usage priced once
+            counts, cost = prices._price(model, usage)
+        else:  # a subclass that prices its own way
+            counts = normalize_usage(usage)
+            cost = prices.cost(model, counts)
+        fields = (self._wall(), model, provider, dag_id, task_id, run_id, counts.prompt_tokens,
+                  counts.completion_tokens, counts.cached_tokens, cost, counts.cache_write_tokens)
         with self._lock:
-            total = self.ledger.add(rec) if self.ledger is not None else self._add(rec)
-            due = self._due_alerts(total)
-        logger.debug(
-            "%s: %d in (%d cached) + %d out = %s; total %s",
-            model, counts.prompt_tokens, counts.cached_tokens, counts.completion_tokens,
-            usd(cost), usd(total),
-        )
-        self._emit(
-            "record", self.clock.now(), model=model, provider=rec.provider, cost=cost,
-            total=total, dag_id=rec.dag_id, task_id=rec.task_id, budget=self.budget,
-        )
+            if self.ledger is not None:
+                total = self.ledger.add(CostRecord(*fields))
+            else:
+                total = self._add(fields)
+            due = self._due_alerts(total) if self.budget is not None else ()
+        if logger.isEnabledFor(logging.DEBUG):  # formatting money is not free: only when logged
+            logger.debug(
+                "%s: %d in (%d cached) + %d out = %s; total %s",
+                model, counts.prompt_tokens, counts.cached_tokens, counts.completion_tokens,
+                usd(cost), usd(total),
+            )
+        if self._subscribers:
+            self._emit(
+                "record", self.clock.now(), model=model, provider=provider, cost=cost,
+                total=total, dag_id=dag_id, task_id=task_id, budget=self.budget,
+            )
         if self.hard_limit and self.budget is not None and total > self.budget:
             logger.warning(
                 "recorded %s on %s past the hard budget: %s of %s spent",
@@ -173,24 +194,30 @@ class CostTracker(Observable):
             self._fire(threshold, total)
         return cost
 
-    def _add(self, rec: CostRecord) -> Decimal:
+    def _add(self, fields: tuple[Any, ...]) -> Decimal:
+        """Add one record (CostRecord field order) to the in-memory totals; under the lock."""
         add = MONEY_CONTEXT.add  # exact: 60 digits, whatever the thread's decimal context
-        self._records.append(rec)
-        self._total = add(self._total, rec.cost)
-        for table, key in (
-            (self._by_task, (rec.dag_id, rec.task_id)), (self._by_dag, rec.dag_id),
-            (self._by_model, rec.model), (self._by_provider, rec.provider),
-        ):
-            table[key] = add(table.get(key, Decimal(0)), rec.cost)  # type: ignore[index]
+        _, model, provider, dag_id, task_id, _, _, _, _, cost, _ = fields
+        if self.max_records != 0:
+            self._records.append(fields)
+        self._count += 1
+        self._total = add(self._total, cost)
+        by, key = self._by_key, (dag_id, task_id, model, provider)
+        by[key] = add(by.get(key, _ZERO), cost)
         return self._total
 
     def _due_alerts(self, total: Decimal) -> list[float]:
         """Thresholds reached and not yet fired (claimed here, under the lock), in order."""
-        if self.budget is None:
+        budget = self.budget
+        if budget is None:
             return []
+        cached_budget, amounts = self._thresholds
+        if cached_budget is not budget:  # the budget can be changed: amounts follow it
+            amounts = tuple((t, Decimal(str(t)) * budget) for t in self.alert_at)
+            self._thresholds = (budget, amounts)
         due = []
-        for threshold in self.alert_at:
-            if threshold in self._fired or total < Decimal(str(threshold)) * self.budget:
+        for threshold, amount in amounts:
+            if threshold in self._fired or total < amount:
                 continue
             if self.ledger is None or self.ledger.claim_alert(self._alert_key(threshold)):
                 due.append(threshold)
@@ -286,39 +313,55 @@ class CostTracker(Observable):
 
     @property
     def records(self) -> list[CostRecord]:
-        """Every record, oldest first (a copy)."""
+        """The records, oldest first (a copy): every one with a ledger, else the most recent
+        ``max_records`` (``count`` says how many were recorded in all)."""
         if self.ledger is not None:
             return self.ledger.records()
         with self._lock:
-            return list(self._records)
+            kept = list(self._records)
+        return [CostRecord(*fields) for fields in kept]
+
+    @property
+    def count(self) -> int:
+        """How many requests were recorded (all of them, kept in ``records`` or not)."""
+        if self.ledger is not None:
+            return self.ledger.count()
+        return self._count
 
     def by_task(self) -> dict[tuple[str | None, str | None], Decimal]:
         """``{(dag_id, task_id): usd}``."""
         if self.ledger is not None:
             return self.ledger.by_task()
-        with self._lock:
-            return dict(self._by_task)
+        return self._breakdown(lambda k: (k[0], k[1]))
 
     def by_dag(self) -> dict[str | None, Decimal]:
         """``{dag_id: usd}``."""
         if self.ledger is not None:
             return self.ledger.by_dag()
-        with self._lock:
-            return dict(self._by_dag)
+        return self._breakdown(lambda k: k[0])
 
     def by_model(self) -> dict[str, Decimal]:
         """``{model: usd}``."""
         if self.ledger is not None:
             return self.ledger.by_model()
-        with self._lock:
-            return dict(self._by_model)
+        return self._breakdown(lambda k: k[2])
 
     def by_provider(self) -> dict[str | None, Decimal]:
         """``{provider: usd}``."""
         if self.ledger is not None:
             return self.ledger.by_provider()
+        return self._breakdown(lambda k: k[3])
+
+    def _breakdown(self, project: Callable[[tuple[Any, ...]], Any]) -> dict[Any, Decimal]:
+        """The in-memory totals summed by ``project(key)``, in order of first appearance."""
+        add = MONEY_CONTEXT.add
+        out: dict[Any, Decimal] = {}
         with self._lock:
-            return dict(self._by_provider)
+            items = list(self._by_key.items())
+        for key, cost in items:
+            k = project(key)
+            out[k] = add(out.get(k, _ZERO), cost)
+        return out
 
     def summary(self) -> dict[str, Any]:
         """What a dashboard shows: total, budget, remaining, fraction spent, count, by model."""
@@ -329,7 +372,7 @@ class CostTracker(Observable):
             "budget": self.budget,
             "remaining": None if self.budget is None else self.budget - total,
             "spent_fraction": None if self.budget is None else float(total / self.budget),
-            "records": self.ledger.count() if self.ledger is not None else len(self._records),
+            "records": self.ledger.count() if self.ledger is not None else self._count,
             "by_model": self.by_model(),
         }
 

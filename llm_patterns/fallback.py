@@ -107,14 +107,16 @@ class FallbackChain(Observable):
         provider = self.providers[position].name
         if position:
             response = replace(response, fallback_used=True)
-        logger.info(
-            "%s: answered by %s (provider %d/%d%s)", self._prefix, provider, position + 1,
-            len(self.providers), f", after {failures} failure(s)" if failures else "",
-        )
-        self._emit(
-            "success", self.clock.now(), provider=provider, position=position,
-            fallback_used=bool(position),
-        )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s: answered by %s (provider %d/%d%s)", self._prefix, provider, position + 1,
+                len(self.providers), f", after {failures} failure(s)" if failures else "",
+            )
+        if self._subscribers:
+            self._emit(
+                "success", self.clock.now(), provider=provider, position=position,
+                fallback_used=bool(position),
+            )
         return response
 
     def _exhausted(self, errors: list[tuple[str, BaseException]]) -> AllProvidersFailed:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from .response import Usage as _Usage
+
 __all__ = [
     "PriceTable",
     "Pricing",
@@ -100,6 +102,17 @@ class TokenCounts:
         """Prompt tokens billed at the full input price."""
         return self.prompt_tokens - self.cached_tokens - self.cache_write_tokens
 
+    @classmethod
+    def _trusted(cls, prompt: int, completion: int, cached: int, write: int) -> TokenCounts:
+        """Counts already validated elsewhere (a ``Usage``): built without re-checking."""
+        counts = object.__new__(cls)
+        setter = object.__setattr__
+        setter(counts, "prompt_tokens", prompt)
+        setter(counts, "completion_tokens", completion)
+        setter(counts, "cached_tokens", cached)
+        setter(counts, "cache_write_tokens", write)
+        return counts
+
 
 def _count(key: str, value: object) -> int:
     if isinstance(value, bool):
@@ -160,6 +173,9 @@ def normalize_usage(usage: object) -> TokenCounts:
     """
     if isinstance(usage, TokenCounts):
         return usage
+    if type(usage) is _Usage:  # validated when built: the common case, read without re-checking
+        return TokenCounts._trusted(usage.prompt_tokens, usage.completion_tokens,
+                                    usage.cached_tokens, 0)
     if usage is None or isinstance(usage, (str, bytes, int, float)):
         raise TypeError(f"usage must be a usage dict or object, got {usage!r}")
     prompt = _get(usage, "prompt_tokens")
@@ -249,14 +265,13 @@ class Pricing:
         inp = self.input_per_million
         cached = inp if self.cached_input_per_million is None else self.cached_input_per_million
         write = inp if self.cache_write_per_million is None else self.cache_write_per_million
-        with decimal.localcontext(MONEY_CONTEXT):
-            micro = (
-                c.uncached_tokens * inp
-                + c.cached_tokens * cached
-                + c.cache_write_tokens * write
-                + c.completion_tokens * self.output_per_million
-            )
-            return micro / MILLION
+        # the same exact sums as under ``localcontext(MONEY_CONTEXT)``, without entering it
+        ctx = MONEY_CONTEXT
+        mul, add = ctx.multiply, ctx.add
+        micro = add(add(add(mul(c.uncached_tokens, inp), mul(c.cached_tokens, cached)),
+                        mul(c.cache_write_tokens, write)),
+                    mul(c.completion_tokens, self.output_per_million))  # same order, same digits
+        return ctx.divide(micro, MILLION)
 
     def __str__(self) -> str:
         parts = [f"${self.input_per_million}/M in", f"${self.output_per_million}/M out"]
@@ -300,6 +315,12 @@ class _Entry:
     gp_model: Any = None
     gp_provider: Any = None
     is_default: bool = False
+    # (prompt, completion, cached, cache_write) -> (counts, cost): repeated usage priced once
+    costs: dict[tuple[int, int, int, int], tuple[TokenCounts, Decimal]] = field(
+        default_factory=dict, repr=False)
+
+
+_COST_CACHE_SIZE = 4096
 
 
 def _tier_base(value: Any) -> tuple[Any, int | None]:
@@ -411,14 +432,32 @@ class PriceTable:
         Tiered genai-prices models whose input crosses a tier (and time-of-day prices) are
         priced by ``genai_prices`` itself; everything else by the cached ``Pricing``.
         """
+        return self._price(model, usage)[1]
+
+    def _price(self, model: str, usage: object) -> tuple[TokenCounts, Decimal]:
+        """(normalized counts, cost): what ``CostTracker.record`` needs, usage read once."""
         entry = self._entry(model)
+        if type(usage) is _Usage and entry.gp_model is None:  # the hot path: a cache hit
+            hit = entry.costs.get((usage.prompt_tokens, usage.completion_tokens,
+                                   usage.cached_tokens, 0))
+            if hit is not None:
+                return hit
         counts = normalize_usage(usage)
         if entry.gp_model is not None and (
             entry.dynamic
             or (entry.tier_start is not None and counts.prompt_tokens > entry.tier_start)
         ):
-            return _genai_cost(entry, counts)
-        return entry.pricing.cost(counts)
+            return counts, _genai_cost(entry, counts)
+        key = (counts.prompt_tokens, counts.completion_tokens, counts.cached_tokens,
+               counts.cache_write_tokens)
+        costs = entry.costs
+        priced = costs.get(key)
+        if priced is None:
+            priced = (counts, entry.pricing.cost(counts))
+            if len(costs) >= _COST_CACHE_SIZE:
+                costs.clear()  # bounded
+            costs[key] = priced
+        return priced
 
     def __repr__(self) -> str:
         size = f"{len(self._mapping)} models" if self._mapping is not None else "genai-prices"

@@ -37,6 +37,9 @@ _TIMED_OUT = -2.0  # _look(): the waiter would pass its deadline and has left th
 
 def _real(name: str, value: Any, *, positive: bool = False) -> float:
     """``value`` as a finite float >= 0 (> 0 when ``positive``), or a TypeError/ValueError."""
+    cls = value.__class__
+    if (cls is int or cls is float) and 0 <= value < math.inf and (value or not positive):
+        return float(value)  # the common case, checked in one line
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
     v = float(value)
@@ -213,6 +216,16 @@ class RateLimiter(Observable):
     missing from it), so trusting a higher number would spend budget twice and cause 429s,
     while a lower number means someone else (another process sharing the key, an estimate that
     was too low) spent it. Refill alone brings the level back up.
+
+    ``headroom``: seconds of refill held back from each bucket's capacity (default 0: capacity
+    is exactly ``burst_seconds`` of refill). The limiter pays when it admits a request, the
+    server charges when the request arrives a little later; while a burst is in transit the
+    server's bucket sits full (refill is lost at the cap) but ours already refills, so ours
+    gets ahead by up to ``refill x transit time`` and can admit a request the server refuses
+    with a 429. Holding back ``headroom`` seconds of capacity covers requests in transit for
+    that long. It only shrinks the opening burst (the sustained rate is unchanged): 0.05 s
+    with ``burst_seconds=1`` costs 5% of the first second's burst and removes the opening
+    429s an in-process or LAN provider shows; use the one-way latency for a remote one.
     """
 
     _event_source = "rate_limit"
@@ -226,10 +239,17 @@ class RateLimiter(Observable):
         max_wait: float | None = None,
         burst_seconds: float = 60.0,
         name: str = "",
+        headroom: float = 0.0,
     ) -> None:
         if rpm is None and tpm is None:
             raise ValueError("RateLimiter needs rpm or tpm (or both), got rpm=None and tpm=None")
         self.burst_seconds = _real("burst_seconds", burst_seconds, positive=True)
+        self.headroom = _real("headroom", headroom)
+        if self.headroom >= self.burst_seconds:
+            raise ValueError(
+                f"headroom={headroom!r} must be less than burst_seconds={burst_seconds!r}: the "
+                "buckets would hold nothing"
+            )
         self.max_wait = None if max_wait is None else _real("max_wait", max_wait)
         self.name = str(name)
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -243,7 +263,7 @@ class RateLimiter(Observable):
             raise ValueError(
                 f"rpm={rpm!r} with burst_seconds={burst_seconds!r} gives a request bucket of "
                 f"{self._req.capacity:g} < 1 request, so no request could ever pass; expected "
-                f"burst_seconds >= {60.0 / self.rpm:g}"
+                f"burst_seconds >= {60.0 / self.rpm + self.headroom:g}"
             )
         self._tok_cap = math.inf if self._tok is None else self._tok.capacity
         self._queue: deque[_Waiter] = deque()
@@ -257,7 +277,7 @@ class RateLimiter(Observable):
         if per_minute is None:
             return None
         rate = per_minute / 60.0
-        bucket = TokenBucket(rate * self.burst_seconds, rate, clock=self.clock)
+        bucket = TokenBucket(rate * (self.burst_seconds - self.headroom), rate, clock=self.clock)
         bucket._lock = self._lock  # one lock for the limiter and both buckets
         return bucket
 
@@ -278,7 +298,8 @@ class RateLimiter(Observable):
             raise ValueError(
                 f"tokens={tokens!r} is more than the token bucket can ever hold "
                 f"({self._tok_cap:g} = tpm {self.tpm:g} / 60 x burst_seconds "
-                f"{self.burst_seconds:g}): the request could never be served; expected at most "
+                f"{self.burst_seconds:g}{f' less headroom {self.headroom:g}' if self.headroom else ''}"
+                f"): the request could never be served; expected at most "
                 f"{self._tok_cap:g} (split the request, or raise tpm or burst_seconds)"
             )
         return amount
@@ -618,7 +639,8 @@ class RateLimiter(Observable):
                     act,
                     est - act,
                 )
-        self._emit_locked_levels("settle", self._now(), estimated=est, actual=act)
+        if self._subscribers:
+            self._emit_locked_levels("settle", self._now(), estimated=est, actual=act)
 
     def update_from_headers(
         self,
@@ -663,8 +685,11 @@ class RateLimiter(Observable):
                     lowered.append((what, bucket._tokens, target))
                     bucket._tokens = target
                     self._tail = None
-        for what, old, new in lowered:
-            logger.debug("%ssynced %s from headers: %.6g -> %.6g", self._prefix(), what, old, new)
+        if lowered and logger.isEnabledFor(logging.DEBUG):
+            for what, old, new in lowered:
+                logger.debug("%ssynced %s from headers: %.6g -> %.6g", self._prefix(), what, old,
+                             new)
+        listening = bool(self._subscribers)
         extra: dict[str, Any] = {}
         for what, configured in (("requests", self.rpm), ("tokens", self.tpm)):
             limit = _header_number(h, f"x-ratelimit-limit-{what}")
@@ -682,13 +707,16 @@ class RateLimiter(Observable):
                             limit,
                             configured,
                         )
+            if not listening:
+                continue  # the reset times only go into the event
             raw = h.get(f"x-ratelimit-reset-{what}")
             reset = None if raw is None else _parse_duration(str(raw))
             if reset is not None:
                 extra[f"reset_{what}"] = reset
-        self._emit_locked_levels(
-            "sync", now, remaining_requests=rem_req, remaining_tokens=rem_tok, **extra
-        )
+        if listening:
+            self._emit_locked_levels(
+                "sync", now, remaining_requests=rem_req, remaining_tokens=rem_tok, **extra
+            )
 
     # -- looking ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

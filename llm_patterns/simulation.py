@@ -9,6 +9,7 @@ breaker states, which provider answered, latency and cost over time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -138,11 +139,51 @@ PRICES = {
 }
 
 
+_WORDS = ("pipeline", "invoice", "customer", "shipment", "report", "delay", "quarter", "revenue",
+          "incident", "forecast")
+
+
+def _choices(rng: random.Random, population: tuple[str, ...], k: int) -> list[str]:
+    """``[rng.choice(population) for _ in range(k)]``, the same picks from the same state, in
+    a few calls instead of ``k``.
+
+    ``choice`` on n <= 16 items takes the top ``n.bit_length()`` bits of one 32-bit Mersenne
+    Twister output, drawing again while the value is >= n; ``getrandbits(32 * m)`` returns the
+    next ``m`` outputs, first one lowest. Only the outputs consumed are drawn, so the generator
+    ends in the same state as ``k`` calls of ``choice`` (a test checks both against each other).
+    """
+    n = len(population)
+    if type(rng) is not random.Random or not 1 <= n <= 16 or k <= 0 or not all(population):
+        return [rng.choice(population) for _ in range(k)]
+    table = _pick_table(population)  # top byte of an output -> its pick, or None (drawn again)
+    picks: list[str] = []
+    need = k
+    while need > 0:
+        raw = rng.getrandbits(32 * need).to_bytes(4 * need, "little")
+        picks += filter(None, map(table.__getitem__, raw[3::4]))
+        need = k - len(picks)
+    return picks
+
+
+@functools.lru_cache(maxsize=32)
+def _pick_table(population: tuple[str, ...]) -> tuple[str | None, ...]:
+    n = len(population)
+    shift = 8 - n.bit_length()
+    return tuple(population[b >> shift] if b >> shift < n else None for b in range(256))
+
+
 class Simulation:
     """Two mock providers behind a ResilientClient, all on one clock, with a seeded workload."""
 
     def __init__(self, scenario: Scenario | None = None, *, clock: Clock | None = None,
-                 keep_log: bool = True, track: bool = True) -> None:
+                 keep_log: bool = True, track: bool = True, transport: str = "direct") -> None:
+        """``transport``: "direct" (default) calls the mock servers in process through
+        ``MockLLMServer.provider`` (same decisions and errors, no HTTP or JSON: fast); "http"
+        goes through ``OpenAIProvider`` / ``AnthropicProvider`` and ``httpx`` (what a real
+        deployment runs). Both give the same results for the same scenario."""
+        if transport not in ("direct", "http"):
+            raise ValueError(f"transport must be 'direct' or 'http', got {transport!r}")
+        self.transport = transport
         self.scenario = s = scenario or Scenario()
         self.clock = clock or VirtualClock()
         self.rng = random.Random(s.seed)
@@ -154,7 +195,10 @@ class Simulation:
                                               api="anthropic", model=SECONDARY_MODEL)
         if s.outage is not None:
             self.primary_server.outage(*s.outage, status=503)
-        self.providers = [
+        self.providers: list[Any] = [
+            self.primary_server.provider(PRIMARY, PRIMARY_MODEL, api="openai"),
+            self.secondary_server.provider(SECONDARY, SECONDARY_MODEL, api="anthropic"),
+        ] if transport == "direct" else [
             OpenAIProvider(PRIMARY, PRIMARY_MODEL, base_url="http://mock.llm/v1", api_key="test-key",
                            client=self.primary_server.client(),
                            async_client=self.primary_server.async_client(), clock=self.clock),
@@ -190,9 +234,7 @@ class Simulation:
     def _prompt(self) -> str:
         lo, hi = self.scenario.prompt_words
         words = self.rng.randint(lo, hi)
-        return "Summarize this document: " + " ".join(
-            self.rng.choice(("pipeline", "invoice", "customer", "shipment", "report", "delay",
-                             "quarter", "revenue", "incident", "forecast")) for _ in range(words))
+        return "Summarize this document: " + " ".join(_choices(self.rng, _WORDS, words))
 
     async def _one(self, index: int, prompt: str) -> None:
         task = TASKS[index % len(TASKS)]

@@ -5,6 +5,7 @@ figures belong to ``make bench``, not to the test suite."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,20 @@ def test_simulation_speed(tmp_path: Path) -> None:
     assert sim["requests"] > 0 and sim["succeeded"] + sim["failed"] == sim["requests"]
     assert sim["requests_per_real_s"] > 0 and sim["requests_per_cpu_s"] > 0
     assert data["notebooks"]["skipped"] == "--quick"
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (make test "
+                    "installs it with apt-get)")
+def test_redis_acquire(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / "redis_acquire.py"), "--quick",
+                           "--results-dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(proc.stdout)
+    assert data["benchmark"] == "redis_acquire" and data["quick"] is True
+    assert {"redis", "sqlite", "in_process"} <= {r["store"] for r in data["rows"]}
+    assert all(r["per_second"] > 0 and r["acquisitions"] > 0 for r in data["rows"])
 
 
 def test_readme_row_is_appended_when_asked(tmp_path: Path) -> None:

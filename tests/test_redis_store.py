@@ -515,6 +515,8 @@ def test_redis_down_fail_open_falls_back_with_one_warning(own_server, caplog):
         with pytest.raises(ServerError):
             br.call(_fail)
     assert br.state is CircuitState.OPEN  # the local breaker still protects this process
+    with pytest.raises(StateStoreUnavailable, match="budget"):  # a hard budget fails closed
+        SharedBudget(1, store=store, name="b").reserve("0.1")
     time.sleep(0.25)  # a back-off passes: the store tries Redis again, still down, silently
     lim.try_acquire()
     warnings = _state_warnings(caplog)

@@ -75,10 +75,14 @@ class _Plan:
     """What the server decided at arrival: the answer, and how long it takes to give it."""
 
     status: int | None  # None: the request times out
-    body: bytes
+    body: Any  # a JSON-able answer, or bytes sent as they are (HTML, or b"" for a timeout)
     headers: dict[str, str]
     delay: float
     record: dict[str, Any]
+
+    def content(self) -> bytes:
+        """The body as sent on the wire."""
+        return self.body if isinstance(self.body, bytes) else wire.dumps(self.body)
 
 
 class _Transport(httpx.MockTransport):
@@ -348,15 +352,34 @@ class MockLLMServer(Observable):
         return self._answer(request, plan)
 
     def _answer(self, request: httpx.Request, plan: _Plan) -> httpx.Response:
-        rec = plan.record
-        self._emit("request", self.clock.now(), path=rec["path"], status=rec["status"],
-                   prompt_tokens=rec["prompt_tokens"], max_tokens=rec["max_tokens"],
-                   tokens_charged=rec["tokens_charged"], fault=rec["fault"])
+        self._answered(plan)
         if plan.status is None:
             raise httpx.ReadTimeout(
                 f"mock timeout: no answer after {plan.delay:g} s", request=request
             )
-        return httpx.Response(plan.status, headers=plan.headers, content=plan.body, request=request)
+        return httpx.Response(plan.status, headers=plan.headers, content=plan.content(),
+                              request=request)
+
+    def _answered(self, plan: _Plan) -> None:
+        """The "request" event, at answer time (after the latency)."""
+        if self._subscribers:
+            rec = plan.record
+            self._emit("request", self.clock.now(), path=rec["path"], status=rec["status"],
+                       prompt_tokens=rec["prompt_tokens"], max_tokens=rec["max_tokens"],
+                       tokens_charged=rec["tokens_charged"], fault=rec["fault"])
+
+    def provider(self, name: str, model: str | None = None, *, api: str | None = None,
+                 timeout: float = 30.0, clock: Clock | None = None) -> Any:
+        """A provider answered by this server in process, without HTTP or JSON (fast).
+
+        It behaves as ``OpenAIProvider`` / ``AnthropicProvider`` (``api``, default this server's)
+        wired to ``client()`` would: same validation, same decisions (buckets, faults, latency
+        on the clock, stats), same §3 errors with ``retry_after``; see ``mock.direct``.
+        """
+        from .direct import DirectProvider
+
+        return DirectProvider(self, name, model, api=api or self.api, timeout=timeout,
+                              clock=clock)
 
     def _wall(self, now: float) -> float:
         return time.time() if isinstance(self.clock, SystemClock) else _VIRTUAL_EPOCH + now
@@ -375,7 +398,6 @@ class MockLLMServer(Observable):
         """Decide the whole answer at arrival time, under the lock (no sleeping here)."""
         path = request.url.path
         route = wire.api_for_path(path)
-        api = route or self.api
         parsed: wire.ChatRequest | None = None
         bad: wire.BadRequest | None = None
         if route is not None and request.method == "POST":
@@ -383,6 +405,14 @@ class MockLLMServer(Observable):
                 parsed = wire.parse_request(route, request.content)
             except wire.BadRequest as exc:
                 bad = exc
+        read = (request.extensions.get("timeout") or {}).get("read")
+        return self._decide(route, request.method, path, parsed, bad, read)
+
+    def _decide(self, route: str | None, method: str, path: str,
+                parsed: wire.ChatRequest | None, bad: wire.BadRequest | None,
+                read_timeout: float | None) -> _Plan:
+        """The answer to a request already parsed (by ``_arrive``, or a direct provider)."""
+        api = route or self.api
         prompt_tokens = 0
         if parsed is not None:
             prompt_tokens = math.ceil(
@@ -406,16 +436,16 @@ class MockLLMServer(Observable):
 
             if route is None:
                 fault = "not_found"
-                status, body = err(404, f"Invalid URL ({request.method} {path})")
-            elif request.method != "POST":
+                status, body = err(404, f"Invalid URL ({method} {path})")
+            elif method != "POST":
                 fault = "method_not_allowed"
-                status, body = err(405, f"Method {request.method} not allowed on {path}; use POST")
+                status, body = err(405, f"Method {method} not allowed on {path}; use POST")
             elif self._faults:
                 fault = self._faults.popleft()
                 status, body, extra = self._fault_answer(api, fault, prompt_tokens, max_tokens)
                 headers.update(extra)
                 if fault == "timeout":
-                    delay = self._timeout_delay(request, delay)
+                    delay = self._timeout_delay(read_timeout, delay)
             elif self._down is not None or self._in_outage(now) is not None:
                 fault = "down" if self._down is not None else "outage"
                 status = self._down if self._down is not None else self._in_outage(now)
@@ -446,7 +476,7 @@ class MockLLMServer(Observable):
             elif status is None:  # a timeout: nothing is ever sent
                 content = b""
             else:
-                content = wire.dumps(body)
+                content = body  # serialized only on the HTTP path (_Plan.content)
             record = {
                 "time": now,
                 "path": path,
@@ -457,8 +487,9 @@ class MockLLMServer(Observable):
                 "fault": fault,
             }
             self._count(record)
-        logger.debug("%s: %s %s -> %s (prompt %d tokens, fault %s)", self.name, request.method,
-                     path, status if status is not None else "timeout", prompt_tokens, fault)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: %s %s -> %s (prompt %d tokens, fault %s)", self.name, method,
+                         path, status if status is not None else "timeout", prompt_tokens, fault)
         return _Plan(status, content, headers, delay, record)
 
     def _count(self, record: dict[str, Any]) -> None:
@@ -482,10 +513,9 @@ class MockLLMServer(Observable):
                 return status
         return None
 
-    def _timeout_delay(self, request: httpx.Request, latency: float) -> float:
+    def _timeout_delay(self, read: float | None, latency: float) -> float:
         if self.timeout_after is not None:
             return self.timeout_after
-        read = (request.extensions.get("timeout") or {}).get("read")
         return float(read) if read is not None else latency
 
     def _charge_and_answer(

@@ -25,6 +25,7 @@ __all__ = [
     "completion_text",
     "dumps",
     "error_body",
+    "parse_body",
     "parse_request",
     "success_body",
 ]
@@ -104,6 +105,11 @@ def parse_request(api: str, content: bytes) -> ChatRequest:
         body = json.loads(content.decode("utf-8")) if content else None
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("the request body is not valid JSON") from None
+    return parse_body(api, body)
+
+
+def parse_body(api: str, body: Any) -> ChatRequest:
+    """``parse_request`` on a body already decoded from JSON (the in-process direct path)."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     messages = body.get("messages")

@@ -621,8 +621,8 @@ class RedisStore:
                 return result
         else:
             cause = None
-        if self.on_failure == "open" or not gate:
-            return local(self._fallback)
+        if not gate or (self.on_failure == "open" and kind != "budget"):
+            return local(self._fallback)  # a hard budget never fails open
         wait = max(wait, 0.001)
         msg = (f"shared {kind} state at {self.url} is unreachable; refusing the call "
                f"(on_failure='closed'); retrying Redis in {wait:.1f} s")

@@ -1,0 +1,135 @@
+"""A provider answered by a ``MockLLMServer`` in process: no HTTP objects, no JSON.
+
+``MockLLMServer.provider(name, model)`` returns one. It is the fast path for simulations that
+replay thousands of requests on a ``VirtualClock``: building ``httpx`` requests and responses
+and encoding and decoding JSON cost far more than the patterns being simulated.
+
+It behaves as the HTTP provider of the same ``api`` wired to ``server.client()`` does, because
+it reuses that provider's own code at both ends:
+
+- the request is built and validated by ``OpenAIProvider`` / ``AnthropicProvider``
+  (``_prepare``: same ``ValueError`` for bad arguments) and read by the server's own parser
+  (``wire.parse_body``, the step after JSON decoding);
+- the server decides the answer with the same code (``_decide``: faults, outages, buckets,
+  seeded errors, latency, request ids, stats, the "request" event after the latency);
+- a completion is read by the provider's own ``_parse``; anything else (an error status, a
+  timeout, a malformed body) goes through the provider's HTTP error mapping on a real
+  ``httpx.Response``, so errors, messages and ``retry_after`` are the HTTP path's.
+
+Differences: ``LLMResponse.headers`` has no ``content-length`` (nothing was serialized), and a
+request body that JSON could not encode is not refused here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..clock import Clock
+from ..providers._http import HTTPProvider, error_from_exception
+from ..response import LLMResponse
+from . import wire
+
+if TYPE_CHECKING:
+    from .server import MockLLMServer, _Plan
+
+__all__ = ["DirectProvider"]
+
+logger = logging.getLogger("llm_patterns.providers")
+
+_MOCK_KEY = "mock-direct-key"  # the mock checks no key; a placeholder, never a real one
+
+
+class _Status:
+    """What a provider's ``_parse`` reads from the response: its status code."""
+
+    __slots__ = ("status_code",)
+
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+class DirectProvider:
+    """``name``, ``model``, ``complete`` / ``acomplete``: the provider protocol, in process."""
+
+    def __init__(self, server: MockLLMServer, name: str, model: str | None = None, *,
+                 api: str = "openai", timeout: float = 30.0, clock: Clock | None = None) -> None:
+        from ..providers import AnthropicProvider, OpenAIProvider
+        from .server import APIS, BASE_URLS
+
+        if api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, got {api!r}")
+        model = model or server.model or wire.DEFAULT_MODELS[api]
+        cls = OpenAIProvider if api == "openai" else AnthropicProvider
+        self._wire: HTTPProvider = cls(name, model, base_url=BASE_URLS[api], api_key=_MOCK_KEY,
+                                       timeout=timeout, clock=clock or server.clock)
+        self.server = server
+        self.api = api
+        self.name = self._wire.name
+        self.model = self._wire.model
+        self.clock: Clock = self._wire.clock
+        self._read_timeout = self._wire.timeout.read
+        parts = urlsplit(self._wire.base_url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+
+    def __repr__(self) -> str:
+        return (f"DirectProvider(name={self.name!r}, model={self.model!r}, api={self.api!r}, "
+                f"server={self.server.name!r})")
+
+    def _send(self, prompt: str | None, messages: Any, max_tokens: int,
+              kw: dict[str, Any]) -> tuple[str, _Plan]:
+        url, _, body = self._wire._prepare(prompt, messages, max_tokens, kw)
+        path = url[len(self._origin):]
+        route = wire.api_for_path(path)
+        parsed: wire.ChatRequest | None = None
+        bad: wire.BadRequest | None = None
+        if route is not None:
+            try:
+                parsed = wire.parse_body(route, body)
+            except wire.BadRequest as exc:
+                bad = exc
+        return url, self.server._decide(route, "POST", path, parsed, bad, self._read_timeout)
+
+    def _result(self, url: str, plan: _Plan, started: float) -> LLMResponse:
+        self.server._answered(plan)
+        if plan.status is None:
+            exc = httpx.ReadTimeout(f"mock timeout: no answer after {plan.delay:g} s")
+            raise error_from_exception(exc, self.name, secret=self._wire._api_key) from exc
+        body = plan.body
+        if plan.status == 200 and type(body) is dict:  # a completion: read it as it is
+            try:
+                text, model, usage = self._wire._parse(body, _Status(200))  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - let the HTTP path map it exactly
+                pass
+            else:
+                latency = max(0.0, self.clock.now() - started)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "%s: direct %s -> 200 in %.2f s (%d prompt + %d completion tokens)",
+                        self.name, plan.record["path"], latency, usage.prompt_tokens,
+                        usage.completion_tokens,
+                    )
+                return LLMResponse(text=text, model=model, provider=self.name, usage=usage,
+                                   latency_s=latency, raw=body, headers=dict(plan.headers))
+        response = httpx.Response(plan.status, headers=plan.headers, content=plan.content(),
+                                  request=httpx.Request("POST", url))
+        return self._wire._finish(response, started)
+
+    def complete(self, prompt: str | None = None, *, messages: Any = None,
+                 max_tokens: int = 256, **kw: Any) -> LLMResponse:
+        """One completion; the latency passes on the server's clock (``clock.sleep``)."""
+        started = self.clock.now()
+        url, plan = self._send(prompt, messages, max_tokens, kw)
+        self.server.clock.sleep(plan.delay)
+        return self._result(url, plan, started)
+
+    async def acomplete(self, prompt: str | None = None, *, messages: Any = None,
+                        max_tokens: int = 256, **kw: Any) -> LLMResponse:
+        """The async twin of ``complete`` (``await clock.asleep`` for the latency)."""
+        started = self.clock.now()
+        url, plan = self._send(prompt, messages, max_tokens, kw)
+        await self.server.clock.asleep(plan.delay)
+        return self._result(url, plan, started)
