@@ -233,30 +233,34 @@ class CircuitBreaker(Observable):
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` through the breaker; raises ``CircuitOpenError`` if not allowed."""
-        token = self._enter()
+        generation = self._admit_closed()
+        token = self._enter() if generation < 0 else None
         try:
             result = fn(*args, **kwargs)
         except Exception as error:
-            self._exit(token, error, success=False)
+            self._exit(token or _Token(generation, None), error, success=False)
             raise
         except BaseException:  # KeyboardInterrupt, SystemExit: says nothing about the provider
-            self._abandon(token)
+            self._abandon(token or _Token(generation, None))
             raise
-        self._exit(token, None, success=True)
+        if token is not None or not self._succeed_closed(generation):
+            self._exit(token or _Token(generation, None), None, success=True)
         return result
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)`` through the breaker; cancellation gives a trial permit back."""
-        token = self._enter()
+        generation = self._admit_closed()
+        token = self._enter() if generation < 0 else None
         try:
             result = await fn(*args, **kwargs)
         except Exception as error:
-            self._exit(token, error, success=False)
+            self._exit(token or _Token(generation, None), error, success=False)
             raise
         except BaseException:  # asyncio.CancelledError, KeyboardInterrupt
-            self._abandon(token)
+            self._abandon(token or _Token(generation, None))
             raise
-        self._exit(token, None, success=True)
+        if token is not None or not self._succeed_closed(generation):
+            self._exit(token or _Token(generation, None), None, success=True)
         return result
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -321,6 +325,30 @@ class CircuitBreaker(Observable):
         )
 
     # ------------------------------------------------------------------ internals (call with lock)
+
+    # The fast path of a healthy provider: while CLOSED, admitting a call and recording its
+    # success need no clock reading, no token and no notification (CLOSED never changes by
+    # itself: only OPEN turns HALF_OPEN as time passes).
+
+    def _admit_closed(self) -> int:
+        """Admit a call if CLOSED: count it and return the generation; -1 when not CLOSED."""
+        with self._lock:
+            if self._state is CircuitState.CLOSED:
+                self._stats["calls"] += 1
+                return self._generation
+        return -1
+
+    def _succeed_closed(self, generation: int) -> bool:
+        """Record the success of a call admitted by ``_admit_closed`` if the breaker is still in
+        that CLOSED generation and nobody listens for "success" events; False: do it in full."""
+        if self._subscribers:
+            return False
+        with self._lock:
+            if self._generation != generation:
+                return False
+            self._stats["successes"] += 1
+            self._consecutive_failures = 0
+        return True
 
     def _enter(self) -> _Token:
         try:

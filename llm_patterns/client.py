@@ -45,11 +45,11 @@ def _evolve(response: LLMResponse, attempts: int, latency: float) -> LLMResponse
     fields that do not change (the common case: a plain LLMResponse)."""
     if (type(response) is LLMResponse and type(attempts) is int and attempts >= 1
             and latency >= 0):
+        fields = response.__dict__.copy()
+        fields["attempts"] = attempts
+        fields["latency_s"] = latency
         new = object.__new__(LLMResponse)
-        d = new.__dict__
-        d.update(response.__dict__)
-        d["attempts"] = attempts
-        d["latency_s"] = latency
+        new.__dict__ = fields
         return new
     return replace(response, attempts=attempts, latency_s=latency)
 
@@ -91,7 +91,10 @@ class GuardedProvider(Observable):
 
     # -- the steps before and after the call, shared by the sync and async paths --------------
 
-    def _prepare(self, prompt: str | None, messages: Any, max_tokens: int) -> tuple[list, int]:
+    def _start(self, prompt: str | None, messages: Any, max_tokens: int,
+               kw: dict[str, Any]) -> _Call:
+        """Check the request (context window, budget) and set up its call; no clock read but
+        the start time."""
         msgs = to_messages(prompt, messages)
         # a prompt is one user message: its text is the prompt itself (joined only once)
         text = prompt if messages is None and type(prompt) is str else prompt_text(msgs)
@@ -110,7 +113,7 @@ class GuardedProvider(Observable):
                 check_counted(model, counted, max_tokens, limits, provider=self.name)
         if self.cost is not None and model and getattr(self.cost, "hard_limit", False):
             self.cost.check(self.cost.estimate(model, prompt_estimate, max_tokens))
-        return msgs, estimate
+        return _Call(msgs, max_tokens, kw, estimate, self.clock.now())
 
     def _listening(self) -> bool:
         """Whether anyone hears this provider's events (its own subscribers or its client's)."""
@@ -149,12 +152,6 @@ class GuardedProvider(Observable):
                 provider=self.name, retry_after=self.breaker.health()["retry_in"] or None,
             )
 
-    def _before_attempt(self, attempt: int, estimate: int) -> None:
-        if not self._listening():
-            return
-        self._emit("attempt", self.clock.now(), provider=self.name, attempt=attempt,
-                   tokens=estimate)
-
     def _on_error(self, error: BaseException) -> None:
         if (
             self.limiter is not None
@@ -168,14 +165,14 @@ class GuardedProvider(Observable):
                        error_type=type(error).__name__,
                        status_code=getattr(error, "status_code", None), error=str(error))
 
-    def _after_success(self, response: LLMResponse, estimate: int, max_tokens: int,
-                       labels: dict[str, Any], attempts: int, started: float) -> LLMResponse:
-        usage = response.usage
+    def _after_success(self, response: LLMResponse, call: _Call,
+                       labels: dict[str, Any]) -> LLMResponse:
+        usage, estimate, attempts = response.usage, call.estimate, call.attempts
         if self.limiter is not None:
             if self.refund_unused_tokens:
                 actual = usage.prompt_tokens + usage.completion_tokens
             else:  # the provider charged prompt + max_tokens at arrival, as OpenAI does
-                actual = max(estimate, usage.prompt_tokens + max_tokens)
+                actual = max(estimate, usage.prompt_tokens + call.max_tokens)
             if actual != estimate:
                 self.limiter.settle(estimate, actual)
             headers = getattr(response, "headers", None)
@@ -183,76 +180,107 @@ class GuardedProvider(Observable):
                 self.limiter.update_from_headers(headers)
         cost: Decimal | float | None = None
         if self.cost is not None:
-            cost = self.cost.record(response.model or self.model, usage, provider=self.name,
-                                    **labels)
+            model = response.model or self.model
+            if labels:
+                cost = self.cost.record(model, usage, provider=self.name, **labels)
+            else:  # (an empty **labels still costs a dict merge per call)
+                cost = self.cost.record(model, usage, provider=self.name)
         now = self.clock.now()
-        response = _evolve(response, attempts, now - started)
+        response = _evolve(response, attempts, now - call.started)
         if self._listening():
             self._emit("response", now, provider=self.name, attempts=attempts,
                        latency=response.latency_s, cost=cost, prompt_tokens=usage.prompt_tokens,
                        completion_tokens=usage.completion_tokens)
         return response
 
+    # -- one attempt: breaker( rate limiter -> call ), as bound methods taking the call's
+    # inputs (no closures built per call) ------------------------------------------------------
+
+    def _attempt(self, call: _Call) -> LLMResponse:
+        call.attempts += 1
+        if self._listening():
+            self._emit("attempt", self.clock.now(), provider=self.name, attempt=call.attempts,
+                       tokens=call.estimate)
+        try:
+            if self.breaker is not None:
+                return self.breaker.call(self._send, call)
+            return self._send(call)
+        except BaseException as err:
+            self._on_error(err)
+            raise
+
+    def _send(self, call: _Call) -> LLMResponse:
+        if self.limiter is not None:
+            trial = self._is_trial()
+            if self.limiter.acquire(call.estimate) > 0:  # no wait: nothing can have changed
+                self._recheck_breaker(trial)
+        if call.kw:
+            return self.provider.complete(messages=call.messages, max_tokens=call.max_tokens,
+                                          **call.kw)
+        return self.provider.complete(messages=call.messages, max_tokens=call.max_tokens)
+
+    async def _aattempt(self, call: _Call) -> LLMResponse:
+        call.attempts += 1
+        if self._listening():
+            self._emit("attempt", self.clock.now(), provider=self.name, attempt=call.attempts,
+                       tokens=call.estimate)
+        try:
+            if self.breaker is not None:
+                return await self.breaker.call_async(self._asend, call)
+            return await self._asend(call)
+        except BaseException as err:
+            self._on_error(err)
+            raise
+
+    async def _asend(self, call: _Call) -> LLMResponse:
+        if self.limiter is not None:
+            trial = self._is_trial()
+            if await self.limiter.acquire_async(call.estimate) > 0:
+                self._recheck_breaker(trial)
+        if call.kw:
+            return await self.provider.acomplete(messages=call.messages,
+                                                 max_tokens=call.max_tokens, **call.kw)
+        return await self.provider.acomplete(messages=call.messages, max_tokens=call.max_tokens)
+
     # -- the provider protocol ----------------------------------------------------------------
 
     def complete(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
                  **kw: Any) -> LLMResponse:
-        labels = {k: kw.pop(k) for k in _LABELS if k in kw} if kw else {}
-        msgs, estimate = self._prepare(prompt, messages, max_tokens)
-        started, attempts = self.clock.now(), 0
-
-        def guarded_call() -> LLMResponse:
-            if self.limiter is not None:
-                trial = self._is_trial()
-                if self.limiter.acquire(estimate) > 0:  # no wait: nothing can have changed
-                    self._recheck_breaker(trial)
-            return self.provider.complete(messages=msgs, max_tokens=max_tokens, **kw)
-
-        def attempt() -> LLMResponse:
-            nonlocal attempts
-            attempts += 1
-            self._before_attempt(attempts, estimate)
-            try:
-                if self.breaker is not None:
-                    return self.breaker.call(guarded_call)
-                return guarded_call()
-            except BaseException as err:
-                self._on_error(err)
-                raise
-
-        response = self.retry.call(attempt) if self.retry is not None else attempt()
-        return self._after_success(response, estimate, max_tokens, labels, attempts, started)
+        labels = _pop_labels(kw)
+        call = self._start(prompt, messages, max_tokens, kw)
+        response = self.retry.call(self._attempt, call) if self.retry is not None \
+            else self._attempt(call)
+        return self._after_success(response, call, labels)
 
     async def acomplete(self, prompt: str | None = None, *, messages: Any = None,
                         max_tokens: int = 256, **kw: Any) -> LLMResponse:
-        labels = {k: kw.pop(k) for k in _LABELS if k in kw} if kw else {}
-        msgs, estimate = self._prepare(prompt, messages, max_tokens)
-        started, attempts = self.clock.now(), 0
-
-        async def guarded_call() -> LLMResponse:
-            if self.limiter is not None:
-                trial = self._is_trial()
-                if await self.limiter.acquire_async(estimate) > 0:
-                    self._recheck_breaker(trial)
-            return await self.provider.acomplete(messages=msgs, max_tokens=max_tokens, **kw)
-
-        async def attempt() -> LLMResponse:
-            nonlocal attempts
-            attempts += 1
-            self._before_attempt(attempts, estimate)
-            try:
-                if self.breaker is not None:
-                    return await self.breaker.call_async(guarded_call)
-                return await guarded_call()
-            except BaseException as err:
-                self._on_error(err)
-                raise
-
+        labels = _pop_labels(kw)
+        call = self._start(prompt, messages, max_tokens, kw)
         if self.retry is not None:
-            response = await self.retry.call_async(attempt)
+            response = await self.retry.call_async(self._aattempt, call)
         else:
-            response = await attempt()
-        return self._after_success(response, estimate, max_tokens, labels, attempts, started)
+            response = await self._aattempt(call)
+        return self._after_success(response, call, labels)
+
+
+class _Call:
+    """One call's inputs and progress, shared by its attempts."""
+
+    __slots__ = ("attempts", "estimate", "kw", "max_tokens", "messages", "started")
+
+    def __init__(self, messages: list, max_tokens: int, kw: dict[str, Any], estimate: int,
+                 started: float) -> None:
+        self.messages = messages
+        self.max_tokens = max_tokens
+        self.kw = kw
+        self.estimate = estimate  # what the limiter is asked for: prompt estimate + max_tokens
+        self.started = started
+        self.attempts = 0
+
+
+def _pop_labels(kw: dict[str, Any]) -> dict[str, Any]:
+    """Take the cost labels (dag_id, task_id, run_id) out of a call's extra keywords."""
+    return {k: kw.pop(k) for k in _LABELS if k in kw} if kw else {}
 
 
 class ResilientClient(Observable):
@@ -322,8 +350,11 @@ class ResilientClient(Observable):
                  run_id: str | None = None, **kw: Any) -> LLMResponse:
         """One completion from the first provider that can give it."""
         _check_max_tokens(max_tokens)
-        labels = _labels(dag_id, task_id, run_id)
-        return self.chain.complete(prompt, messages=messages, max_tokens=max_tokens, **labels, **kw)
+        if dag_id is not None or task_id is not None or run_id is not None:
+            kw.update(_labels(dag_id, task_id, run_id))
+        if kw:
+            return self.chain.complete(prompt, messages=messages, max_tokens=max_tokens, **kw)
+        return self.chain.complete(prompt, messages=messages, max_tokens=max_tokens)
 
     async def acomplete(self, prompt: str | None = None, *, messages: Any = None,
                         max_tokens: int = 256, dag_id: str | None = None,
@@ -331,9 +362,9 @@ class ResilientClient(Observable):
                         **kw: Any) -> LLMResponse:
         """``complete`` for asyncio."""
         _check_max_tokens(max_tokens)
-        labels = _labels(dag_id, task_id, run_id)
-        return await self.chain.acomplete(prompt, messages=messages, max_tokens=max_tokens,
-                                          **labels, **kw)
+        if dag_id is not None or task_id is not None or run_id is not None:
+            kw.update(_labels(dag_id, task_id, run_id))
+        return await self.chain.acomplete(prompt, messages=messages, max_tokens=max_tokens, **kw)
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per provider: breaker health and limiter status, for dashboards and probes."""
@@ -363,6 +394,8 @@ def _labels(dag_id: str | None, task_id: str | None, run_id: str | None) -> dict
 
 
 def _check_max_tokens(max_tokens: int) -> None:
+    if type(max_tokens) is int and max_tokens > 0:  # the common case, in one test
+        return
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
         raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
 

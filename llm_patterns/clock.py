@@ -31,8 +31,9 @@ class Clock(Protocol):
 class SystemClock:
     """Real time: ``time.monotonic()``, ``time.sleep`` and ``asyncio.sleep``."""
 
-    def now(self) -> float:
-        return time.monotonic()
+    # time.monotonic itself, not a method wrapping it: every pattern reads the clock on every
+    # call, and a Python-level wrapper would double what a reading costs.
+    now = staticmethod(time.monotonic)
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -105,6 +106,8 @@ class VirtualClock:
         with self._lock:
             self._now += seconds
             due = []
+            for loop in [lp for lp in self._heaps if lp.is_closed()]:
+                del self._heaps[loop]  # a finished asyncio.run left sleepers behind
             for heap in self._heaps.values():
                 while heap and heap[0][0] <= self._now:
                     due.append(heapq.heappop(heap)[2])
@@ -131,11 +134,16 @@ class VirtualClock:
 
     # The driver: a callback that re-queues itself until the loop has nothing else to run,
     # then moves time to the earliest sleeper and wakes every sleeper due at that time.
-    def _tick(self, loop: asyncio.AbstractEventLoop, idle_rounds: int) -> None:
+    # A loop that is never idle (a foreign callback re-queuing itself forever, as some event-loop
+    # integrations do) would stall virtual time: after _MAX_BUSY_ROUNDS busy passes in a row
+    # time moves anyway. A coroutine chain is a few dozen passes deep, far below that bound.
+    _MAX_BUSY_ROUNDS = 10_000
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, busy_rounds: int) -> None:
         ready = getattr(loop, "_ready", None)  # CPython's queue of runnable callbacks
-        busy = len(ready) > 0 if ready is not None else idle_rounds < 20
-        if busy:
-            loop.call_soon(self._tick, loop, 0 if ready is not None else idle_rounds + 1)
+        limit = self._MAX_BUSY_ROUNDS if ready is not None else 20
+        if busy_rounds < limit and (ready is None or len(ready) > 0):
+            loop.call_soon(self._tick, loop, busy_rounds + 1)
             return
         with self._lock:
             heap = self._heaps.get(loop, [])
@@ -149,15 +157,18 @@ class VirtualClock:
             due = []
             while heap and heap[0][0] <= self._now:
                 due.append(heapq.heappop(heap)[2])
+        loop.call_soon(self._tick, loop, 0)  # first, so an error below cannot stop the driver
         for fut in due:
             _wake(fut)
-        loop.call_soon(self._tick, loop, 0)
 
     def __repr__(self) -> str:
         return f"VirtualClock(now={self._now:g})"
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
+    """Resolve a sleeper's future on its own loop; one whose loop has closed is dropped."""
+    if fut.done():
+        return
     loop = fut.get_loop()
 
     def resolve() -> None:
@@ -170,5 +181,8 @@ def _wake(fut: asyncio.Future[None]) -> None:
         running = None
     if running is loop:
         resolve()
-    else:
-        loop.call_soon_threadsafe(resolve)
+    elif not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(resolve)
+        except RuntimeError:  # closed between the check and the call
+            pass

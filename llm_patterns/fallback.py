@@ -147,7 +147,11 @@ class FallbackChain(Observable):
         errors: list[tuple[str, BaseException]] = []
         for position, provider in enumerate(self.providers):
             try:
-                response = provider.complete(prompt, messages=messages, max_tokens=max_tokens, **kw)
+                if kw:
+                    response = provider.complete(prompt, messages=messages, max_tokens=max_tokens,
+                                                 **kw)
+                else:  # (an empty **kw still costs a dict merge per call)
+                    response = provider.complete(prompt, messages=messages, max_tokens=max_tokens)
                 if not isinstance(response, LLMResponse):
                     raise self._not_a_response(position, response)
             except Exception as error:  # noqa: BLE001 - any failure moves on (see module doc)

@@ -20,13 +20,13 @@ import decimal
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from ._sqlite import SQLiteFile
 
 __all__ = ["CostRecord", "SQLiteLedger"]
 
@@ -62,7 +62,12 @@ CREATE TABLE IF NOT EXISTS cost_alerts (key TEXT PRIMARY KEY, time REAL NOT NULL
 
 # Connections inherited across a fork: never used or closed in the child (closing would drop
 # the child's own POSIX locks on the file), just kept alive.
-_abandoned: list[sqlite3.Connection] = []
+
+
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.create_aggregate("dsum", 1, _DecimalSum)  # type: ignore[arg-type]
+    for statement in filter(str.strip, _SCHEMA.split(";")):
+        conn.execute(statement)
 
 
 @dataclass(frozen=True)
@@ -110,91 +115,15 @@ class SQLiteLedger:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a file path or ':memory:', got {path!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        self.path = os.fspath(path)
-        self.timeout = float(timeout)
-        self._memory = self.path == ":memory:" or self.path == ""
-        if not self._memory:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            if os.path.isdir(self.path):
-                raise ValueError(f"path {self.path!r} is a directory; expected a ledger file path")
-            if not os.path.isdir(parent):
-                raise ValueError(
-                    f"path {self.path!r}: directory {parent!r} does not exist; create it first"
-                )
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = os.getpid()
-        self._closed = False
-        with self._lock:
-            self._connection()  # open now: a bad path fails here, not at the first record
+        self._db = SQLiteFile(path, timeout=timeout, label="ledger", setup=_setup,
+                              allow_memory=True)
+        self.path, self.timeout = self._db.path, self._db.timeout
 
-    # -- connections
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise ValueError(f"path {self.path!r}: cannot open the ledger: {exc}") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            if not self._memory:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL-safe
-            conn.create_aggregate("dsum", 1, _DecimalSum)  # type: ignore[arg-type]
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    conn.execute(statement)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise ValueError(f"path {self.path!r} is not a usable SQLite ledger: {exc}") from exc
-        return conn
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise ValueError(f"ledger {self.path!r} is closed")
-        pid = os.getpid()
-        if pid != self._pid:  # we are in a forked child: never reuse the parent's connection
-            if self._memory:
-                raise RuntimeError(
-                    "a ':memory:' ledger cannot be shared with a child process; use a file path"
-                )
-            if self._conn is not None:
-                _abandoned.append(self._conn)
-            self._conn, self._pid, self._lock = None, pid, threading.RLock()
-        if self._conn is None:
-            self._conn = self._open()
-        return self._conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction holding SQLite's write lock from the start."""
-        with self._guard():
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def _guard(self) -> threading.RLock:
-        if os.getpid() != self._pid:
-            self._connection()  # replaces the (possibly held-at-fork) lock
-        return self._lock
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.write()
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._guard():
-            return self._connection().execute(sql, params).fetchall()
+        return self._db.query(sql, params)
 
     # -- writes
 
@@ -315,11 +244,7 @@ class SQLiteLedger:
 
     def close(self) -> None:
         """Close this process's connection; further use raises ``ValueError``."""
-        with self._guard():
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
-            self._closed = True
+        self._db.close()
 
     def __enter__(self) -> SQLiteLedger:  # noqa: PYI034 (no typing.Self on 3.10)
         return self
@@ -328,7 +253,7 @@ class SQLiteLedger:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        if self._memory:
+        if self._db.memory:
             raise TypeError("a ':memory:' ledger cannot be pickled; use a file path")
         return {"path": self.path, "timeout": self.timeout}
 

@@ -234,8 +234,28 @@ class RetryPolicy(Observable):
             raise TypeError(
                 f"{_name_of(fn)} is an async function: use `await policy.call_async(...)`"
             )
-        run = _Run(self, fn)
-        while True:
+        # The first attempt runs without any per-call state: most calls succeed at once, and
+        # the _Run (counters, log label) is only built when a failure has to be handled.
+        start = self.clock.now()
+        token = _attempt_var.set(1)
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as error:
+            run = _Run(self, fn, start)
+            wait = run.failed(error)
+            if wait is None:
+                raise
+            if wait > 0:
+                self.clock.sleep(wait)
+        else:
+            _check_not_coroutine(fn, result)
+            if self._subscribers:
+                now = self.clock.now()
+                self._emit("success", now, attempts=1, elapsed=now - start)
+            return result
+        finally:
+            _attempt_var.reset(token)
+        while True:  # the retries
             token = _attempt_var.set(run.begin())
             try:
                 result = fn(*args, **kwargs)
@@ -246,11 +266,7 @@ class RetryPolicy(Observable):
                 if wait > 0:
                     self.clock.sleep(wait)
             else:
-                if inspect.iscoroutine(result):
-                    result.close()
-                    raise TypeError(
-                        f"{_name_of(fn)} returned a coroutine: use `await policy.call_async(...)`"
-                    )
+                _check_not_coroutine(fn, result)
                 run.succeeded()
                 return result
             finally:
@@ -258,25 +274,34 @@ class RetryPolicy(Observable):
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)``, retried per this policy, sleeping with ``clock.asleep``."""
-        run = _Run(self, fn)
+        start = self.clock.now()
+        run: _Run | None = None  # built at the first failure (see ``call``)
+        attempt = 1
         while True:
-            token = _attempt_var.set(run.begin())
+            token = _attempt_var.set(attempt)
             try:
                 awaitable = fn(*args, **kwargs)
                 if not inspect.isawaitable(awaitable):
                     break  # a usage error, not a failed attempt: reported below, never retried
                 result = await awaitable
             except Exception as error:
+                if run is None:
+                    run = _Run(self, fn, start)
                 wait = run.failed(error)
                 if wait is None:
                     raise
                 if wait > 0:
                     await self.clock.asleep(wait)
             else:
-                run.succeeded()
+                if run is not None:
+                    run.succeeded()
+                elif self._subscribers:
+                    now = self.clock.now()
+                    self._emit("success", now, attempts=1, elapsed=now - start)
                 return result
             finally:
                 _attempt_var.reset(token)
+            attempt = run.begin()
         raise TypeError(
             f"call_async needs a function returning an awaitable; {_name_of(fn)} returned "
             f"{type(awaitable).__name__} (use policy.call for sync functions)"
@@ -304,10 +329,20 @@ class RetryPolicy(Observable):
 
 
 def _is_async_function(fn: Any) -> bool:
-    """``inspect.iscoroutinefunction``, with a fast answer for a plain function (a closure)."""
+    """``inspect.iscoroutinefunction``, with a fast answer for a plain function (a closure)
+    or a method bound to an instance."""
+    if type(fn) is types.MethodType:
+        fn = fn.__func__
     if type(fn) is types.FunctionType and "_is_coroutine_marker" not in fn.__dict__:
         return bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
     return inspect.iscoroutinefunction(fn)
+
+
+def _check_not_coroutine(fn: Any, result: Any) -> None:
+    """A sync ``call`` of a function that returned a coroutine is a usage error: say so."""
+    if type(result) is types.CoroutineType:  # inspect.iscoroutine (the type is final)
+        result.close()
+        raise TypeError(f"{_name_of(fn)} returned a coroutine: use `await policy.call_async(...)`")
 
 
 def _name_of(fn: Any) -> str:
@@ -319,22 +354,22 @@ class _Run:
 
     __slots__ = ("attempt", "fn", "label", "max_attempts", "no_wait", "policy", "previous", "start")
 
-    def __init__(self, policy: RetryPolicy, fn: Any) -> None:
+    def __init__(self, policy: RetryPolicy, fn: Any, start: float) -> None:
+        """State after the first attempt (which began at ``start``) failed."""
         self.policy = policy
         self.fn = fn
-        self.attempt = 0
+        self.attempt = 1
         mode = _testing_mode
         self.max_attempts = (
             policy.max_attempts if mode is None else min(policy.max_attempts, mode[0])
         )
         self.no_wait = mode is not None and mode[1]
-        self.start = 0.0
+        self.start = start
         self.previous: float | None = None
         self.label = f"[{policy.name}] " if policy.name else ""
 
     def begin(self) -> int:
-        if self.attempt == 0:
-            self.start = self.policy.clock.now()
+        """The number of the attempt about to start."""
         self.attempt += 1
         return self.attempt
 

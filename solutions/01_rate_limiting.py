@@ -233,6 +233,67 @@ from llm_patterns.grading import check_task1
 check_task1(TokenBucket, RateLimiter)
 
 # %% [markdown]
+# ## Watch your limiter at work
+#
+# `watch(obj)` makes your own class report what it does, without changing how it behaves: it
+# wraps `acquire` on your limiter so every call also sends an event. A `BucketGauge` listens to
+# those events and draws your two buckets. Below, a burst of 14 requests of 100–300 tokens hits
+# your limiter at 10 RPM and 2,000 TPM, on a virtual clock: the first nine leave at once, then
+# both buckets are nearly empty and every request waits for a refill.
+
+# %%
+import random
+
+from llm_patterns.widgets import BucketGauge, watch
+
+
+def level(value, digits=0):
+    """A bucket level read by watch(); "?" if it could not find that bucket on your limiter."""
+    return "?" if value is None else f"{value:,.{digits}f}"
+
+
+clock = lp.VirtualClock()
+rng = random.Random(1)
+my_limiter = None
+try:
+    my_limiter = RateLimiter(rpm=10, tpm=2_000, clock=clock)
+    watched = watch(my_limiter, name="your RateLimiter")
+    gauge = BucketGauge(watched)
+    for i in range(1, 15):
+        tokens = rng.randint(100, 300)
+        waited = my_limiter.acquire(tokens)
+        s = watched.status()
+        print(f"#{i:<2} sent at t={clock.now():4.1f} s  {tokens} tokens  waited {waited:3.1f} s  "
+              f"left: {level(s['requests_available'], 1)} requests, "
+              f"{level(s['tokens_available'])} tokens")
+except NotImplementedError:
+    my_limiter = None
+    print("implement TokenBucket and RateLimiter above first, then re-run this cell")
+else:
+    gauge.flush()
+    display(gauge)
+
+# %% [markdown]
+# Now a quiet minute passes and one more request comes. Both buckets refill while nobody
+# asks, so it leaves at once. The gauge above follows too: it is the same widget.
+#
+# *To see the gauge move in real time, replace `lp.VirtualClock()` with `lp.ScaledClock(10)`
+# (ten times faster than real time) and run the two cells again: the burst then takes a few
+# seconds.*
+
+# %%
+if my_limiter is None:
+    print("implement TokenBucket and RateLimiter above first, then re-run the cell above and this one")
+else:
+    clock.sleep(60)  # a quiet minute
+    waited = my_limiter.acquire(200)
+    s = watched.status()
+    print(f"after a quiet minute, at t={clock.now():.1f} s: waited {waited:.1f} s; left: "
+          f"{level(s['requests_available'], 1)} requests, {level(s['tokens_available'])} tokens")
+    gauge.flush()
+    display(gauge)
+
+# %% [markdown]
 # ## Your limiter against the storm
 #
 # The same 200 requests, but each one first calls `limiter.acquire(...)` with the tokens it

@@ -239,6 +239,38 @@ from llm_patterns.grading import check_task3
 check_task3(CostTracker)
 
 # %% [markdown]
+# ## Watch your tracker at work
+#
+# `watch(obj)` makes your own class report what it does, without changing how it behaves: it
+# wraps `record` on your tracker so every call also sends an event. A `CostMeter` listens to
+# those events and draws the spend against the budget, with the alert thresholds marked.
+# Below, twelve `gpt-4o` calls of random size (seeded) are recorded against a $0.40 budget:
+# watch the alerts fire at 50%, 80% and 100%, each once.
+
+# %%
+import random
+
+from llm_patterns.widgets import CostMeter, watch
+
+budget = 0.40
+rng = random.Random(3)
+try:
+    my_tracker = CostTracker(PRICES, budget)
+    meter = CostMeter(watch(my_tracker, name="your CostTracker"), title="your CostTracker")
+    for call in range(1, 13):
+        usage = {"prompt_tokens": rng.randint(5_000, 20_000),
+                 "completion_tokens": rng.randint(200, 1_000)}
+        cost = my_tracker.record("gpt-4o", usage, dag_id="nightly", task_id="summarize")
+        print(f"call {call:>2}: ${cost:.4f}, total ${my_tracker.total:.4f} "
+              f"({my_tracker.total / budget:.0%} of the budget)")
+except NotImplementedError:
+    print("implement CostTracker above first, then re-run this cell")
+else:
+    print("alerts fired:", my_tracker.alerts)
+    meter.flush()
+    display(meter)
+
+# %% [markdown]
 # ## Your tracker against the runaway loop
 #
 # The same pipeline, now recording every call and stopping as soon as the 100% alert fires.

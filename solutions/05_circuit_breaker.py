@@ -278,6 +278,71 @@ from llm_patterns.grading import check_task5
 check_task5(CircuitBreaker)
 
 # %% [markdown]
+# ## Watch your breaker at work
+#
+# `watch(obj)` makes your own class report what it does, without changing how it behaves: it
+# wraps `can_execute`, `record_success` and `record_failure` on your breaker so every call also
+# sends an event. A `BreakerLight` listens to those events and shows the state, the failures in
+# a row and the countdown to half-open. Below, a call every 2 seconds goes through your breaker
+# (failure threshold 3, cooldown 30 s, on a virtual clock); the provider dies after the second.
+
+# %%
+from llm_patterns.widgets import BreakerLight, watch
+
+
+def call_through(breaker, provider_up):
+    """One call guarded by `breaker`: "refused" without calling, else "ok" or "failed"."""
+    if not breaker.can_execute():
+        return "refused"
+    if provider_up:
+        breaker.record_success()
+        return "ok"
+    breaker.record_failure()
+    return "failed"
+
+
+clock = VirtualClock()
+my_breaker = None
+try:
+    my_breaker = CircuitBreaker(failure_threshold=3, reset_timeout=30.0, clock=clock)
+    light = BreakerLight(watch(my_breaker, name="your CircuitBreaker"))
+    for i in range(8):
+        provider_up = i < 2
+        outcome = call_through(my_breaker, provider_up)
+        print(f"t={clock.now():3.0f} s  provider {'up  ' if provider_up else 'down'}  "
+              f"call {outcome:<8} breaker {my_breaker.state}")
+        clock.sleep(2)
+except NotImplementedError:
+    my_breaker = None
+    print("implement CircuitBreaker above first, then re-run this cell")
+else:
+    light.flush()
+    display(light)
+
+# %% [markdown]
+# Three failures in a row opened it, and the calls after that were refused without touching the
+# provider. Now the cooldown passes and the provider is back. The light above follows too: it
+# is the same widget.
+#
+# *To see the light change in real time, replace `VirtualClock()` with `ScaledClock(10)` (ten
+# times faster than real time; `from llm_patterns import ScaledClock`) and run the two cells
+# again: the countdown then ticks down.*
+
+# %%
+if my_breaker is None:
+    print("implement CircuitBreaker above first, then re-run the cell above and this one")
+else:
+    clock.sleep(30)  # the cooldown passes
+    print(f"t={clock.now():3.0f} s  trial call admitted: {my_breaker.can_execute()}, "
+          f"breaker {my_breaker.state}")
+    print(f"t={clock.now():3.0f} s  a second caller admitted: {my_breaker.can_execute()} "
+          f"(the trial has not answered yet)")
+    my_breaker.record_success()  # the provider answered the trial
+    print(f"t={clock.now():3.0f} s  the trial succeeded, breaker {my_breaker.state}")
+    light.flush()
+    display(light)
+
+# %% [markdown]
 # ## 4 · Your breaker in front of the dead provider
 #
 # The same pipeline, with your breaker inside the retries: an open breaker raises

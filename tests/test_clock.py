@@ -145,3 +145,36 @@ def test_scaled_clock_validates_and_scales():
     assert clock.now() - t0 >= 0.9
     clock.set_speed(1)
     assert clock.speed == 1
+
+
+def test_sleepers_left_by_a_finished_loop_do_not_break_later_sleeps():
+    clock = VirtualClock()
+
+    async def leave_one_behind():
+        asyncio.ensure_future(clock.asleep(100))  # never awaited: cancelled when the loop ends
+        await clock.asleep(1)
+
+    asyncio.run(leave_one_behind())
+    clock.sleep(500)  # wakes nothing from the closed loop, raises nothing
+    asyncio.run(clock.asleep(1))
+    assert clock.now() == 502
+
+
+def test_time_moves_even_if_a_foreign_callback_keeps_the_loop_busy():
+    """An event loop that is never idle must not stall virtual time forever."""
+    clock = VirtualClock()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stop = False
+
+        def chatter():  # re-queues itself forever, like some event-loop integrations
+            if not stop:
+                loop.call_soon(chatter)
+
+        loop.call_soon(chatter)
+        await clock.asleep(5)
+        stop = True
+
+    asyncio.run(asyncio.wait_for(main(), timeout=30))
+    assert clock.now() == 5

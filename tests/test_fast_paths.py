@@ -17,7 +17,7 @@ from llm_patterns.clock import VirtualClock
 from llm_patterns.cost import CostTracker
 from llm_patterns.errors import LLMError
 from llm_patterns.mock import MockLLMServer
-from llm_patterns.pricing import MONEY_CONTEXT, MILLION, PriceTable, Pricing, TokenCounts
+from llm_patterns.pricing import MILLION, MONEY_CONTEXT, PriceTable, Pricing, TokenCounts
 from llm_patterns.providers import AnthropicProvider, OpenAIProvider
 from llm_patterns.rate_limit import RateLimiter
 from llm_patterns.response import Usage
@@ -81,7 +81,7 @@ def test_direct_provider_matches_http_sync(api: str) -> None:
             provider = server.provider("p", "gpt-4o-mini" if api == "openai" else
                                        "claude-haiku-4-5", api=api, timeout=30.0)
         results.append(_outcome(
-            lambda p, m: provider.complete(p, max_tokens=m), server, clock, steps))
+            lambda p, m: provider.complete(p, max_tokens=m), server, clock, steps))  # noqa: B023
     http, direct = results
     kinds = {row[1] for row in http if row[0] == "error"}
     assert {"RateLimitError", "ServerError", "ProviderTimeout", "MalformedResponse"} <= kinds
@@ -106,13 +106,13 @@ def test_direct_provider_matches_http_async() -> None:
             out = []
             for fault, prompt, max_tokens in steps:
                 if fault:
-                    server.fail_next(fault)
+                    server.fail_next(fault)  # noqa: B023
                 try:
-                    r = await provider.acomplete(prompt, max_tokens=max_tokens)
+                    r = await provider.acomplete(prompt, max_tokens=max_tokens)  # noqa: B023
                 except LLMError as err:
                     out.append((type(err).__name__, err.status_code, err.retry_after, str(err)))
                 else:
-                    out.append((r.text, r.usage, r.latency_s, clock.now()))
+                    out.append((r.text, r.usage, r.latency_s, clock.now()))  # noqa: B023
             return out
 
         results.append(asyncio.run(run()))

@@ -28,7 +28,7 @@ SOLUTIONS = ROOT / "solutions"
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "tools" / "build_notebooks.py"
 CELL_TIMEOUT = 120
-RUN_TIMEOUT = 600
+RUN_TIMEOUT = 900  # a whole nbval run; pytest-timeout on the slow tests is above it
 
 SOLUTION_NBS = sorted(SOLUTIONS.glob("*.ipynb"))
 STUDENT_NBS = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -97,7 +97,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     started: dict[str, _Run] = {
         "strict": _Run(_nbval_cmd("--nbval", SOLUTION_NBS), tmp / "strict.log"),
         "lax": _Run(
-            _nbval_cmd("--nbval-lax", SOLUTION_NBS + STUDENT_NBS, tmp / "lax.xml"),
+            # solutions are not run again here: strict --nbval fails on everything --nbval-lax
+            # fails on (an error) and more (an output that differs)
+            _nbval_cmd("--nbval-lax", STUDENT_NBS, tmp / "lax.xml"),
             tmp / "lax.log",
         ),
     }
@@ -188,6 +190,7 @@ def test_build_tool_is_deterministic_and_stubs_regions(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_strict_nbval_passes_on_every_solution_notebook(runs):
     rc, out = runs["strict"].result()
     assert rc == 0, f"strict --nbval failed on solutions/:\n{out[-6000:]}"
@@ -228,17 +231,13 @@ def _cells_by_outcome(outcomes: dict, path: Path) -> dict[str, set[str]]:
 
 
 @pytest.mark.slow
-def test_lax_nbval_passes_on_solutions_and_student_notebooks_fail_only_their_checks(runs):
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+def test_student_notebooks_fail_only_their_check_cells_under_nbval_lax(runs):
     rc, out = runs["lax"].result()
     xml = runs["_tmp"] / "lax.xml"
     assert xml.exists(), f"nbval-lax produced no junit report:\n{out[-4000:]}"
     outcomes = _junit_outcomes(xml)
     problems = []
-    for path in SOLUTION_NBS:
-        got = _cells_by_outcome(outcomes, path)
-        if got["failed"] or got["skipped"]:
-            problems.append(f"{path.name} (solution): failing {sorted(got['failed'])}, "
-                            f"skipped {sorted(got['skipped'])}")
     for path in STUDENT_NBS:
         checks = {c.id for c in _code_cells(path) if "check" in c.metadata.get("tags", [])}
         got = _cells_by_outcome(outcomes, path)
@@ -263,6 +262,7 @@ def _score(run: _Run) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_grade_gives_the_solutions_full_marks(runs):
     if "grade_solutions" not in runs:
         pytest.skip("llm_patterns.grading.grade is not there yet")
@@ -271,6 +271,7 @@ def test_grade_gives_the_solutions_full_marks(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_grade_gives_the_untouched_student_notebooks_zero(runs):
     if "grade_notebooks" not in runs:
         pytest.skip("llm_patterns.grading.grade is not there yet")

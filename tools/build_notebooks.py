@@ -220,6 +220,24 @@ def _new_nb(cells: list[Any]) -> Any:
     return nb
 
 
+def _merge_streams(outputs: list[Any]) -> list[Any]:
+    """Join consecutive stream outputs of the same name: how a print is split into messages
+    depends on timing (flushes), so unmerged outputs would differ from build to build."""
+    merged: list[Any] = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (
+            out.get("output_type") == "stream"
+            and prev is not None
+            and prev.get("output_type") == "stream"
+            and prev.get("name") == out.get("name")
+        ):
+            prev["text"] = prev["text"] + out["text"]
+        else:
+            merged.append(out)
+    return merged
+
+
 def normalize_executed(nb: Any) -> Any:
     """Drop what nbclient adds that is not deterministic or not needed."""
     nb.metadata = copy.deepcopy(NB_METADATA)
@@ -228,6 +246,8 @@ def normalize_executed(nb: Any) -> Any:
         for key in list(cell.metadata):
             if key != "tags":
                 cell.metadata.pop(key)
+        if cell.cell_type == "code":
+            cell.outputs = _merge_streams(cell.outputs)
         for out in cell.get("outputs", []):
             if "metadata" in out:
                 out["metadata"] = {k: v for k, v in out["metadata"].items() if k != "execution"}

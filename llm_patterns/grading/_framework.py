@@ -130,14 +130,25 @@ _CALL_OPS = frozenset(
 )
 
 
-def _blocked_in_c(thread: threading.Thread, samples: int = 5, gap: float = 0.01) -> bool:
+def _thread_cpu(thread: threading.Thread) -> float | None:
+    """CPU seconds ``thread`` has used (Linux/Unix), or None where that cannot be read."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
+
+
+def _blocked_in_c(thread: threading.Thread, samples: int = 10, gap: float = 0.01) -> bool:
     """Whether ``thread`` sits still inside a C call (a lock it will never get), not a loop.
 
     An exception injected into such a thread is never delivered, and on CPython 3.11 the
     pending injection slows every other thread until it is; so a deadlocked thread is left
-    alone (it is a daemon and uses no CPU) instead of being interrupted.
+    alone (it is a daemon and uses no CPU) instead of being interrupted. A thread that burns
+    CPU meanwhile is looping, however still its frame looks on a busy machine.
     """
+    cpu_before = _thread_cpu(thread)
     seen = set()
+    frame = None
     for i in range(samples):
         frame = sys._current_frames().get(thread.ident)
         if frame is None:
@@ -147,6 +158,9 @@ def _blocked_in_c(thread: threading.Thread, samples: int = 5, gap: float = 0.01)
             return False
         if i + 1 < samples:
             _real_sleep(gap)
+    cpu_after = _thread_cpu(thread)
+    if cpu_before is not None and cpu_after is not None and cpu_after - cpu_before > 0.002:
+        return False
     code, lasti = frame.f_code.co_code, frame.f_lasti
     return 0 <= lasti < len(code) and code[lasti] in _CALL_OPS
 

@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from ..clock import SystemClock
+
 __all__ = [
     "Admission",
     "BreakerConfig",
@@ -65,20 +67,14 @@ _REL_EPS = 1e-9  # float slack as a fraction of capacity, as in rate_limit.py
 _MIN_RETRY_AFTER = 0.001
 
 
-class WallClock:
-    """Wall time (``time.time``): one time base for every process on a host, across reboots."""
+class WallClock(SystemClock):
+    """Wall time (``time.time``): one time base for every process on a host, across reboots.
+
+    Sleeping is the system clock's; only the reading differs (monotonic time is per boot).
+    """
 
     def now(self) -> float:
         return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds)
-
-    async def asleep(self, seconds: float) -> None:
-        import asyncio
-
-        await asyncio.sleep(max(0.0, seconds))
 
     def __repr__(self) -> str:
         return "WallClock()"

@@ -17,14 +17,13 @@ and one breaker. Differences from the in-process classes, all forced by sharing:
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import math
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from .._decorate import decorate
 from ..circuit_breaker import CircuitState, is_outage
 from ..errors import CircuitOpenError, RateLimitTimeout
 from ..events import Observable
@@ -496,16 +495,8 @@ class SharedCircuitBreaker(Observable):
         return result
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.iscoroutinefunction(fn):
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.call_async(fn, *args, **kwargs)
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-        return wrapper
+        """Decorator use: ``@breaker`` wraps a sync or an async function, keeping its name."""
+        return decorate(fn, self.call, self.call_async)
 
     # -- operators
     def reset(self) -> None:

@@ -19,10 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
-import threading
 from typing import Any, TypeVar
 
+from .._sqlite import SQLiteFile
 from . import base
 from .base import WallClock
 from .memory import DictStateStore, Op
@@ -38,7 +37,6 @@ _SCHEMA = (
     " kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, updated REAL NOT NULL,"
     " PRIMARY KEY (kind, key))"
 )
-_abandoned: list[sqlite3.Connection] = []  # inherited across fork: never used nor closed
 
 
 class SQLiteStateStore(DictStateStore):
@@ -51,88 +49,39 @@ class SQLiteStateStore(DictStateStore):
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Any = None,
                  timeout: float = 30.0) -> None:
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a file path, got {path!r}")
-        self.path = os.fspath(path)
-        if self.path in ("", ":memory:"):
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path) in ("", ":memory:"):
             raise ValueError(
-                f"path {self.path!r}: a SQLite state store must be a file (shared by processes); "
-                "use MemoryStateStore / 'memory://' for one process"
+                f"path {os.fspath(path)!r}: a SQLite state store must be a file (shared by "
+                "processes); use MemoryStateStore / 'memory://' for one process"
             )
-        parent = os.path.dirname(os.path.abspath(self.path))
-        if os.path.isdir(self.path) or not os.path.isdir(parent):
-            raise ValueError(
-                f"path {self.path!r}: expected a file in an existing directory"
-            )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        self.timeout = float(timeout)
+        self._db = SQLiteFile(path, timeout=timeout, label="state store",
+                              setup=lambda conn: conn.execute(_SCHEMA))
+        self.path, self.timeout = self._db.path, self._db.timeout
         self.clock = clock if clock is not None else WallClock()
         self.url = f"sqlite:///{os.path.abspath(self.path)}"
-        self._lock = threading.RLock()
-        self._pid = os.getpid()
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-        with self._lock:
-            self._connection()
-
-    # -- connection
-    def _open(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"path {self.path!r} is not a usable SQLite state store: {exc}") \
-                from exc
-        return conn
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise ValueError(f"state store {self.path!r} is closed")
-        pid = os.getpid()
-        if pid != self._pid:  # a forked child: never touch the parent's connection
-            if self._conn is not None:
-                _abandoned.append(self._conn)
-            self._conn, self._pid, self._lock = None, pid, threading.RLock()
-        if self._conn is None:
-            self._conn = self._open()
-        return self._conn
 
     def _atomic(self, kind: str, key: str, now: float | None, fn: Op[T]) -> T:
         base.check_key(key)
         if now is not None:
             now = base.check_finite("now", now)
-        if os.getpid() != self._pid:
-            self._connection()
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")  # the write lock, held until COMMIT
-            try:
-                t = self.clock.now() if now is None else now  # read under the lock
-                row = conn.execute("SELECT value FROM llm_state WHERE kind = ? AND key = ?",
-                                   (kind, key)).fetchone()
-                if row is not None:
-                    state = json.loads(row[0])
-                elif kind == "bucket":
-                    state = base.new_bucket_state()
-                else:
-                    state = base.new_breaker_state(t)
-                result = fn(state, t)
-                conn.execute(
-                    "INSERT INTO llm_state (kind, key, value, updated) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, "
-                    "updated = excluded.updated",
-                    (kind, key, json.dumps(state), t),
-                )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+        with self._db.write() as conn:  # SQLite's write lock, held until COMMIT
+            t = self.clock.now() if now is None else now  # read under the lock
+            row = conn.execute("SELECT value FROM llm_state WHERE kind = ? AND key = ?",
+                               (kind, key)).fetchone()
+            if row is not None:
+                state = json.loads(row[0])
+            elif kind == "bucket":
+                state = base.new_bucket_state()
+            else:
+                state = base.new_breaker_state(t)
+            result = fn(state, t)
+            conn.execute(
+                "INSERT INTO llm_state (kind, key, value, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, "
+                "updated = excluded.updated",
+                (kind, key, json.dumps(state), t),
+            )
+        return result
 
     def _limiter(self, key: str, now: float | None, fn: Op[T]) -> T:
         return self._atomic("bucket", key, now, fn)
@@ -142,18 +91,12 @@ class SQLiteStateStore(DictStateStore):
 
     def keys(self) -> list[tuple[str, str]]:
         """``(kind, key)`` of every state held, for inspection and cleanup."""
-        with self._lock:
-            return [tuple(r) for r in self._connection().execute(
-                "SELECT kind, key FROM llm_state ORDER BY kind, key").fetchall()]
+        return [tuple(r) for r in self._db.query("SELECT kind, key FROM llm_state ORDER BY kind, key")]
 
     # -- lifecycle
     def close(self) -> None:
         """Close this process's connection; further use raises ``ValueError``."""
-        with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
-            self._closed = True
+        self._db.close()
 
     def __enter__(self) -> SQLiteStateStore:  # noqa: PYI034
         return self
