@@ -42,6 +42,10 @@ class Config:
     rpm: float | None = None
     tpm: float | None = None
     burst_seconds: float = 1.0
+    # RateLimiter(headroom=): seconds of refill held back from our buckets for requests granted
+    # but not yet charged by the server (the real-time rows use one server latency; see
+    # rate_limit_utilization.measure)
+    headroom: float = 0.0
     # outage benchmark: breaker settings
     failure_threshold: int = 5
     reset_timeout: float = 1.0
@@ -252,7 +256,7 @@ def _provider(server: MockLLMServer, clock: Clock) -> OpenAIProvider:
 
 def _limiter(cfg: Config, clock: Clock) -> RateLimiter:
     return RateLimiter(rpm=cfg.rpm, tpm=cfg.tpm, burst_seconds=cfg.burst_seconds, clock=clock,
-                       name="openai")
+                       name="openai", headroom=cfg.headroom)
 
 
 def _retry(clock: Clock, cfg: Config, **kw: Any) -> RetryPolicy:

@@ -16,8 +16,6 @@ it is never held while the wrapped call runs, and listeners run outside it, in o
 
 from __future__ import annotations
 
-import functools
-import inspect
 import itertools
 import logging
 import math
@@ -29,6 +27,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ._decorate import decorate
 from .clock import Clock, SystemClock
 from .errors import (
     CircuitOpenError,
@@ -265,21 +264,7 @@ class CircuitBreaker(Observable):
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Decorator use: ``@breaker`` wraps a sync or an async function, keeping its name."""
-        if not callable(fn):
-            raise TypeError(f"@CircuitBreaker decorates a function, got {fn!r}")
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.call_async(fn, *args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        return wrapper
+        return decorate(fn, self.call, self.call_async)
 
     # ------------------------------------------------------------------ operators
 

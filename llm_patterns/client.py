@@ -110,7 +110,10 @@ class GuardedProvider(Observable):
                 if counter is _UNRESOLVED:
                     counter = self._counter = _exact_counter(model.strip().lower())
                 counted = prompt_estimate if counter is None else counter(text)
-                check_counted(model, counted, max_tokens, limits, provider=self.name)
+                cap = limits.max_output_tokens
+                if (counted + max_tokens > limits.context_window
+                        or (cap is not None and max_tokens > cap)):  # else it fits: no call
+                    check_counted(model, counted, max_tokens, limits, provider=self.name)
         if self.cost is not None and model and getattr(self.cost, "hard_limit", False):
             self.cost.check(self.cost.estimate(model, prompt_estimate, max_tokens))
         return _Call(msgs, max_tokens, kw, estimate, self.clock.now())
@@ -349,7 +352,8 @@ class ResilientClient(Observable):
                  dag_id: str | None = None, task_id: str | None = None,
                  run_id: str | None = None, **kw: Any) -> LLMResponse:
         """One completion from the first provider that can give it."""
-        _check_max_tokens(max_tokens)
+        if type(max_tokens) is not int or max_tokens <= 0:
+            _check_max_tokens(max_tokens)
         if dag_id is not None or task_id is not None or run_id is not None:
             kw.update(_labels(dag_id, task_id, run_id))
         if kw:
@@ -361,7 +365,8 @@ class ResilientClient(Observable):
                         task_id: str | None = None, run_id: str | None = None,
                         **kw: Any) -> LLMResponse:
         """``complete`` for asyncio."""
-        _check_max_tokens(max_tokens)
+        if type(max_tokens) is not int or max_tokens <= 0:
+            _check_max_tokens(max_tokens)
         if dag_id is not None or task_id is not None or run_id is not None:
             kw.update(_labels(dag_id, task_id, run_id))
         return await self.chain.acomplete(prompt, messages=messages, max_tokens=max_tokens, **kw)
@@ -394,8 +399,6 @@ def _labels(dag_id: str | None, task_id: str | None, run_id: str | None) -> dict
 
 
 def _check_max_tokens(max_tokens: int) -> None:
-    if type(max_tokens) is int and max_tokens > 0:  # the common case, in one test
-        return
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
         raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
 

@@ -142,7 +142,9 @@ class VirtualClock:
     def _tick(self, loop: asyncio.AbstractEventLoop, busy_rounds: int) -> None:
         ready = getattr(loop, "_ready", None)  # CPython's queue of runnable callbacks
         limit = self._MAX_BUSY_ROUNDS if ready is not None else 20
-        if busy_rounds < limit and (ready is None or len(ready) > 0):
+        # busy: something else can run, or the loop is stopping (its caller runs next)
+        busy = ready is None or len(ready) > 0 or getattr(loop, "_stopping", False)
+        if busy_rounds < limit and busy:
             loop.call_soon(self._tick, loop, busy_rounds + 1)
             return
         with self._lock:
@@ -157,9 +159,13 @@ class VirtualClock:
             due = []
             while heap and heap[0][0] <= self._now:
                 due.append(heapq.heappop(heap)[2])
-        loop.call_soon(self._tick, loop, 0)  # first, so an error below cannot stop the driver
-        for fut in due:
-            _wake(fut)
+        try:
+            for fut in due:
+                _wake(fut)
+        finally:  # (even if a wake-up fails, the driver goes on)
+            # queued after the woken coroutines' steps: when they only go back to sleep, the
+            # next pass finds the loop idle and moves time at once, one loop pass per wake-up
+            loop.call_soon(self._tick, loop, 0)
 
     def __repr__(self) -> str:
         return f"VirtualClock(now={self._now:g})"

@@ -56,9 +56,17 @@ class Observable:
         subscribers = self._subscribers
         if not subscribers:
             return
-        event = Event(self._event_source, getattr(self, "name", "") or "", kind, time, data)
+        event = _new_event(self._event_source, getattr(self, "name", "") or "", kind, time, data)
         for callback in subscribers:
             try:
                 callback(event)
             except Exception:  # a broken listener must not break the call it watches
                 logger.exception("event subscriber %r failed on %s.%s", callback, event.source, kind)
+
+
+def _new_event(source: str, name: str, kind: str, time: float, data: dict[str, Any]) -> Event:
+    """``Event(...)`` without the frozen dataclass's five ``object.__setattr__`` calls: the
+    fields go straight into the instance dict (the same object, built at every emit)."""
+    event = object.__new__(Event)
+    event.__dict__.update(source=source, name=name, kind=kind, time=time, data=data)
+    return event

@@ -156,16 +156,22 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_SIMPLE_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s)")
 
 
 def _parse_duration(text: str) -> float | None:
     """OpenAI's reset durations ("1s", "6m0s", "20ms", "1h2m3.5s", "0.5") as seconds."""
     text = text.strip()
-    try:
-        value = float(text)
+    if not text.endswith(("s", "m", "h")):  # no unit: a plain number of seconds
+        try:
+            value = float(text)
+        except ValueError:
+            return None
         return value if math.isfinite(value) and value >= 0 else None
-    except ValueError:
-        pass
+    simple = _SIMPLE_DURATION.fullmatch(text)  # the common "1.5s" / "20ms"
+    if simple is not None:
+        number, unit = float(simple.group(1)), simple.group(2)
+        return number * 0.001 if unit == "ms" else number
     pos, total = 0, 0.0
     for match in _DURATION_PART.finditer(text):
         if match.start() != pos:
@@ -174,6 +180,13 @@ def _parse_duration(text: str) -> float | None:
         total += number * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[unit]
         pos = match.end()
     return total if pos == len(text) and pos > 0 else None
+
+
+# per limit: its limit and reset headers, and their keys in the "sync" event
+_REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-reset-requests", "limit_requests",
+                    "reset_requests")
+_TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-reset-tokens", "limit_tokens",
+                  "reset_tokens")
 
 
 def _header_number(headers: Mapping[str, str], *names: str) -> float | None:
@@ -310,13 +323,13 @@ class RateLimiter(Observable):
         The hot path of every admission: the buckets' refill is written out here rather than
         called (``TokenBucket._refill``, the same arithmetic)."""
         delay = self._penalty_until - now
-        if delay < 0.0:
+        if delay < 0.0:  # noqa: PLR1730 - a test, not a max() call, on the hot path
             delay = 0.0
         bucket = self._req
         if bucket is not None:
             if now > bucket._last:
                 level = bucket._tokens + (now - bucket._last) * bucket.refill_rate
-                bucket._tokens = level if level < bucket.capacity else bucket.capacity
+                bucket._tokens = level if level < bucket.capacity else bucket.capacity  # noqa: FURB136
                 bucket._last = now
             deficit = 1.0 - bucket._tokens
             if deficit > bucket._eps:
@@ -326,7 +339,7 @@ class RateLimiter(Observable):
         if bucket is not None:
             if now > bucket._last:
                 level = bucket._tokens + (now - bucket._last) * bucket.refill_rate
-                bucket._tokens = level if level < bucket.capacity else bucket.capacity
+                bucket._tokens = level if level < bucket.capacity else bucket.capacity  # noqa: FURB136
                 bucket._last = now
             deficit = tokens - bucket._tokens
             if deficit > bucket._eps:
@@ -631,7 +644,10 @@ class RateLimiter(Observable):
         """Reconcile a request's token estimate with its real usage: charge the excess when
         ``actual > estimated`` (the level may go negative: a debt refill pays off), give back
         the unused part when ``actual < estimated`` (never above capacity). No-op without tpm."""
-        est, act = _real("estimated", estimated), _real("actual", actual)
+        if estimated.__class__ is int and actual.__class__ is int and estimated >= 0 <= actual:
+            est, act = float(estimated), float(actual)  # token counts: the common case
+        else:
+            est, act = _real("estimated", estimated), _real("actual", actual)
         bucket = self._tok
         if bucket is not None and act != est:
             with self._lock:
@@ -701,10 +717,12 @@ class RateLimiter(Observable):
                              new)
         listening = bool(self._subscribers)
         extra: dict[str, Any] = {}
-        for what, configured in (("requests", self.rpm), ("tokens", self.tpm)):
-            limit = _header_number(h, f"x-ratelimit-limit-{what}")
+        for what, configured, names in (("requests", self.rpm, _REQUEST_HEADERS),
+                                        ("tokens", self.tpm, _TOKEN_HEADERS)):
+            limit_header, reset_header, limit_key, reset_key = names
+            limit = _header_number(h, limit_header)
             if limit is not None:
-                extra[f"limit_{what}"] = limit
+                extra[limit_key] = limit
                 if configured is not None and limit < configured:
                     key = (what, limit)
                     if key not in self._limits_warned:
@@ -719,10 +737,10 @@ class RateLimiter(Observable):
                         )
             if not listening:
                 continue  # the reset times only go into the event
-            raw = h.get(f"x-ratelimit-reset-{what}")
+            raw = h.get(reset_header)
             reset = None if raw is None else _parse_duration(str(raw))
             if reset is not None:
-                extra[f"reset_{what}"] = reset
+                extra[reset_key] = reset
         if listening:
             self._emit_locked_levels(
                 "sync", now, remaining_requests=rem_req, remaining_tokens=rem_tok, **extra

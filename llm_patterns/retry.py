@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import inspect
 import logging
 import math
@@ -38,6 +37,7 @@ import types
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+from ._decorate import decorate
 from .backoff import BackoffPolicy
 from .clock import Clock, SystemClock
 from .errors import (
@@ -309,21 +309,7 @@ class RetryPolicy(Observable):
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Decorator: the same function, retried per this policy (sync or async; keeps the name)."""
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.call_async(fn, *args, **kwargs)
-
-            async_wrapper.retry_policy = self  # type: ignore[attr-defined]
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        wrapper.retry_policy = self  # type: ignore[attr-defined]
-        return wrapper
+        return decorate(fn, self.call, self.call_async, retry_policy=self)
 
     __call__ = wrap  # `@policy` works as well as `@policy.wrap`
 

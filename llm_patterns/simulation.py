@@ -65,21 +65,28 @@ class Scenario:
             raise ValueError(f"outage must be (start, end) with 0 <= start < end, got {self.outage!r}")
 
 
-@dataclass
+@dataclass(repr=False)
 class Timeline:
     """Time series gathered from events: (time, value) pairs per series."""
 
     series: dict[str, list[tuple[float, Any]]] = field(default_factory=lambda: defaultdict(list))
     log: list[Event] = field(default_factory=list)
     keep_log: bool = True
+    # limiter name -> its two level series (looked up once, not formatted per event)
+    _levels: dict[str, tuple[list, list]] = field(default_factory=dict, init=False,
+                                                  compare=False)
 
     def __call__(self, event: Event) -> None:
         if self.keep_log:
             self.log.append(event)
         d, t = event.data, event.time
         if event.source == "rate_limit" and "requests_available" in d:
-            self.series[f"{event.name}.requests"].append((t, d["requests_available"]))
-            self.series[f"{event.name}.tokens"].append((t, d.get("tokens_available")))
+            lists = self._levels.get(event.name)
+            if lists is None:
+                lists = self._levels[event.name] = (self.series[f"{event.name}.requests"],
+                                                    self.series[f"{event.name}.tokens"])
+            lists[0].append((t, d["requests_available"]))
+            lists[1].append((t, d.get("tokens_available")))
         elif event.source == "breaker" and event.kind == "state_change":
             self.series[f"{event.name}.state"].append((t, str(getattr(d["new"], "value", d["new"]))))
         elif event.source == "client" and event.kind == "response":
@@ -87,6 +94,10 @@ class Timeline:
             self.series["latency"].append((t, d["latency"]))
         elif event.source == "cost" and event.kind == "record":
             self.series["cost"].append((t, float(d["total"])))
+
+    def __repr__(self) -> str:  # short: a run's series hold thousands of points
+        sizes = ", ".join(f"{name}: {len(points)}" for name, points in self.series.items())
+        return f"Timeline({{{sizes}}}, log={len(self.log)} events)"
 
 
 @dataclass
@@ -151,25 +162,28 @@ def _choices(rng: random.Random, population: tuple[str, ...], k: int) -> list[st
     Twister output, drawing again while the value is >= n; ``getrandbits(32 * m)`` returns the
     next ``m`` outputs, first one lowest. Only the outputs consumed are drawn, so the generator
     ends in the same state as ``k`` calls of ``choice`` (a test checks both against each other).
+    The top byte of each output is turned into its pick's index by ``bytes.translate``, which
+    also drops the values that are drawn again.
     """
     n = len(population)
-    if type(rng) is not random.Random or not 1 <= n <= 16 or k <= 0 or not all(population):
+    if type(rng) is not random.Random or not 1 <= n <= 16 or k <= 0:
         return [rng.choice(population) for _ in range(k)]
-    table = _pick_table(population)  # top byte of an output -> its pick, or None (drawn again)
+    to_index, rejected = _index_table(n)
     picks: list[str] = []
     need = k
     while need > 0:
         raw = rng.getrandbits(32 * need).to_bytes(4 * need, "little")
-        picks += filter(None, map(table.__getitem__, raw[3::4]))
+        picks += map(population.__getitem__, raw[3::4].translate(to_index, rejected))
         need = k - len(picks)
     return picks
 
 
-@functools.lru_cache(maxsize=32)
-def _pick_table(population: tuple[str, ...]) -> tuple[str | None, ...]:
-    n = len(population)
+@functools.lru_cache(maxsize=16)
+def _index_table(n: int) -> tuple[bytes, bytes]:
+    """For ``n`` items: (byte -> its pick's index, the bytes whose pick is drawn again)."""
     shift = 8 - n.bit_length()
-    return tuple(population[b >> shift] if b >> shift < n else None for b in range(256))
+    return (bytes(min(b >> shift, 255) for b in range(256)),
+            bytes(b for b in range(256) if b >> shift >= n))
 
 
 class Simulation:
@@ -224,8 +238,10 @@ class Simulation:
                                       breakers=self.breakers, cost=self.cost, clock=self.clock)
         self.timeline = Timeline(keep_log=keep_log)
         if track:  # a live demo (track=False) draws from its own listeners, unbounded lists here
+            # the retry policy's events only go into the log (no series): without a log it is
+            # left unobserved, which keeps its fast path
             for component in (*self.limiters.values(), *self.breakers.values(), self.client,
-                              self.cost, self.retry):
+                              self.cost, *((self.retry,) if keep_log else ())):
                 component.subscribe(self.timeline)
         self.outcomes: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()

@@ -116,6 +116,12 @@ def test_redis_acquire(tmp_path: Path) -> None:
     assert all(r["per_second"] > 0 and r["acquisitions"] > 0 for r in data["rows"])
 
 
+def test_check_speed(tmp_path: Path) -> None:
+    data = run("check_speed.py", tmp_path)
+    assert [r["task"] for r in data["checks"]] == [1, 2]
+    assert all(r["passed"] and r["median_s"] > 0 for r in data["checks"])
+
+
 def test_readme_row_is_appended_when_asked(tmp_path: Path) -> None:
     readme = tmp_path / "BENCH.md"
     readme.write_text("# Benchmarks\n")

@@ -251,7 +251,22 @@ def normalize_executed(nb: Any) -> Any:
         for out in cell.get("outputs", []):
             if "metadata" in out:
                 out["metadata"] = {k: v for k, v in out["metadata"].items() if k != "execution"}
+    _stable_widget_ids(nb)
     return nb
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _stable_widget_ids(nb: Any) -> None:
+    """Widget model ids are random per run; no kernel will know them when the notebook is
+    opened anyway (the view falls back to its text), so number them to keep builds identical."""
+    ids: dict[str, str] = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            if isinstance(view, dict) and "model_id" in view:
+                view["model_id"] = ids.setdefault(view["model_id"], f"widget-{len(ids) + 1}")
 
 
 def dumps(nb: Any) -> str:

@@ -73,9 +73,11 @@ class Limit:
     def available(self) -> float:
         return float(self.bucket.available)
 
-    def reset_in(self) -> float:
-        """Seconds until the bucket is full again."""
-        return max(0.0, (self.capacity - self.available) / self.refill)
+    def reset_in(self, available: float | None = None) -> float:
+        """Seconds until the bucket is full again (from ``available`` tokens, if read already)."""
+        if available is None:
+            available = self.available
+        return max(0.0, (self.capacity - available) / self.refill)
 
 
 @dataclass(frozen=True)
@@ -133,9 +135,10 @@ class ServerLimits:
             if limit is None:
                 continue
             k = limit.kind
+            available = limit.available  # read once: both headers describe the same moment
             headers[f"x-ratelimit-limit-{k}"] = _fmt_limit(limit.per_minute)
-            headers[f"x-ratelimit-remaining-{k}"] = str(max(0, math.floor(limit.available)))
-            headers[f"x-ratelimit-reset-{k}"] = openai_duration(limit.reset_in())
+            headers[f"x-ratelimit-remaining-{k}"] = str(max(0, math.floor(available)))
+            headers[f"x-ratelimit-reset-{k}"] = openai_duration(limit.reset_in(available))
         return headers
 
     def anthropic_headers(self, wall_now: float) -> dict[str, str]:
@@ -147,8 +150,10 @@ class ServerLimits:
             if limit is None:
                 continue
             k = limit.kind
-            reset = _dt.datetime.fromtimestamp(wall_now + limit.reset_in(), tz=_dt.timezone.utc)
+            available = limit.available
+            reset = _dt.datetime.fromtimestamp(wall_now + limit.reset_in(available),
+                                               tz=_dt.timezone.utc)
             headers[f"anthropic-ratelimit-{k}-limit"] = _fmt_limit(limit.per_minute)
-            headers[f"anthropic-ratelimit-{k}-remaining"] = str(max(0, math.floor(limit.available)))
+            headers[f"anthropic-ratelimit-{k}-remaining"] = str(max(0, math.floor(available)))
             headers[f"anthropic-ratelimit-{k}-reset"] = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
         return headers

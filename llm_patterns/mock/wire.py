@@ -147,9 +147,9 @@ def parse_body(api: str, body: Any) -> ChatRequest:
 def completion_text(seed: int, request: ChatRequest) -> tuple[str, bool]:
     """A deterministic answer for (seed, prompt), cut to fit ``max_tokens``; (text, truncated)."""
     pick = random.Random(f"{seed}|{request.prompt}")
-    words = request.last_message.split()
     n = pick.randint(6, 12)
-    text = pick.choice(_TEMPLATES).format(" ".join(words[:n]) or "(empty prompt)")
+    words = request.last_message.split(maxsplit=n)[:n]  # the first n words (no full split)
+    text = pick.choice(_TEMPLATES).format(" ".join(words) or "(empty prompt)")
     limit = request.max_tokens * CHARS_PER_TOKEN  # so that estimate_tokens(text) <= max_tokens
     if len(text) > limit:
         return text[:limit], True
