@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -90,7 +91,7 @@ class SQLiteFile:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             if not self.memory:
-                conn.execute("PRAGMA journal_mode = WAL")
+                self._use_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL-safe
             with _transaction(conn):
                 self._setup(conn)
@@ -99,6 +100,22 @@ class SQLiteFile:
             raise ValueError(f"path {self.path!r} is not a usable SQLite {self.label}: {exc}") \
                 from exc
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """WAL mode, which the file keeps once set. Switching needs a lock SQLite does not
+        wait for (no busy handler), so processes opening a new file together retry."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
