@@ -77,21 +77,45 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .backoff import BackoffPolicy
-    from .chunking import chunk_text
-    from .circuit_breaker import CircuitBreaker, CircuitState
-    from .client import ResilientClient
-    from .clock import Clock, ScaledClock, SystemClock, VirtualClock
-    from .context import check_fits, context_window
-    from .cost import CostTracker
-    from .errors import *  # noqa: F403
-    from .events import Event, Observable
-    from .fallback import FallbackChain
-    from .ledger import SQLiteLedger
-    from .mock import MockLLMServer
-    from .pricing import PriceTable, Pricing
-    from .providers import AnthropicProvider, OpenAIProvider
-    from .rate_limit import RateLimiter, TokenBucket
-    from .response import LLMResponse, Provider, Usage
-    from .retry import RetryPolicy
-    from .tokens import estimate_tokens
+    from .backoff import BackoffPolicy  # noqa: F401
+    from .chunking import chunk_spans, chunk_text, map_reduce_summarize  # noqa: F401
+    from .circuit_breaker import CircuitBreaker, CircuitState, is_outage  # noqa: F401
+    from .client import GuardedProvider, ResilientClient  # noqa: F401
+    from .clock import Clock, ScaledClock, SystemClock, VirtualClock  # noqa: F401
+    from .context import (  # noqa: F401
+        ContextLimits,
+        check_fits,
+        context_window,
+        register_context_window,
+    )
+    from .cost import CostTracker  # noqa: F401
+    from .errors import (  # noqa: F401
+        AllProvidersFailed,
+        AuthenticationError,
+        BudgetExceeded,
+        CircuitOpenError,
+        ConnectionFailed,
+        ContentFilterError,
+        ContextWindowExceeded,
+        InvalidRequestError,
+        LLMError,
+        MalformedResponse,
+        ProviderTimeout,
+        QuotaExceededError,
+        RateLimitError,
+        RateLimitTimeout,
+        ServerError,
+        is_retryable,
+        retry_after_from_headers,
+    )
+    from .events import Event, Observable  # noqa: F401
+    from .fallback import FallbackChain  # noqa: F401
+    from .ledger import CostRecord, SQLiteLedger  # noqa: F401
+    from .mock import MockLLMServer  # noqa: F401
+    from .pricing import PriceTable, Pricing, UnknownModelError  # noqa: F401
+    from .providers import AnthropicProvider, OpenAIProvider  # noqa: F401
+    from .rate_limit import RateLimiter, TokenBucket  # noqa: F401
+    from .response import LLMResponse, Provider, Usage, prompt_text, to_messages  # noqa: F401
+    from .retry import RetryPolicy, current_attempt  # noqa: F401
+    from .state import SharedCircuitBreaker, SharedRateLimiter  # noqa: F401
+    from .tokens import estimate_tokens  # noqa: F401

@@ -87,6 +87,16 @@ class LiveView:
         """Draw the latest state now (tests, the end of a run)."""
         self._lp_throttle.flush()
 
+    def follow(self, source: Any) -> None:
+        """Follow one source from now on (a student's own object is adapted by ``watch``)."""
+        from .adapters import watch  # adapters build on this module
+
+        self.detach()
+        self.source = watch(source)
+        self._lp_listen(self.source)
+        self.refresh()
+        self.flush()
+
     def detach(self) -> None:
         """Stop following the current sources."""
         for unsubscribe in getattr(self, "_lp_unsubs", ()):

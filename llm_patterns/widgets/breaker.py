@@ -14,7 +14,6 @@ import traitlets as t
 
 from ..clock import Clock, ScaledClock, VirtualClock
 from ._base import LiveView
-from .adapters import watch
 
 __all__ = ["LABELS", "BreakerLight"]
 
@@ -136,11 +135,7 @@ class BreakerLight(LiveView, anywidget.AnyWidget):
 
     def attach(self, source: Any) -> None:
         """Follow another breaker."""
-        self.detach()
-        self.source = watch(source)
-        self._lp_listen(self.source)
-        self.refresh()
-        self.flush()
+        self.follow(source)
 
     def snapshot(self) -> dict[str, Any]:
         h = dict(self.source.health())

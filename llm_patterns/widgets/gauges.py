@@ -9,7 +9,6 @@ import ipywidgets as W
 
 from ..clock import Clock
 from ._base import LEVEL_COLORS, LiveView, esc, fmt_num, level_style
-from .adapters import watch
 
 __all__ = ["BucketGauge", "CostMeter", "usd_text"]
 
@@ -49,11 +48,7 @@ class BucketGauge(LiveView, W.VBox):
 
     def attach(self, source: Any) -> None:
         """Follow another limiter (e.g. after the dashboard rebuilt it with new limits)."""
-        self.detach()
-        self.source = watch(source)
-        self._lp_listen(self.source)
-        self.refresh()
-        self.flush()
+        self.follow(source)
 
     def snapshot(self) -> dict[str, Any]:
         """The numbers shown: the source's ``status()``."""
@@ -143,11 +138,7 @@ class CostMeter(LiveView, W.VBox):
 
     def attach(self, source: Any) -> None:
         """Follow another cost tracker."""
-        self.detach()
-        self.source = watch(source)
-        self._lp_listen(self.source)
-        self.refresh()
-        self.flush()
+        self.follow(source)
 
     def snapshot(self) -> dict[str, Any]:
         return _cost_snapshot(self.source)
