@@ -22,7 +22,7 @@ from typing import Any
 
 from .circuit_breaker import CircuitBreaker, CircuitState
 from .clock import Clock, SystemClock
-from .context import _exact_counter, cached_context_window, check_counted
+from .context import cached_context_window, check_counted, exact_counter
 from .cost import CostTracker
 from .errors import CircuitOpenError, RateLimitError
 from .events import Observable
@@ -108,7 +108,7 @@ class GuardedProvider(Observable):
             if limits is not None:
                 counter = self._counter
                 if counter is _UNRESOLVED:
-                    counter = self._counter = _exact_counter(model.strip().lower())
+                    counter = self._counter = exact_counter(model.strip().lower())
                 counted = prompt_estimate if counter is None else counter(text)
                 cap = limits.max_output_tokens
                 if (counted + max_tokens > limits.context_window

@@ -346,7 +346,7 @@ def _tiktoken_file_cached(tiktoken: Any, encoding: str) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _exact_counter(model: str) -> Callable[[str], int] | None:
+def exact_counter(model: str) -> Callable[[str], int] | None:
     """A tiktoken counter for an OpenAI model if one works offline, else None (silently)."""
     names, provider = _candidates(model)
     if provider not in ("openai", "azure"):
@@ -401,7 +401,7 @@ def count_prompt_tokens(model: str, messages: str | Sequence[Mapping[str, Any]])
     Per-message framing (a few tokens each in the chat format) is not counted.
     """
     text = prompt_text(messages)
-    counter = _exact_counter(model.strip().lower()) if isinstance(model, str) else None
+    counter = exact_counter(model.strip().lower()) if isinstance(model, str) else None
     return counter(text) if counter is not None else estimate_tokens(text)
 
 
@@ -440,7 +440,7 @@ def check_fits(
 
 def count_text_tokens(model: str, text: str) -> int:
     """``count_prompt_tokens`` for a prompt already joined into one text."""
-    counter = _exact_counter(model.strip().lower())
+    counter = exact_counter(model.strip().lower())
     return counter(text) if counter is not None else estimate_tokens(text)
 
 

@@ -35,7 +35,7 @@ _BLOCKED = -1.0  # _look(): the waiter is not at the head of the queue yet
 _TIMED_OUT = -2.0  # _look(): the waiter would pass its deadline and has left the queue
 
 
-def _real(name: str, value: Any, *, positive: bool = False) -> float:
+def check_real(name: str, value: Any, *, positive: bool = False) -> float:
     """``value`` as a finite float >= 0 (> 0 when ``positive``), or a TypeError/ValueError."""
     cls = value.__class__
     if (cls is int or cls is float) and 0 <= value < math.inf and (value or not positive):
@@ -60,8 +60,8 @@ class TokenBucket:
     __slots__ = ("_clock", "_eps", "_last", "_lock", "_now", "_tokens", "capacity", "refill_rate")
 
     def __init__(self, capacity: float, refill_rate: float, *, clock: Clock | None = None) -> None:
-        self.capacity = _real("capacity", capacity, positive=True)
-        self.refill_rate = _real("refill_rate", refill_rate, positive=True)
+        self.capacity = check_real("capacity", capacity, positive=True)
+        self.refill_rate = check_real("refill_rate", refill_rate, positive=True)
         self._clock = clock if clock is not None else SystemClock()
         self._now = self._clock.now
         self._tokens = self.capacity
@@ -77,7 +77,7 @@ class TokenBucket:
             self._last = now
 
     def _check(self, n: Any) -> float:
-        amount = _real("n", n)
+        amount = check_real("n", n)
         if amount > self.capacity:
             raise ValueError(
                 f"n={n!r} is more than this bucket can ever hold (capacity={self.capacity:g}): "
@@ -115,14 +115,14 @@ class TokenBucket:
 
     def force_take(self, n: float) -> None:
         """Take ``n`` even if that leaves the bucket negative (a debt later refill pays off)."""
-        n = _real("n", n)
+        n = check_real("n", n)
         with self._lock:
             self._refill(self._now())
             self._tokens -= n
 
     def give_back(self, n: float) -> None:
         """Return ``n`` unused tokens; the level never goes above ``capacity``."""
-        n = _real("n", n)
+        n = check_real("n", n)
         with self._lock:
             self._refill(self._now())
             self._tokens = min(self.capacity, self._tokens + n)
@@ -189,7 +189,7 @@ _TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-reset-tokens", "limit
                   "reset_tokens")
 
 
-def _header_number(headers: Mapping[str, str], *names: str) -> float | None:
+def header_number(headers: Mapping[str, str], *names: str) -> float | None:
     for name in names:
         raw = headers.get(name)
         if raw is None:
@@ -256,20 +256,20 @@ class RateLimiter(Observable):
     ) -> None:
         if rpm is None and tpm is None:
             raise ValueError("RateLimiter needs rpm or tpm (or both), got rpm=None and tpm=None")
-        self.burst_seconds = _real("burst_seconds", burst_seconds, positive=True)
-        self.headroom = _real("headroom", headroom)
+        self.burst_seconds = check_real("burst_seconds", burst_seconds, positive=True)
+        self.headroom = check_real("headroom", headroom)
         if self.headroom >= self.burst_seconds:
             raise ValueError(
                 f"headroom={headroom!r} must be less than burst_seconds={burst_seconds!r}: the "
                 "buckets would hold nothing"
             )
-        self.max_wait = None if max_wait is None else _real("max_wait", max_wait)
+        self.max_wait = None if max_wait is None else check_real("max_wait", max_wait)
         self.name = str(name)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._now = self.clock.now
         self._lock = threading.Lock()
-        self.rpm = None if rpm is None else _real("rpm", rpm, positive=True)
-        self.tpm = None if tpm is None else _real("tpm", tpm, positive=True)
+        self.rpm = None if rpm is None else check_real("rpm", rpm, positive=True)
+        self.tpm = None if tpm is None else check_real("tpm", tpm, positive=True)
         self._req = self._bucket(self.rpm)
         self._tok = self._bucket(self.tpm)
         if self._req is not None and self._req.capacity < 1.0:
@@ -306,7 +306,7 @@ class RateLimiter(Observable):
 
     # -- bookkeeping (all with self._lock held) -----------------------------------------------
     def _check_tokens(self, tokens: Any) -> float:
-        amount = _real("tokens", tokens)
+        amount = check_real("tokens", tokens)
         if amount > self._tok_cap:
             raise ValueError(
                 f"tokens={tokens!r} is more than the token bucket can ever hold "
@@ -629,7 +629,7 @@ class RateLimiter(Observable):
     def penalize(self, seconds: float) -> None:
         """Let nobody through until ``seconds`` from now (after a 429's Retry-After). An
         existing longer pause is kept."""
-        seconds = _real("seconds", seconds)
+        seconds = check_real("seconds", seconds)
         with self._lock:
             now = self._now()
             until = now + seconds
@@ -647,7 +647,7 @@ class RateLimiter(Observable):
         if estimated.__class__ is int and actual.__class__ is int and estimated >= 0 <= actual:
             est, act = float(estimated), float(actual)  # token counts: the common case
         else:
-            est, act = _real("estimated", estimated), _real("actual", actual)
+            est, act = check_real("estimated", estimated), check_real("actual", actual)
         bucket = self._tok
         if bucket is not None and act != est:
             with self._lock:
@@ -688,12 +688,12 @@ class RateLimiter(Observable):
             h: Mapping[str, str] = headers
         else:
             h = {str(k).lower(): v for k, v in headers.items()}
-        in_req = _real("in_flight_requests", in_flight_requests)
-        in_tok = _real("in_flight_tokens", in_flight_tokens)
-        rem_req = _header_number(
+        in_req = check_real("in_flight_requests", in_flight_requests)
+        in_tok = check_real("in_flight_tokens", in_flight_tokens)
+        rem_req = header_number(
             h, "x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining"
         )
-        rem_tok = _header_number(
+        rem_tok = header_number(
             h, "x-ratelimit-remaining-tokens", "anthropic-ratelimit-tokens-remaining"
         )
         lowered = []
@@ -720,7 +720,7 @@ class RateLimiter(Observable):
         for what, configured, names in (("requests", self.rpm, _REQUEST_HEADERS),
                                         ("tokens", self.tpm, _TOKEN_HEADERS)):
             limit_header, reset_header, limit_key, reset_key = names
-            limit = _header_number(h, limit_header)
+            limit = header_number(h, limit_header)
             if limit is not None:
                 extra[limit_key] = limit
                 if configured is not None and limit < configured:

@@ -234,32 +234,16 @@ class RetryPolicy(Observable):
             raise TypeError(
                 f"{_name_of(fn)} is an async function: use `await policy.call_async(...)`"
             )
-        # The first attempt runs without any per-call state: most calls succeed at once, and
-        # the _Run (counters, log label) is only built when a failure has to be handled.
         start = self.clock.now()
-        token = _attempt_var.set(1)
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as error:
-            run = _Run(self, fn, start)
-            wait = run.failed(error)
-            if wait is None:
-                raise
-            if wait > 0:
-                self.clock.sleep(wait)
-        else:
-            _check_not_coroutine(fn, result)
-            if self._subscribers:
-                now = self.clock.now()
-                self._emit("success", now, attempts=1, elapsed=now - start)
-            return result
-        finally:
-            _attempt_var.reset(token)
-        while True:  # the retries
-            token = _attempt_var.set(run.begin())
+        run: _Run | None = None  # built at the first failure: most calls succeed at once
+        attempt = 1
+        while True:
+            token = _attempt_var.set(attempt)
             try:
                 result = fn(*args, **kwargs)
             except Exception as error:
+                if run is None:
+                    run = _Run(self, fn, start)
                 wait = run.failed(error)
                 if wait is None:
                     raise
@@ -267,10 +251,11 @@ class RetryPolicy(Observable):
                     self.clock.sleep(wait)
             else:
                 _check_not_coroutine(fn, result)
-                run.succeeded()
+                self._succeeded(run, start)
                 return result
             finally:
                 _attempt_var.reset(token)
+            attempt = run.begin()
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)``, retried per this policy, sleeping with ``clock.asleep``."""
@@ -293,11 +278,7 @@ class RetryPolicy(Observable):
                 if wait > 0:
                     await self.clock.asleep(wait)
             else:
-                if run is not None:
-                    run.succeeded()
-                elif self._subscribers:
-                    now = self.clock.now()
-                    self._emit("success", now, attempts=1, elapsed=now - start)
+                self._succeeded(run, start)
                 return result
             finally:
                 _attempt_var.reset(token)
@@ -306,6 +287,13 @@ class RetryPolicy(Observable):
             f"call_async needs a function returning an awaitable; {_name_of(fn)} returned "
             f"{type(awaitable).__name__} (use policy.call for sync functions)"
         )
+
+    def _succeeded(self, run: _Run | None, start: float) -> None:
+        if run is not None:
+            run.succeeded()
+        elif self._subscribers:  # a first-attempt success: nothing to log, maybe an event
+            now = self.clock.now()
+            self._emit("success", now, attempts=1, elapsed=now - start)
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Decorator: the same function, retried per this policy (sync or async; keeps the name)."""

@@ -24,12 +24,12 @@ from llm_patterns.tokens import estimate_tokens
 
 @pytest.fixture(autouse=True)
 def _clean_state():
-    ctx._exact_counter.cache_clear()
+    ctx.exact_counter.cache_clear()
     ctx._encodings.clear()
     yield
     for name in ("my-finetune", "gpt-4o", "acme/gpt-4o"):
         ctx._unregister(name)
-    ctx._exact_counter.cache_clear()
+    ctx.exact_counter.cache_clear()
     ctx._encodings.clear()
 
 

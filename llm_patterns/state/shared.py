@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .._decorate import decorate
 from ..circuit_breaker import CircuitState, is_outage
 from ..errors import CircuitOpenError, RateLimitTimeout
 from ..events import Observable
-from ..rate_limit import _header_number, _real
+from ..rate_limit import check_real, header_number
 from .base import Admission, BreakerConfig, Bucket, StateStore
 
 __all__ = ["SharedCircuitBreaker", "SharedRateLimiter"]
@@ -85,10 +86,10 @@ class SharedRateLimiter(Observable):
         self.store = _resolve_store(store)
         self.name = name
         self.key = f"limiter:{name}"
-        self.burst_seconds = _real("burst_seconds", burst_seconds, positive=True)
-        self.max_wait = None if max_wait is None else _real("max_wait", max_wait)
-        self.rpm = None if rpm is None else _real("rpm", rpm, positive=True)
-        self.tpm = None if tpm is None else _real("tpm", tpm, positive=True)
+        self.burst_seconds = check_real("burst_seconds", burst_seconds, positive=True)
+        self.max_wait = None if max_wait is None else check_real("max_wait", max_wait)
+        self.rpm = None if rpm is None else check_real("rpm", rpm, positive=True)
+        self.tpm = None if tpm is None else check_real("tpm", tpm, positive=True)
         self.clock = clock if clock is not None else self.store.clock
         self._req = None if self.rpm is None else Bucket(
             "requests", self.rpm / 60.0 * self.burst_seconds, self.rpm / 60.0)
@@ -113,7 +114,7 @@ class SharedRateLimiter(Observable):
         return out
 
     def _check_tokens(self, tokens: Any) -> float:
-        amount = _real("tokens", tokens)
+        amount = check_real("tokens", tokens)
         if self._tok is not None and amount > self._tok.capacity:
             raise ValueError(
                 f"tokens={tokens!r} is more than the token bucket can ever hold "
@@ -158,6 +159,18 @@ class SharedRateLimiter(Observable):
         self._emit("acquire", self.clock.now(), tokens=tokens, waited=waited)
         return waited
 
+    @contextmanager
+    def _queued(self, tokens: float, start: float, step: float) -> Iterator[None]:
+        """Count this caller among the waiters (``status()["waiting"]``) while it waits."""
+        with self._count_lock:
+            self._waiting += 1
+        try:
+            self._emit("wait", start, tokens=tokens, seconds=step)
+            yield
+        finally:
+            with self._count_lock:
+                self._waiting -= 1
+
     # -- acquiring
     def acquire(self, tokens: float = 0) -> float:
         """Wait until one request of ``tokens`` fits in the shared buckets, pay it; seconds
@@ -167,16 +180,10 @@ class SharedRateLimiter(Observable):
         step = self._step(tokens, 0.0)
         if step == 0.0:
             return self._granted(tokens, 0.0)
-        with self._count_lock:
-            self._waiting += 1
-        try:
-            self._emit("wait", start, tokens=tokens, seconds=step)
+        with self._queued(tokens, start, step):
             while step:
                 self.clock.sleep(step)
                 step = self._step(tokens, self.clock.now() - start)
-        finally:
-            with self._count_lock:
-                self._waiting -= 1
         return self._granted(tokens, self.clock.now() - start)
 
     async def acquire_async(self, tokens: float = 0) -> float:
@@ -187,16 +194,10 @@ class SharedRateLimiter(Observable):
         step = self._step(tokens, 0.0)
         if step == 0.0:
             return self._granted(tokens, 0.0)
-        with self._count_lock:
-            self._waiting += 1
-        try:
-            self._emit("wait", start, tokens=tokens, seconds=step)
+        with self._queued(tokens, start, step):
             while step:
                 await self.clock.asleep(step)
                 step = self._step(tokens, self.clock.now() - start)
-        finally:
-            with self._count_lock:
-                self._waiting -= 1
         return self._granted(tokens, self.clock.now() - start)
 
     def try_acquire(self, tokens: float = 0) -> bool:
@@ -210,7 +211,7 @@ class SharedRateLimiter(Observable):
     # -- feedback
     def penalize(self, seconds: float) -> None:
         """Pause every process using this limiter for ``seconds`` (a 429's Retry-After)."""
-        seconds = _real("seconds", seconds)
+        seconds = check_real("seconds", seconds)
         remaining = self.store.pause(self.key, seconds)
         limit_logger.info("%spaused for %.2f s (every caller, every process)", self._prefix(),
                           remaining)
@@ -218,7 +219,7 @@ class SharedRateLimiter(Observable):
 
     def settle(self, estimated: float, actual: float) -> None:
         """Charge the excess (``actual > estimated``) or give back the unused part."""
-        est, act = _real("estimated", estimated), _real("actual", actual)
+        est, act = check_real("estimated", estimated), check_real("actual", actual)
         if self._tok is not None and act != est:
             self.store.adjust(self.key, self._tok, est - act)
             limit_logger.debug("%ssettled %g estimated vs %g actual tokens", self._prefix(),
@@ -231,11 +232,11 @@ class SharedRateLimiter(Observable):
         what is in flight (a header is stale on arrival; see ``RateLimiter``)."""
         h = headers if hasattr(headers, "multi_items") else {
             str(k).lower(): v for k, v in headers.items()}
-        in_req = _real("in_flight_requests", in_flight_requests)
-        in_tok = _real("in_flight_tokens", in_flight_tokens)
-        rem_req = _header_number(h, "x-ratelimit-remaining-requests",
+        in_req = check_real("in_flight_requests", in_flight_requests)
+        in_tok = check_real("in_flight_tokens", in_flight_tokens)
+        rem_req = header_number(h, "x-ratelimit-remaining-requests",
                                  "anthropic-ratelimit-requests-remaining")
-        rem_tok = _header_number(h, "x-ratelimit-remaining-tokens",
+        rem_tok = header_number(h, "x-ratelimit-remaining-tokens",
                                  "anthropic-ratelimit-tokens-remaining")
         for bucket, remaining, in_flight in ((self._req, rem_req, in_req),
                                              (self._tok, rem_tok, in_tok)):
