@@ -1,20 +1,46 @@
 # `make lab` and `make test` work on a fresh machine: they build .venv themselves.
+# What gets installed is exactly uv.lock (`uv sync --locked`): an upstream release cannot change
+# it, and a lock out of date with pyproject.toml stops the install with uv's error.
+# `make upgrade` moves the lock forward on purpose (README, "Maintainers").
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,airflow,redis
+EXTRAS ?= dev airflow redis
+# uv itself is pinned and lives in its own small venv, so `uv sync` (which removes what the lock
+# does not list) never uninstalls the tool that runs it.
+UV_VERSION := 0.13.9
+UV    := .tools/bin/uv
+UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV)
+SYNC  := $(UV_ENV) $(UV) sync --locked -q --python python3 $(addprefix --extra ,$(EXTRAS))
+EXPORT := $(UV_ENV) $(UV) export --locked --no-hashes --no-emit-project --no-header \
+	$(addprefix --extra ,$(EXTRAS)) -o requirements/lock.txt
+KEY_PACKAGES := httpx genai-prices openai anthropic jupyterlab nbval apache-airflow redis
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test test-fast notebooks grade demo bench sysdeps install clean
+.PHONY: lab test test-fast notebooks grade demo bench sysdeps install lock upgrade clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[$(EXTRAS)]'
+$(UV):
+	python3 -m venv .tools
+	.tools/bin/python -m pip install -q --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	@$(SYNC) || { echo 'make install: uv.lock does not match pyproject.toml (or a locked package is missing): run `make lock`, then commit uv.lock and requirements/lock.txt' >&2; exit 1; }
+	@$(PY) tools/versions.py $(KEY_PACKAGES)
 	@touch $(STAMP)
+
+# Re-resolve the lock after editing dependencies in pyproject.toml (same versions where possible).
+lock: | $(UV)
+	$(UV_ENV) $(UV) lock
+	$(EXPORT)
+
+# Move every package to its newest release allowed by pyproject.toml, then run every test.
+upgrade: | $(UV)
+	$(UV_ENV) $(UV) lock --upgrade
+	$(EXPORT)
+	$(MAKE) test
 
 # Debian packages the browser and Redis tests need (chromium, redis-server); root only.
 sysdeps:
@@ -50,4 +76,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts
+	rm -rf $(VENV) .tools .pytest_cache .hypothesis test-artifacts

@@ -28,6 +28,7 @@ SOLUTIONS = ROOT / "solutions"
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "tools" / "build_notebooks.py"
 CELL_TIMEOUT = 120
+SANITIZE = "tools/nbval_sanitize.cfg"
 RUN_TIMEOUT = 900  # a whole nbval run; pytest-timeout on the slow tests is above it
 
 SOLUTION_NBS = sorted(SOLUTIONS.glob("*.ipynb"))
@@ -42,8 +43,12 @@ def _rel(paths: list[Path]) -> list[str]:
 
 def _nbval_cmd(mode: str, paths: list[Path], junit: Path | None = None) -> list[str]:
     cmd = [
-        sys.executable, "-m", "pytest", "-p", "nbval.plugin", "-p", "no:cacheprovider",
-        mode, "--nbval-current-env", f"--nbval-cell-timeout={CELL_TIMEOUT}",
+        # plugin autoload is off (faster, isolated): load pytest-timeout by hand, so the ini's
+        # `timeout` is a known option and a hard limit per cell (nbval's own cell timeout is
+        # below it); the sanitize file keeps package versions and addresses out of comparisons
+        sys.executable, "-m", "pytest", "-p", "nbval.plugin", "-p", "pytest_timeout",
+        "-p", "no:cacheprovider", mode, "--nbval-current-env",
+        f"--nbval-cell-timeout={CELL_TIMEOUT}", f"--nbval-sanitize-with={SANITIZE}",
         "-o", "addopts=", "-q", "--color=no", *_rel(paths),
     ]
     if junit is not None:
