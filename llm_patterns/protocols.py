@@ -1,0 +1,146 @@
+"""The seams between the patterns: what ``ResilientClient`` needs from a rate limiter, a circuit
+breaker and a budget. The in-process classes (``RateLimiter``, ``CircuitBreaker``,
+``CostTracker``) and the store-backed ones (``SharedRateLimiter``, ``SharedCircuitBreaker``,
+``SharedCostTracker``) all satisfy them, so the client is typed against these protocols and never
+against a concrete class or its private state.
+
+The three protocols are deliberately small:
+
+- ``Limiter``: wait until a ``Demand`` (one request, its input and output tokens) can be paid in
+  full, pay it all at once, settle it later to what the provider really counted.
+- ``Breaker``: ``admit()`` hands out a ``Permit`` (or raises ``CircuitOpenError``); the caller
+  reports the call's outcome on that permit, exactly once.
+- ``CostGate``: ``reserve()`` holds a call's estimated cost against the budget before it is sent
+  (or raises ``BudgetExceeded``), then ``commit()`` records the real cost or ``release()`` gives
+  the hold back: the recorded total never passes a hard budget, whatever the concurrency.
+
+Each has async twins for implementations that do I/O (SQLite, Redis): they must not block the
+event loop. In-process implementations may simply run the sync method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .circuit_breaker import CircuitState
+    from .response import Usage
+
+__all__ = ["Breaker", "CostGate", "Demand", "Hold", "Limiter", "Permit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What one call asks of a rate limiter: one request, its (estimated) input tokens, and the
+    output tokens it may produce (``max_tokens`` at arrival; the actual count when settling)."""
+
+    input_tokens: float = 0
+    output_tokens: float = 0
+    requests: int = 1
+
+    @property
+    def tokens(self) -> float:
+        """Input plus output: what a single TPM bucket is charged."""
+        return self.input_tokens + self.output_tokens
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """Client-side rate limiting in front of one provider (requests and tokens per minute)."""
+
+    def acquire(self, demand: Demand | float = 0) -> float:
+        """Wait until the demand can be paid, pay it all at once; seconds waited. A number is a
+        token total with no input/output split. Raises ``RateLimitTimeout`` past ``max_wait``."""
+        ...
+
+    async def acquire_async(self, demand: Demand | float = 0) -> float: ...
+
+    def settle(self, estimated: Demand | float, actual: Demand | float) -> None:
+        """Charge or give back the difference once the real usage is known."""
+        ...
+
+    def penalize(self, seconds: float) -> None:
+        """Pause every caller (after a 429 with Retry-After); bounded by the limiter."""
+        ...
+
+    def update_from_headers(self, headers: Mapping[str, str]) -> None:
+        """Re-sync with the provider's rate-limit headers."""
+        ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Permit(Protocol):
+    """One admission by a breaker. Exactly one of ``success``/``failure``/``release`` is called."""
+
+    @property
+    def trial(self) -> bool:
+        """Whether this call was admitted as a half-open probe."""
+        ...
+
+    def success(self) -> None: ...
+
+    def failure(self, error: BaseException) -> None:
+        """The call failed; the breaker decides whether ``error`` counts (outages do)."""
+        ...
+
+    def release(self) -> None:
+        """The call never reached the provider: no outcome, a probe slot is given back."""
+        ...
+
+
+@runtime_checkable
+class Breaker(Protocol):
+    """A circuit breaker in front of one provider."""
+
+    name: str
+
+    @property
+    def state(self) -> CircuitState: ...
+
+    def admit(self) -> Permit:
+        """A permit to call, or ``CircuitOpenError`` (with ``retry_after``) when open."""
+        ...
+
+    async def admit_async(self) -> Permit: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def on_state_change(self, callback: Callable[[Any, Any, Any], None]) -> Callable[[], None]: ...
+
+
+@runtime_checkable
+class Hold(Protocol):
+    """A budget reservation: the estimated USD held for one call in flight."""
+
+    @property
+    def amount(self) -> Decimal: ...
+
+
+@runtime_checkable
+class CostGate(Protocol):
+    """Cost tracking with a budget that holds under concurrency: reserve -> commit | release."""
+
+    def reserve(self, model: str, demand: Demand) -> Hold:
+        """Hold the call's estimated cost; ``BudgetExceeded`` if it would pass a hard budget."""
+        ...
+
+    async def areserve(self, model: str, demand: Demand) -> Hold: ...
+
+    def commit(self, hold: Hold, model: str, usage: Usage, **labels: Any) -> Decimal | None:
+        """Record what the call really cost and drop the hold; the recorded cost (None when the
+        model has no price: the usage is recorded unpriced and the estimate stays charged)."""
+        ...
+
+    async def acommit(self, hold: Hold, model: str, usage: Usage,
+                      **labels: Any) -> Decimal | None: ...
+
+    def release(self, hold: Hold) -> None:
+        """The call was not answered: nothing was spent, give the hold back."""
+        ...
+
+    async def arelease(self, hold: Hold) -> None: ...
