@@ -18,8 +18,11 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from . import _aliases
+
 # A library logs; the application decides where logs go (no output unless it configures logging).
 logging.getLogger("llm_patterns").addHandler(logging.NullHandler())
+_aliases.install()  # the course modules' old names (llm_patterns.grading, ...) keep working
 
 __version__ = "0.1.0"
 
