@@ -27,7 +27,7 @@ from .nbplugin import task_of_cell
 
 __all__ = ["add_parser", "grade", "main", "restore_check_cells", "run"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # course/grading/grade.py -> the repository
 _IGNORE = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", ".git", ".pytest_cache")
 
 
