@@ -18,7 +18,11 @@ EXPORT := $(UV_ENV) $(UV) export --locked --no-hashes --no-emit-project --no-hea
 KEY_PACKAGES := httpx genai-prices openai anthropic jupyterlab nbval apache-airflow redis
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test test-fast notebooks grade demo bench sysdeps install lock upgrade clean
+lint: $(STAMP)
+	$(VENV)/bin/ruff check llm_patterns tests benchmarks tools dags solutions
+	$(VENV)/bin/mypy
+
+.PHONY: lint lab test test-fast notebooks grade demo bench sysdeps install lock upgrade clean
 
 install: $(STAMP)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from . import _aliases
@@ -24,7 +25,10 @@ from . import _aliases
 logging.getLogger("llm_patterns").addHandler(logging.NullHandler())
 _aliases.install()  # the course modules' old names (llm_patterns.grading, ...) keep working
 
-__version__ = "0.1.0"
+try:  # one version, the installed distribution's (pyproject.toml), never a copy to keep in step
+    __version__ = _metadata.version("llm-patterns")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _EXPORTS: dict[str, str] = {
     # time, randomness, events
