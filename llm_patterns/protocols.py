@@ -49,26 +49,48 @@ class Demand:
 
 @runtime_checkable
 class Limiter(Protocol):
-    """Client-side rate limiting in front of one provider (requests and tokens per minute)."""
+    """Client-side rate limiting in front of one provider (requests, tokens, input and output
+    tokens per minute).
+
+    The call's flow: ``acquire(demand)`` before sending; then, in the SAME thread or task, either
+    ``settle(demand, actual)`` and ``update_from_headers(response.headers)`` after an answer, or
+    ``penalize(retry_after)`` after a 429. The limiter remembers the thread's / task's last
+    grant: it tells ``settle`` which learned ratio the estimate was charged with and
+    ``update_from_headers`` how stale the header is (pass ``sent_at`` when the answer is
+    processed elsewhere). The ``a``-prefixed twins never block an event loop (the store-backed
+    limiters do I/O); in-process limiters simply run the sync method."""
 
     def acquire(self, demand: Demand | float = 0) -> float:
         """Wait until the demand can be paid, pay it all at once; seconds waited. A number is a
-        token total with no input/output split. Raises ``RateLimitTimeout`` past ``max_wait``."""
+        token total with no input/output split (counted as input). Raises ``RateLimitTimeout``
+        past ``max_wait`` (taking nothing) and ``ValueError`` (naming both numbers) for a
+        demand no bucket could ever admit: a caller's mistake, to propagate as itself."""
         ...
 
     async def acquire_async(self, demand: Demand | float = 0) -> float: ...
 
     def settle(self, estimated: Demand | float, actual: Demand | float) -> None:
-        """Charge or give back the difference once the real usage is known."""
+        """Charge or give back the difference once the real usage is known (``estimated`` is
+        what ``acquire`` was given); the limiter learns its estimate error from it."""
         ...
+
+    async def asettle(self, estimated: Demand | float, actual: Demand | float) -> None: ...
 
     def penalize(self, seconds: float) -> None:
-        """Pause every caller (after a 429 with Retry-After); bounded by the limiter."""
+        """Pause every caller (after a 429 with Retry-After), at most the limiter's
+        ``max_retry_after``: an absurd value is logged once and clamped, never slept."""
         ...
 
-    def update_from_headers(self, headers: Mapping[str, str]) -> None:
-        """Re-sync with the provider's rate-limit headers."""
+    async def apenalize(self, seconds: float) -> None: ...
+
+    def update_from_headers(self, headers: Mapping[str, str], *,
+                            sent_at: float | None = None) -> None:
+        """Re-sync with the provider's rate-limit headers (only ever lowering); ``TypeError``
+        if ``headers`` is not a mapping."""
         ...
+
+    async def aupdate_from_headers(self, headers: Mapping[str, str], *,
+                                   sent_at: float | None = None) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
 

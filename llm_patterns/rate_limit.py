@@ -1,52 +1,82 @@
-"""Client-side rate limiting for LLM APIs: requests per minute AND tokens per minute.
+"""Client-side rate limiting for LLM APIs: requests, tokens, input and output tokens per minute.
 
-``TokenBucket`` is one continuous-refill bucket. ``RateLimiter`` holds one bucket per limit
-(RPM, TPM) and pays every bucket at once or none, serves waiters first come, first served (a
-large request is never starved by later small ones), pushes back with ``RateLimitTimeout`` when
-the wait would exceed ``max_wait``, pauses everyone after a 429 (``penalize``), reconciles
-estimates with real usage (``settle``) and re-syncs with the provider's ``x-ratelimit-*`` headers.
+``TokenBucket`` is one continuous-refill bucket (the course's Task 1). ``RateLimiter`` holds one
+bucket per limit (RPM, TPM, and Anthropic's separate ITPM/OTPM) and pays every bucket at once or
+none, serves waiters first come, first served (a large request is never starved by later small
+ones), pushes back with ``RateLimitTimeout`` when the wait would exceed ``max_wait``, pauses
+everyone after a 429 (``penalize``, bounded by ``max_retry_after``), reconciles estimates with
+real usage and learns how far off they are (``settle``), and re-syncs with the provider's
+``x-ratelimit-*`` / ``anthropic-ratelimit-*`` headers, aged for what was sent since.
 
-Time comes only from the injected clock, so a VirtualClock replays minutes of traffic at once.
+The arithmetic is ``machines.bucket`` (the same machine the store-backed ``SharedRateLimiter``
+runs); this module is the in-process shell around it: a lock, a FIFO queue of waiters, one wait
+flow driven by a sync and an async shell (``_flow``). Time comes only from the injected clock,
+so a VirtualClock replays minutes of traffic at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-import math
-import numbers
-import re
 import threading
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from . import _validate as v
+from ._flow import Block, Flow, arun, run
 from .clock import Clock, SystemClock
 from .errors import RateLimitTimeout
 from .events import Observable
+from .machines.bucket import (
+    INPUT,
+    KINDS,
+    OUTPUT,
+    REQUESTS,
+    TOKENS,
+    Buckets,
+    GrantLog,
+    Limit,
+    as_demand,
+    check_fits,
+    costs_of,
+    limits_for,
+)
+from .protocols import Demand
+from .rate_headers import RateHeaders, parse_rate_headers
 
-__all__ = ["RateLimiter", "TokenBucket"]
+__all__ = ["LimiterConfig", "RateLimiter", "TokenBucket"]
 
 logger = logging.getLogger("llm_patterns.rate_limit")
 
-_REL_EPS = 1e-9  # float slack, as a fraction of capacity: 0.999999999 tokens counts as 1
 _MIN_SLEEP = 1e-6  # a positive wait always moves the clock, so a wait loop always progresses
 _BLOCKED = -1.0  # _look(): the waiter is not at the head of the queue yet
 _TIMED_OUT = -2.0  # _look(): the waiter would pass its deadline and has left the queue
+MAX_PER_MINUTE = 1e15  # a limit above this is a typo (and would overflow the arithmetic)
+MAX_BURST = 1e6  # seconds: a bucket of more than 11.6 days of refill is not a rate limit
+_PARAM = {REQUESTS: "rpm", TOKENS: "tpm", INPUT: "itpm", OUTPUT: "otpm"}
+
+# (limiter id, clock time, learned ratio) of the last grant in this thread / task: the request
+# whose answer this thread or task settles next. Its time tells how stale the provider's header
+# is (``sent_at``), its ratio what the estimate was charged (``settle``). Kept once a limiter
+# settles or syncs (the overhead-only path pays nothing for it).
+_LAST_GRANT: contextvars.ContextVar[tuple[int, float, float] | None] = contextvars.ContextVar(
+    "llm_patterns_last_grant", default=None)
 
 
-def check_real(name: str, value: Any, *, positive: bool = False) -> float:
-    """``value`` as a finite float >= 0 (> 0 when ``positive``), or a TypeError/ValueError."""
-    cls = value.__class__
-    if (cls is int or cls is float) and 0 <= value < math.inf and (value or not positive):
-        return float(value)  # the common case, checked in one line
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        expected = "a finite number > 0" if positive else "a finite number >= 0"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return v
+def check_clock(clock: Any) -> Clock:
+    """``clock`` if it has ``now()`` and ``sleep()`` (None: a ``SystemClock``); the async
+    paths also use its ``asleep()``."""
+    if clock is None:
+        return SystemClock()
+    if not all(callable(getattr(clock, a, None)) for a in ("now", "sleep")):
+        raise TypeError(f"clock must be a Clock (with now(), sleep() and asleep()), "
+                        f"got {clock!r}")
+    return clock  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- TokenBucket
 
 
 class TokenBucket:
@@ -54,30 +84,22 @@ class TokenBucket:
 
     Starts full. The level is brought up to date from the injected monotonic clock whenever it
     is read, so an idle bucket never overfills. One lock covers refill + check + take, so no
-    two threads can spend the same token.
+    two threads can spend the same token. (One bucket of the limiters' machine.)
     """
 
-    __slots__ = ("_clock", "_eps", "_last", "_lock", "_now", "_tokens", "capacity", "refill_rate")
+    __slots__ = ("_lock", "_m", "_now", "capacity", "clock", "refill_rate")
 
     def __init__(self, capacity: float, refill_rate: float, *, clock: Clock | None = None) -> None:
-        self.capacity = check_real("capacity", capacity, positive=True)
-        self.refill_rate = check_real("refill_rate", refill_rate, positive=True)
-        self._clock = clock if clock is not None else SystemClock()
-        self._now = self._clock.now
-        self._tokens = self.capacity
-        self._last = self._now()
-        self._eps = self.capacity * _REL_EPS
-        self._lock = threading.Lock()  # a RateLimiter swaps in its own lock for its buckets
-
-    # -- internals (lock held) ------------------------------------------------------------
-    def _refill(self, now: float) -> None:
-        if now > self._last:
-            level = self._tokens + (now - self._last) * self.refill_rate
-            self._tokens = min(self.capacity, level)
-            self._last = now
+        self.capacity = v.real("capacity", capacity, minimum=0.0, strict_min=True)
+        self.refill_rate = v.real("refill_rate", refill_rate, minimum=0.0, strict_min=True)
+        self.clock = check_clock(clock)
+        self._now = self.clock.now
+        self._m = Buckets((Limit(TOKENS, self.refill_rate * 60.0, self.capacity,
+                                 self.capacity),), self._now())
+        self._lock = threading.Lock()
 
     def _check(self, n: Any) -> float:
-        amount = check_real("n", n)
+        amount = v.real("n", n, minimum=0.0)
         if amount > self.capacity:
             raise ValueError(
                 f"n={n!r} is more than this bucket can ever hold (capacity={self.capacity:g}): "
@@ -85,47 +107,38 @@ class TokenBucket:
             )
         return amount
 
-    # -- public -----------------------------------------------------------------------------
     def consume(self, n: float = 1) -> bool:
         """Take ``n`` tokens if they are there now; True if taken, False (taking nothing) if not."""
-        n = self._check(n)
+        amount = self._check(n)
         with self._lock:
-            self._refill(self._now())
-            if self._tokens + self._eps >= n:
-                self._tokens -= n
-                return True
-            return False
+            return self._m.admit(0.0, amount, 0.0, self._now()) == 0.0
 
     def wait_time(self, n: float = 1) -> float:
         """Seconds until ``n`` tokens will be there (0.0 if they are there now). Takes nothing."""
-        n = self._check(n)
+        amount = self._check(n)
         with self._lock:
-            self._refill(self._now())
-            deficit = n - self._tokens
-            return deficit / self.refill_rate if deficit > self._eps else 0.0
+            return self._m.admit(0.0, amount, 0.0, self._now(), pay=False)
 
     @property
     def available(self) -> float:
         """Tokens in the bucket now (negative while paying off a debt from ``force_take``)."""
         with self._lock:
-            self._refill(self._now())
-            return self._tokens
+            self._m.refill(self._now())
+            return self._m.levels[0]
 
     tokens = available  # the name the course's hint uses
 
     def force_take(self, n: float) -> None:
         """Take ``n`` even if that leaves the bucket negative (a debt later refill pays off)."""
-        n = check_real("n", n)
+        amount = v.real("n", n, minimum=0.0)
         with self._lock:
-            self._refill(self._now())
-            self._tokens -= n
+            self._m.add([-amount], self._now())
 
     def give_back(self, n: float) -> None:
         """Return ``n`` unused tokens; the level never goes above ``capacity``."""
-        n = check_real("n", n)
+        amount = v.real("n", n, minimum=0.0)
         with self._lock:
-            self._refill(self._now())
-            self._tokens = min(self.capacity, self._tokens + n)
+            self._m.add([amount], self._now())
 
     def __repr__(self) -> str:
         return (
@@ -134,20 +147,221 @@ class TokenBucket:
         )
 
 
+class BucketView:
+    """A read-only look at one of a limiter's buckets (``requests_bucket``, ``tokens_bucket``)."""
+
+    __slots__ = ("_kind", "_limiter", "capacity", "ceiling", "refill_rate")
+
+    def __init__(self, limiter: RateLimiter, limit: Limit) -> None:
+        self._limiter, self._kind = limiter, limit.kind
+        self.capacity, self.ceiling, self.refill_rate = limit.capacity, limit.ceiling, limit.rate
+
+    @property
+    def available(self) -> float:
+        return float(self._limiter.status()[f"{self._kind}_available"])
+
+    tokens = available
+
+    def __repr__(self) -> str:
+        return (f"BucketView({self._kind}: capacity={self.capacity:g}, "
+                f"refill_rate={self.refill_rate:g}/s)")
+
+
+# --------------------------------------------------------------------------- shared shell
+
+
+class LimiterConfig(Observable):
+    """What ``RateLimiter`` and ``SharedRateLimiter`` share: their arguments, checked once; the
+    bucket shape; how a demand is read and checked; the bounded pause; logs, events, errors."""
+
+    _event_source = "rate_limit"
+
+    def _configure(self, *, rpm: Any, tpm: Any, itpm: Any, otpm: Any, burst_seconds: Any,
+                   headroom: Any, max_wait: Any, max_retry_after: Any, name: Any) -> None:
+        limits = {kind: v.optional(v.real, _PARAM[kind], value, minimum=0.0, strict_min=True,
+                                   maximum=MAX_PER_MINUTE)
+                  for kind, value in zip(KINDS, (rpm, tpm, itpm, otpm), strict=True)}
+        if all(x is None for x in limits.values()):
+            raise ValueError(f"{type(self).__name__} needs at least one of rpm, tpm, itpm, otpm "
+                             "(per-minute limits), got none")
+        self.rpm, self.tpm, self.itpm, self.otpm = (limits[k] for k in KINDS)
+        self.burst_seconds = v.optional(v.real, "burst_seconds", burst_seconds, minimum=0.0,
+                                        strict_min=True, maximum=MAX_BURST)
+        self.headroom = v.real("headroom", headroom, minimum=0.0, maximum=MAX_BURST)
+        self.max_wait = v.optional(v.real, "max_wait", max_wait, minimum=0.0)
+        self.max_retry_after = v.real("max_retry_after", max_retry_after, minimum=0.0)
+        self.name = v.text("name", name, empty=True)
+        self.limits = limits_for(limits, self.burst_seconds, self.headroom)
+        self._has_tokens = any(lim.kind != REQUESTS for lim in self.limits)
+        # the largest token count (one request, all input) every bucket admits
+        self._number_max = min([lim.ceiling for lim in self.limits if lim.kind in (TOKENS, INPUT)]
+                               or [float("inf")])
+        self._ceiling_text = {lim.kind: self._explain(lim) for lim in self.limits}
+        self._pause_warned = False
+        self._limits_warned: set[tuple[str, float]] = set()
+
+    def _explain(self, lim: Limit) -> str:
+        param = _PARAM[lim.kind]
+        if self.burst_seconds is None:
+            return (f"{param} {lim.per_minute:g}: one minute's limit; the bucket holds a "
+                    f"one-second slice of {lim.capacity:g} and admits a larger request alone, "
+                    "when full")
+        headroom = f" less headroom {self.headroom:g}" if self.headroom else ""
+        return (f"= {param} {lim.per_minute:g} / 60 x burst_seconds {self.burst_seconds:g}"
+                f"{headroom}")
+
+    @property
+    def burst(self) -> float:
+        """Seconds of refill each bucket holds (1.0 with the default one-second slices)."""
+        return 1.0 if self.burst_seconds is None else self.burst_seconds
+
+    # -- demands
+    def _demand(self, demand: Any, name: str = "demand") -> tuple[float, float, float]:
+        """``(requests, input, output)``, checked: ValueError if it could never be admitted."""
+        cls = demand.__class__
+        if (cls is int or cls is float) and 0 <= demand <= self._number_max:
+            return 1.0, float(demand), 0.0  # a token count that fits: the common case
+        req, inp, out = as_demand(demand, name)
+        check_fits(self.limits, req, inp, out, self._ceiling_text, f"{name}={demand!r}")
+        return req, inp, out
+
+    def _what(self, req: float, inp: float, out: float) -> str:
+        what = "1 request" if req == 1.0 else f"{req:g} requests"
+        if not self._has_tokens:
+            return what
+        if out:
+            return f"{what} + {inp:g} input + {out:g} output tokens"
+        return f"{what} + {inp:g} tokens"
+
+    def _prefix(self) -> str:
+        return f"rate limiter {self.name!r}: " if self.name else ""
+
+    # -- the pause
+    def _bound_pause(self, seconds: Any) -> float:
+        """``seconds`` checked (a number >= 0) and bounded by ``max_retry_after``: an absurd
+        Retry-After (1e12 s from a buggy proxy) is logged once and clamped, never slept."""
+        s = v.real("seconds", seconds, minimum=0.0, allow_inf=True)
+        if s <= self.max_retry_after:
+            return s
+        level = logging.DEBUG if self._pause_warned else logging.WARNING
+        self._pause_warned = True
+        logger.log(level, "%sasked to pause %g s, over max_retry_after=%g s (a bad Retry-After?):"
+                   " pausing %g s instead", self._prefix(), s, self.max_retry_after,
+                   self.max_retry_after)
+        return self.max_retry_after
+
+    # -- logs, events, errors
+    def _log_wait(self, waited: float, req: float, inp: float, out: float) -> None:
+        if waited > 0.0:
+            level = logging.INFO if waited >= 1.0 else logging.DEBUG
+            if logger.isEnabledFor(level):
+                logger.log(level, "%swaited %.2f s for %s", self._prefix(), waited,
+                           self._what(req, inp, out))
+
+    def _timeout(self, delay: float, now: float, req: float, inp: float, out: float,
+                 kind: str = "rate limiter") -> RateLimitTimeout:
+        what = self._what(req, inp, out)
+        logger.warning("%swould wait %.2f s for %s, over max_wait=%g s: refusing "
+                       "(RateLimitTimeout)", self._prefix(), delay, what, self.max_wait)
+        if self._subscribers:
+            self._emit("timeout", now, tokens=inp + out, retry_after=delay,
+                       **self._event_levels())
+        return RateLimitTimeout(
+            f"{kind} {self.name or '(unnamed)'} would wait {delay:.2f} s for {what}, "
+            f"over max_wait={self.max_wait:g} s", provider=self.name or None, retry_after=delay)
+
+    def _event_levels(self) -> dict[str, Any]:
+        """The levels events carry (none where reading them costs a store round trip)."""
+        return {}
+
+    # -- what was granted: header ageing and settling (kept once the limiter settles or syncs;
+    # the caller holds the limiter's lock)
+    _grants: GrantLog | None = None
+
+    def _record(self, demand: tuple[float, float, float], now: float, ratio: float) -> None:
+        """A grant at ``now`` charged with ``ratio``: remember it (the grant log, and this
+        thread's / task's last grant)."""
+        self._grants.add(now, costs_of(self.limits, *demand, ratio))  # type: ignore[union-attr]
+        _LAST_GRANT.set((id(self), now, ratio))
+
+    def _track(self) -> GrantLog:
+        """From now on remember grants (the first settle or header sync calls it)."""
+        if self._grants is None:
+            self._grants = GrantLog()
+        return self._grants
+
+    def _last_grant(self) -> tuple[float, float] | None:
+        """(time, ratio) of this thread's / task's last grant from this limiter."""
+        last = _LAST_GRANT.get()
+        return None if last is None or last[0] != id(self) else (last[1], last[2])
+
+    def _ceilings(self, rh: RateHeaders, sent_at: float | None,
+                  now: float) -> dict[str, float]:
+        """What the header allows per bucket kind: its remaining count less what this limiter
+        granted after ``sent_at`` (default: this thread's / task's last grant)."""
+        if sent_at is None:
+            last = self._last_grant()
+            sent_at = None if last is None else last[0]
+        log = self._track()
+        since = ([0.0] * len(self.limits) if sent_at is None else
+                 log.since(sent_at, len(self.limits), now))
+        by_kind = dict(zip((lim.kind for lim in self.limits), since, strict=True))
+        return {kind: value - by_kind.get(kind, 0.0) for kind, value in rh.remaining.items()}
+
+    def _warn_limits(self, rh: RateHeaders) -> None:
+        configured = {lim.kind: lim.per_minute for lim in self.limits}
+        for kind, limit in rh.limit.items():
+            mine = configured.get(kind)
+            if mine is not None and limit < mine and (kind, limit) not in self._limits_warned:
+                self._limits_warned.add((kind, limit))
+                logger.warning("%sprovider reports a %s limit of %g per minute, below the "
+                               "configured %s=%g: lower the limiter's setting", self._prefix(),
+                               kind.replace("_", " "), limit, _PARAM[kind], mine)
+
+    def _status(self, levels: Mapping[str, float], waiting: int, penalty: float,
+                ratio: float) -> dict[str, Any]:
+        caps = {lim.kind: lim.capacity for lim in self.limits}
+        out: dict[str, Any] = {"name": self.name}
+        for kind in KINDS:
+            if kind in (REQUESTS, TOKENS) or kind in caps:
+                out[f"{kind}_available"] = levels.get(kind)
+        for kind in KINDS:
+            if kind in (REQUESTS, TOKENS) or kind in caps:
+                out[f"{kind}_capacity"] = caps.get(kind)
+        out.update(rpm=self.rpm, tpm=self.tpm)
+        if self.itpm is not None or self.otpm is not None:
+            out.update(itpm=self.itpm, otpm=self.otpm)
+        out.update(burst_seconds=self.burst, max_wait=self.max_wait, waiting=waiting,
+                   penalty_remaining=penalty, estimate_ratio=ratio)
+        return out
+
+    def __repr__(self) -> str:
+        limits = ", ".join(f"{_PARAM[lim.kind]}={lim.per_minute:g}" for lim in self.limits)
+        return (f"{type(self).__name__}({limits}, burst_seconds={self.burst_seconds!r}, "
+                f"max_wait={self.max_wait!r}, name={self.name!r})")
+
+
+# --------------------------------------------------------------------------- RateLimiter
+
+
 class _Waiter:
-    """One queued acquire. ``lock``/``fut`` exist only for waiters that queued behind another."""
+    """One queued acquire. ``block`` exists only for waiters that queued behind another."""
 
-    __slots__ = ("at", "deadline", "delay", "done", "fut", "lock", "tokens", "woken")
+    __slots__ = ("at", "block", "costs", "deadline", "delay", "demand", "done", "ratio",
+                 "start", "woken")
 
-    def __init__(self, tokens: float, deadline: float | None) -> None:
-        self.tokens = tokens
+    def __init__(self, demand: tuple[float, float, float], costs: list[float], start: float,
+                 deadline: float | None) -> None:
+        self.demand = demand
+        self.costs = costs
+        self.start = start
         self.deadline = deadline
-        self.lock: threading.Lock | None = None
-        self.fut: asyncio.Future[None] | None = None
+        self.block: Block | None = None
         self.woken = False
         self.done = False  # left the queue (granted, timed out or cancelled)
         self.at = 0.0  # clock time of the grant or the timeout
         self.delay = 0.0  # the wait that made it time out (its retry_after)
+        self.ratio = 1.0  # the learned ratio it was charged with
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -155,270 +369,151 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_SIMPLE_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s)")
+class RateLimiter(LimiterConfig):
+    """Stay under a provider's per-minute limits: requests (``rpm``), tokens (``tpm``), and
+    Anthropic's separate input and output tokens (``itpm``, ``otpm``).
 
+    One bucket per configured limit (``machines.bucket``). ``acquire(demand)`` takes a
+    ``Demand(input_tokens, output_tokens)`` (or a token count) and pays every bucket at the same
+    instant or none: a request waiting for tokens holds no request slot. Input tokens are
+    charged at arrival times the learned estimate ratio; output tokens as ``max_tokens``; both
+    are settled to the real usage later (``settle``).
 
-def _parse_duration(text: str) -> float | None:
-    """OpenAI's reset durations ("1s", "6m0s", "20ms", "1h2m3.5s", "0.5") as seconds."""
-    text = text.strip()
-    if not text.endswith(("s", "m", "h")):  # no unit: a plain number of seconds
-        try:
-            value = float(text)
-        except ValueError:
-            return None
-        return value if math.isfinite(value) and value >= 0 else None
-    simple = _SIMPLE_DURATION.fullmatch(text)  # the common "1.5s" / "20ms"
-    if simple is not None:
-        number, unit = float(simple.group(1)), simple.group(2)
-        return number * 0.001 if unit == "ms" else number
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        number, unit = float(match.group(1)), match.group(2)
-        total += number * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[unit]
-        pos = match.end()
-    return total if pos == len(text) and pos > 0 else None
-
-
-# per limit: its limit and reset headers, and their keys in the "sync" event
-_REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-reset-requests", "limit_requests",
-                    "reset_requests")
-_TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-reset-tokens", "limit_tokens",
-                  "reset_tokens")
-
-
-def header_number(headers: Mapping[str, str], *names: str) -> float | None:
-    for name in names:
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(str(raw).strip())
-        except ValueError:
-            logger.debug("ignoring unreadable header %s=%r", name, raw)
-            continue
-        if math.isfinite(value) and value >= 0:
-            return value
-    return None
-
-
-class RateLimiter(Observable):
-    """Stay under a provider's requests-per-minute and tokens-per-minute limits.
-
-    One ``TokenBucket`` per configured limit: refill ``limit/60`` per second, capacity
-    ``burst_seconds`` of refill (60 s: the whole minute's budget may go at once; 1 s for
-    providers that enforce per second). A request costs 1 from the RPM bucket and ``tokens``
-    from the TPM bucket, paid to all buckets at the same instant or to none: a request waiting
-    for tokens holds no request slot.
+    ``burst_seconds`` None (default): each bucket holds a one-second slice of its limit, so a
+    cold client never sends more in a second than a provider enforcing its per-minute limits in
+    one-second slices accepts (OpenAI documents 60,000 RPM enforced as 1,000 per second); a
+    request bigger than a slice (up to a minute's limit) passes alone when its bucket is full.
+    The price: no opening burst of a whole minute's budget (``benchmarks/burst_default.py``
+    measures it). A number: buckets of exactly that many seconds of refill, nothing larger ever
+    admitted (``ValueError`` naming both numbers).
 
     Waiters form one first-come-first-served queue shared by threads and coroutines; only the
     head may pay, so a big request is never overtaken by later small ones, and a newcomer never
-    jumps a non-empty queue (not even ``try_acquire``). The head sleeps on the clock until the
-    buckets can pay; the rest wait to be woken (a thread lock or a future; no lock is ever held
-    across a sleep or an await).
+    jumps a non-empty queue (not even ``try_acquire``). ``max_wait``: when the projected wait
+    (the queue ahead included) is longer, ``acquire`` raises ``RateLimitTimeout`` at once with
+    ``retry_after``, taking nothing; a queued waiter whose wait grows while it waits (a
+    ``penalize``, a header sync) leaves the same way when it reaches the head.
 
-    ``max_wait``: when the projected wait (the queue ahead included) is longer, ``acquire``
-    raises ``RateLimitTimeout`` at once with ``retry_after``, taking nothing. A queued waiter
-    whose wait grows while it waits (a ``penalize``, a header sync) is checked again when it
-    reaches the head and leaves the same way if its ``max_wait`` would now be passed.
-
-    ``update_from_headers`` only ever LOWERS the local levels to what the server reports, never
-    raises them: a header is stale on arrival (requests we sent after the server wrote it are
-    missing from it), so trusting a higher number would spend budget twice and cause 429s,
-    while a lower number means someone else (another process sharing the key, an estimate that
-    was too low) spent it. Refill alone brings the level back up.
-
-    ``headroom``: seconds of refill held back from each bucket's capacity (default 0: capacity
-    is exactly ``burst_seconds`` of refill). The limiter pays when it admits a request, the
-    server charges when the request arrives a little later; while a burst is in transit the
-    server's bucket sits full (refill is lost at the cap) but ours already refills, so ours
-    gets ahead by up to ``refill x transit time`` and can admit a request the server refuses
-    with a 429. Holding back ``headroom`` seconds of capacity covers requests in transit for
-    that long. It only shrinks the opening burst (the sustained rate is unchanged): 0.05 s
-    with ``burst_seconds=1`` costs 5% of the first second's burst and removes the opening
-    429s an in-process or LAN provider shows; use the one-way latency for a remote one.
+    ``penalize(seconds)`` pauses every caller, at most ``max_retry_after`` (default 120 s, the
+    OpenAI SDK's cap): an absurd Retry-After is logged once and clamped. ``update_from_headers``
+    only ever LOWERS the levels to what the provider reports, less what this limiter granted
+    after the answered request was sent (a header is stale on arrival). ``headroom``: seconds
+    of refill held back from each bucket for requests in transit (see the benchmarks).
     """
-
-    _event_source = "rate_limit"
 
     def __init__(
         self,
         rpm: float | None = None,
         tpm: float | None = None,
         *,
+        itpm: float | None = None,
+        otpm: float | None = None,
         clock: Clock | None = None,
         max_wait: float | None = None,
-        burst_seconds: float = 60.0,
+        burst_seconds: float | None = None,
         name: str = "",
         headroom: float = 0.0,
+        max_retry_after: float = 120.0,
     ) -> None:
-        if rpm is None and tpm is None:
-            raise ValueError("RateLimiter needs rpm or tpm (or both), got rpm=None and tpm=None")
-        self.burst_seconds = check_real("burst_seconds", burst_seconds, positive=True)
-        self.headroom = check_real("headroom", headroom)
-        if self.headroom >= self.burst_seconds:
-            raise ValueError(
-                f"headroom={headroom!r} must be less than burst_seconds={burst_seconds!r}: the "
-                "buckets would hold nothing"
-            )
-        self.max_wait = None if max_wait is None else check_real("max_wait", max_wait)
-        self.name = str(name)
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._configure(rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm, burst_seconds=burst_seconds,
+                        headroom=headroom, max_wait=max_wait, max_retry_after=max_retry_after,
+                        name=name)
+        self.clock: Clock = check_clock(clock)
         self._now = self.clock.now
         self._lock = threading.Lock()
-        self.rpm = None if rpm is None else check_real("rpm", rpm, positive=True)
-        self.tpm = None if tpm is None else check_real("tpm", tpm, positive=True)
-        self._req = self._bucket(self.rpm)
-        self._tok = self._bucket(self.tpm)
-        if self._req is not None and self._req.capacity < 1.0:
-            raise ValueError(
-                f"rpm={rpm!r} with burst_seconds={burst_seconds!r} gives a request bucket of "
-                f"{self._req.capacity:g} < 1 request, so no request could ever pass; expected "
-                f"burst_seconds >= {60.0 / self.rpm + self.headroom:g}"
-            )
-        self._tok_cap = math.inf if self._tok is None else self._tok.capacity
+        self._m = Buckets(self.limits, self._now())
         self._queue: deque[_Waiter] = deque()
-        # projected (time, request level, token level) just after the last queued waiter is
-        # served; None when it must be recomputed from the queue
-        self._tail: tuple[float, float, float] | None = None
-        self._penalty_until = -math.inf
-        self._limits_warned: set[tuple[str, float]] = set()
-
-    def _bucket(self, per_minute: float | None) -> TokenBucket | None:
-        if per_minute is None:
-            return None
-        rate = per_minute / 60.0
-        bucket = TokenBucket(rate * (self.burst_seconds - self.headroom), rate, clock=self.clock)
-        bucket._lock = self._lock  # one lock for the limiter and both buckets
-        return bucket
+        # the projection (time, levels) just after the last queued waiter is served; None
+        # when it must be recomputed from the queue
+        self._tail: tuple[float, list[float]] | None = None
+        self._grants: GrantLog | None = None  # kept once headers are synced (header ageing)
+        self._by_kind = {lim.kind: BucketView(self, lim) for lim in self.limits}
 
     @property
-    def requests_bucket(self) -> TokenBucket | None:
-        """The RPM bucket (None without ``rpm``); read it, don't spend from it directly."""
-        return self._req
+    def requests_bucket(self) -> BucketView | None:
+        """The RPM bucket (None without ``rpm``): capacity, refill_rate, available."""
+        return self._by_kind.get(REQUESTS)
 
     @property
-    def tokens_bucket(self) -> TokenBucket | None:
-        """The TPM bucket (None without ``tpm``); read it, don't spend from it directly."""
-        return self._tok
+    def tokens_bucket(self) -> BucketView | None:
+        """The TPM bucket (None without ``tpm``)."""
+        return self._by_kind.get(TOKENS)
+
+    def bucket(self, kind: str) -> BucketView | None:
+        """The bucket counting ``kind`` (requests, tokens, input_tokens, output_tokens)."""
+        return self._by_kind.get(v.choice("kind", kind, KINDS))
 
     # -- bookkeeping (all with self._lock held) -----------------------------------------------
-    def _check_tokens(self, tokens: Any) -> float:
-        amount = check_real("tokens", tokens)
-        if amount > self._tok_cap:
-            raise ValueError(
-                f"tokens={tokens!r} is more than the token bucket can ever hold "
-                f"({self._tok_cap:g} = tpm {self.tpm:g} / 60 x burst_seconds "
-                f"{self.burst_seconds:g}{f' less headroom {self.headroom:g}' if self.headroom else ''}"
-                f"): the request could never be served; expected at most "
-                f"{self._tok_cap:g} (split the request, or raise tpm or burst_seconds)"
-            )
-        return amount
-
-    def _delay(self, now: float, tokens: float) -> float:
-        """Seconds until every bucket can pay (0.0: now). Brings both buckets up to ``now``.
-
-        The hot path of every admission: the buckets' refill is written out here rather than
-        called (``TokenBucket._refill``, the same arithmetic)."""
-        delay = self._penalty_until - now
-        if delay < 0.0:  # noqa: PLR1730 - a test, not a max() call, on the hot path
-            delay = 0.0
-        bucket = self._req
-        if bucket is not None:
-            if now > bucket._last:
-                level = bucket._tokens + (now - bucket._last) * bucket.refill_rate
-                bucket._tokens = level if level < bucket.capacity else bucket.capacity  # noqa: FURB136
-                bucket._last = now
-            deficit = 1.0 - bucket._tokens
-            if deficit > bucket._eps:
-                deficit /= bucket.refill_rate
-                delay = max(delay, deficit)
-        bucket = self._tok
-        if bucket is not None:
-            if now > bucket._last:
-                level = bucket._tokens + (now - bucket._last) * bucket.refill_rate
-                bucket._tokens = level if level < bucket.capacity else bucket.capacity  # noqa: FURB136
-                bucket._last = now
-            deficit = tokens - bucket._tokens
-            if deficit > bucket._eps:
-                deficit /= bucket.refill_rate
-                delay = max(delay, deficit)
-        return delay
-
-    def _pay(self, tokens: float) -> None:
-        if self._req is not None:
-            self._req._tokens -= 1.0
-        if self._tok is not None:
-            self._tok._tokens -= tokens
-
     def _levels(self) -> dict[str, float | None]:
-        req, tok = self._req, self._tok
-        return {
-            "requests_available": None if req is None else req._tokens,
-            "tokens_available": None if tok is None else tok._tokens,
-        }
+        out: dict[str, float | None] = {"requests_available": None, "tokens_available": None}
+        for kind, level in self._m.levels_by_kind().items():
+            out[f"{kind}_available"] = level
+        return out
 
-    def _serve(
-        self, state: tuple[float, float, float], tokens: float
-    ) -> tuple[float, float, float]:
-        """Projected state after one more waiter of ``tokens`` is served, from ``state``."""
-        t, lr, lt = state
-        dt = 0.0
-        req, tok = self._req, self._tok
-        if req is not None and 1.0 - lr > req._eps:
-            dt = (1.0 - lr) / req.refill_rate
-        if tok is not None and tokens - lt > tok._eps:
-            dt = max(dt, (tokens - lt) / tok.refill_rate)
-        if dt > 0.0:
-            t += dt
-            if req is not None:
-                lr = min(req.capacity, lr + dt * req.refill_rate)
-            if tok is not None:
-                lt = min(tok.capacity, lt + dt * tok.refill_rate)
-        return t, lr - 1.0, lt - tokens
+    def _event_levels(self) -> dict[str, Any]:
+        with self._lock:
+            return self._levels()
 
-    def _project(self, now: float, tokens: float) -> tuple[float, tuple[float, float, float]]:
-        """(projected wait for a newcomer behind the whole queue, the new tail state)."""
-        state = self._tail if self._queue else None
-        if state is None:  # start from the levels now, shifted past any penalty
-            self._delay(now, 0.0)  # refill both buckets to now
-            start = max(now, self._penalty_until)
-            req, tok = self._req, self._tok
-            state = (
-                start,
-                0.0
-                if req is None
-                else min(req.capacity, req._tokens + (start - now) * req.refill_rate),
-                0.0
-                if tok is None
-                else min(tok.capacity, tok._tokens + (start - now) * tok.refill_rate),
-            )
+    def _project(self, now: float, costs: list[float]) -> tuple[float, tuple[float, list[float]]]:
+        """(projected wait for a newcomer behind the whole queue, the new tail)."""
+        m = self._m
+        tail = self._tail if self._queue else None
+        if tail is None:
+            tail = m.start(now)
             for waiter in self._queue:
-                state = self._serve(state, waiter.tokens)
-        elif state[0] < now:  # the queue fell behind its projection: refill to now
-            t, lr, lt = state
-            req, tok = self._req, self._tok
-            state = (
-                now,
-                lr if req is None else min(req.capacity, lr + (now - t) * req.refill_rate),
-                lt if tok is None else min(tok.capacity, lt + (now - t) * tok.refill_rate),
-            )
-        tail = self._serve(state, tokens)
+                tail = m.serve(tail, waiter.costs)
+        else:
+            tail = m.catch_up(tail, now)
+        tail = m.serve(tail, costs)
         return max(0.0, tail[0] - now), tail
 
-    def _enqueue(self, now: float, tokens: float) -> tuple[_Waiter | None, float]:
-        """Queue a newcomer (buckets already refilled to ``now``): (waiter, projected wait),
-        or (None, projected wait) when that wait is over ``max_wait`` (nothing queued)."""
-        delay, tail = self._project(now, tokens)
-        max_wait = self.max_wait
-        if max_wait is not None and delay > max_wait + 1e-9:
-            return None, delay
-        waiter = _Waiter(tokens, None if max_wait is None else now + max_wait)
-        self._queue.append(waiter)
-        self._tail = tail
-        return waiter, delay
+    def _arrive(self, demand: Any, sync: bool | None) -> _Waiter | None:
+        """A newcomer: granted now (None), or queued (its waiter). ``sync`` None: never
+        queue (try_acquire: a refusal raises ``_Refused``)."""
+        cls = demand.__class__
+        if (cls is int or cls is float) and 0 <= demand <= self._number_max:
+            req, inp, out = 1.0, demand, 0.0  # a token count that fits: the common case
+        else:
+            req, inp, out = self._demand(demand)
+        with self._lock:
+            now = self._now()
+            if not self._queue and self._m.admit(req, inp, out, now) == 0.0:
+                if self._grants is not None:
+                    self._record((req, inp, out), now, self._m.ratio)
+                if not self._subscribers:
+                    return None
+                levels = self._levels()
+                w = None
+            elif sync is None:
+                raise _Refused
+            else:
+                costs = self._m.costs(req, inp, out)
+                delay, tail = self._project(now, costs)
+                max_wait = self.max_wait
+                if max_wait is not None and delay > max_wait + 1e-9:
+                    w = None
+                    levels = None
+                else:
+                    w = _Waiter((req, inp, out), costs, now,
+                                None if max_wait is None else now + max_wait)
+                    if self._queue:
+                        w.block = (Block(lock=threading.Lock()) if sync else
+                                   Block(fut=asyncio.get_running_loop().create_future()))
+                        if sync:
+                            w.block.lock.acquire()  # type: ignore[union-attr]
+                    self._queue.append(w)
+                    self._tail = tail
+                    waiting = len(self._queue)
+        if w is None:
+            if levels is None:
+                raise self._timeout(delay, now, req, inp, out)
+            self._emit("acquire", now, tokens=inp + out, waited=0.0, **levels)
+            return None
+        if self._subscribers:
+            with self._lock:
+                levels = self._levels()
+            self._emit("wait", now, tokens=inp + out, seconds=delay, waiting=waiting, **levels)
+        return w
 
     def _look(self, w: _Waiter) -> float:
         """One look for waiter ``w``: 0.0 granted, _BLOCKED, _TIMED_OUT, or seconds to sleep."""
@@ -426,10 +521,12 @@ class RateLimiter(Observable):
         if queue[0] is not w:
             return _BLOCKED
         now = self._now()
-        delay = self._delay(now, w.tokens)
+        delay = self._m.admit(*w.demand, now)
         w.at = now
         if delay == 0.0:
-            self._pay(w.tokens)
+            if self._grants is not None:
+                w.ratio = self._m.ratio
+                self._record(w.demand, now, w.ratio)
             queue.popleft()
             w.done = True
             if queue:
@@ -460,7 +557,10 @@ class RateLimiter(Observable):
         if w.woken:
             return
         w.woken = True
-        fut = w.fut
+        block = w.block
+        if block is None:
+            return
+        fut = block.fut
         if fut is not None:
             loop = fut.get_loop()
             if asyncio._get_running_loop() is loop:
@@ -470,306 +570,149 @@ class RateLimiter(Observable):
                     loop.call_soon_threadsafe(_resolve, fut)
                 except RuntimeError:  # its loop is closed: nobody is waiting any more
                     pass
-        elif w.lock is not None:
-            w.lock.release()
+        elif block.lock is not None:
+            block.lock.release()
 
-    # -- events and logs (called without the lock) ---------------------------------------------
-    def _emit_locked_levels(self, kind: str, now: float, **data: Any) -> None:
+    # -- acquiring: one flow, two shells -------------------------------------------------------
+    def _wait(self, w: _Waiter) -> Flow[float]:
+        """Wait in the queue until ``w`` is granted: yields sleeps and blocks; the wait."""
+        try:
+            while True:
+                with self._lock:
+                    step = self._look(w)
+                if step == 0.0:
+                    break
+                if step == _BLOCKED:
+                    yield w.block  # type: ignore[misc]  # set for every non-head waiter
+                elif step == _TIMED_OUT:
+                    raise self._timeout(w.delay, w.at, *w.demand)
+                else:
+                    yield step
+        finally:
+            if not w.done:
+                with self._lock:
+                    if not w.done:
+                        self._drop(w)
+        if self._grants is not None:  # in the caller's context (the flow runs there)
+            _LAST_GRANT.set((id(self), w.at, w.ratio))
+        waited = w.at - w.start
+        self._log_wait(waited, *w.demand)
         if self._subscribers:
             with self._lock:
                 levels = self._levels()
-            self._emit(kind, now, **data, **levels)
-
-    def _what(self, tokens: float) -> str:
-        return "1 request" if self._tok is None else f"1 request + {tokens:g} tokens"
-
-    def _granted(self, tokens: float, start: float, w: _Waiter) -> float:
-        waited = w.at - start
-        if waited > 0.0:
-            level = logging.INFO if waited >= 1.0 else logging.DEBUG
-            if logger.isEnabledFor(level):
-                logger.log(
-                    level, "%swaited %.2f s for %s", self._prefix(), waited, self._what(tokens)
-                )
-        if self._subscribers:
-            self._emit_locked_levels("acquire", w.at, tokens=tokens, waited=waited)
+            self._emit("acquire", w.at, tokens=w.demand[1] + w.demand[2], waited=waited,
+                       **levels)
         return waited
 
-    def _timeout(self, tokens: float, delay: float, now: float) -> RateLimitTimeout:
-        what = self._what(tokens)
-        logger.warning(
-            "%swould wait %.2f s for %s, over max_wait=%g s: refusing (RateLimitTimeout)",
-            self._prefix(),
-            delay,
-            what,
-            self.max_wait,
-        )
-        self._emit_locked_levels("timeout", now, tokens=tokens, retry_after=delay)
-        return RateLimitTimeout(
-            f"rate limiter {self.name or '(unnamed)'} would wait {delay:.2f} s for {what}, "
-            f"over max_wait={self.max_wait:g} s",
-            provider=self.name or None,
-            retry_after=delay,
-        )
+    def acquire(self, demand: Demand | float = 0) -> float:
+        """Wait (``clock.sleep``) until the demand fits every bucket, pay it; seconds waited.
 
-    def _prefix(self) -> str:
-        return f"rate limiter {self.name!r}: " if self.name else ""
-
-    # -- acquiring -----------------------------------------------------------------------------
-    def acquire(self, tokens: float = 0) -> float:
-        """Wait (``clock.sleep``) until one request of ``tokens`` fits, pay it; seconds waited.
-
-        Raises ``ValueError`` if ``tokens`` can never fit, ``RateLimitTimeout`` (taking nothing)
-        if the wait would pass ``max_wait``. Don't call it from inside a running event loop:
-        use ``acquire_async`` there.
+        ``demand``: a ``Demand(input_tokens, output_tokens)``, or a token count. Raises
+        ``ValueError`` if it can never fit, ``RateLimitTimeout`` (taking nothing) if the wait
+        would pass ``max_wait``. From inside a running event loop use ``acquire_async``.
         """
-        if tokens.__class__ is not int or tokens < 0 or tokens > self._tok_cap:
-            tokens = self._check_tokens(tokens)
-        with self._lock:
-            now = self._now()
-            if not self._queue and self._delay(now, tokens) == 0.0:
-                self._pay(tokens)
-                if not self._subscribers:
-                    return 0.0
-                levels = self._levels()
-            else:
-                levels = None
-                w, delay = self._enqueue(now, tokens)
-                if w is not None and len(self._queue) > 1:
-                    w.lock = threading.Lock()
-                    w.lock.acquire()
-                waiting = len(self._queue)
-        if levels is not None:
-            self._emit("acquire", now, tokens=tokens, waited=0.0, **levels)
-            return 0.0
-        if w is None:
-            raise self._timeout(tokens, delay, now)
-        self._emit_locked_levels("wait", now, tokens=tokens, seconds=delay, waiting=waiting)
-        try:
-            while True:
-                with self._lock:
-                    step = self._look(w)
-                if step == 0.0:
-                    break
-                if step == _BLOCKED:
-                    w.lock.acquire()  # type: ignore[union-attr]  # released when w is head
-                elif step == _TIMED_OUT:
-                    raise self._timeout(tokens, w.delay, w.at)
-                else:
-                    self.clock.sleep(step)
-        finally:
-            if not w.done:
-                with self._lock:
-                    if not w.done:
-                        self._drop(w)
-        return self._granted(tokens, now, w)
+        w = self._arrive(demand, True)
+        return 0.0 if w is None else run(self._wait(w), self.clock)
 
-    async def acquire_async(self, tokens: float = 0) -> float:
+    async def acquire_async(self, demand: Demand | float = 0) -> float:
         """``acquire`` for coroutines: waits with ``await clock.asleep`` and never blocks the
         event loop. Cancelling it takes nothing and lets the next waiter move up."""
-        if tokens.__class__ is not int or tokens < 0 or tokens > self._tok_cap:
-            tokens = self._check_tokens(tokens)
-        with self._lock:
-            now = self._now()
-            if not self._queue and self._delay(now, tokens) == 0.0:
-                self._pay(tokens)
-                if not self._subscribers:
-                    return 0.0
-                levels = self._levels()
-            else:
-                levels = None
-                w, delay = self._enqueue(now, tokens)
-                if w is not None and len(self._queue) > 1:
-                    w.fut = asyncio.get_running_loop().create_future()
-                waiting = len(self._queue)
-        if levels is not None:
-            self._emit("acquire", now, tokens=tokens, waited=0.0, **levels)
-            return 0.0
-        if w is None:
-            raise self._timeout(tokens, delay, now)
-        self._emit_locked_levels("wait", now, tokens=tokens, seconds=delay, waiting=waiting)
-        try:
-            while True:
-                with self._lock:
-                    step = self._look(w)
-                if step == 0.0:
-                    break
-                if step == _BLOCKED:
-                    await w.fut  # type: ignore[misc]  # resolved when w reaches the head
-                elif step == _TIMED_OUT:
-                    raise self._timeout(tokens, w.delay, w.at)
-                else:
-                    await self.clock.asleep(step)
-        finally:
-            if not w.done:
-                with self._lock:
-                    if not w.done:
-                        self._drop(w)
-        return self._granted(tokens, now, w)
+        w = self._arrive(demand, False)
+        return 0.0 if w is None else await arun(self._wait(w), self.clock)
 
-    def try_acquire(self, tokens: float = 0) -> bool:
-        """Pay one request of ``tokens`` if every bucket can now and nobody is queued; never
-        waits. False takes nothing."""
-        if tokens.__class__ is not int or tokens < 0 or tokens > self._tok_cap:
-            tokens = self._check_tokens(tokens)
-        with self._lock:
-            if self._queue:
-                return False
-            now = self._now()
-            if self._delay(now, tokens) != 0.0:
-                return False
-            self._pay(tokens)
-            if not self._subscribers:
-                return True
-            levels = self._levels()
-        self._emit("acquire", now, tokens=tokens, waited=0.0, **levels)
+    def try_acquire(self, demand: Demand | float = 0) -> bool:
+        """Pay the demand if every bucket can now and nobody is queued; never waits. False
+        takes nothing."""
+        try:
+            self._arrive(demand, None)
+        except _Refused:
+            return False
         return True
 
     # -- feedback from the provider ------------------------------------------------------------
     def penalize(self, seconds: float) -> None:
-        """Let nobody through until ``seconds`` from now (after a 429's Retry-After). An
-        existing longer pause is kept."""
-        seconds = check_real("seconds", seconds)
+        """Let nobody through until ``seconds`` from now (a 429's Retry-After), at most
+        ``max_retry_after``. An existing longer pause is kept."""
+        seconds = self._bound_pause(seconds)
         with self._lock:
             now = self._now()
-            until = now + seconds
-            if until > self._penalty_until:
-                self._penalty_until = until
-                self._tail = None
-            remaining = self._penalty_until - now
+            remaining = self._m.pause(seconds, now)
+            self._tail = None
+            levels = self._levels() if self._subscribers else {}
         logger.info("%spaused for %.2f s (every caller waits)", self._prefix(), remaining)
-        self._emit_locked_levels("penalize", now, seconds=seconds, penalty_remaining=remaining)
+        self._emit("penalize", now, seconds=seconds, penalty_remaining=remaining, **levels)
 
-    def settle(self, estimated: float, actual: float) -> None:
-        """Reconcile a request's token estimate with its real usage: charge the excess when
-        ``actual > estimated`` (the level may go negative: a debt refill pays off), give back
-        the unused part when ``actual < estimated`` (never above capacity). No-op without tpm."""
-        if estimated.__class__ is int and actual.__class__ is int and estimated >= 0 <= actual:
-            est, act = float(estimated), float(actual)  # token counts: the common case
-        else:
-            est, act = check_real("estimated", estimated), check_real("actual", actual)
-        bucket = self._tok
-        if bucket is not None and act != est:
-            with self._lock:
-                bucket._refill(self._now())
-                if act > est:
-                    bucket._tokens -= act - est
-                else:
-                    bucket._tokens = min(bucket.capacity, bucket._tokens + (est - act))
-                self._tail = None
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "%ssettled %g estimated vs %g actual tokens (%+g)",
-                    self._prefix(),
-                    est,
-                    act,
-                    est - act,
-                )
-        if self._subscribers:
-            self._emit_locked_levels("settle", self._now(), estimated=est, actual=act)
-
-    def update_from_headers(
-        self,
-        headers: Mapping[str, str],
-        *,
-        in_flight_requests: float = 0,
-        in_flight_tokens: float = 0,
-    ) -> None:
-        """Re-sync with the provider's ``x-ratelimit-remaining-requests`` / ``-tokens`` (also
-        ``anthropic-ratelimit-{requests,tokens}-remaining``).
-
-        Only lowers: each local level becomes ``min(local, remaining - in_flight)``. Pass the
-        requests and tokens you have granted but whose responses this header cannot count yet
-        as ``in_flight_*``. ``x-ratelimit-limit-*`` lower than configured is logged once (a
-        configuration mismatch); ``x-ratelimit-reset-*`` ("6m0s", "20ms") is reported in the
-        "sync" event.
-        """
-        if hasattr(headers, "multi_items"):  # httpx.Headers: already case-insensitive
-            h: Mapping[str, str] = headers
-        else:
-            h = {str(k).lower(): v for k, v in headers.items()}
-        in_req = check_real("in_flight_requests", in_flight_requests)
-        in_tok = check_real("in_flight_tokens", in_flight_tokens)
-        rem_req = header_number(
-            h, "x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining"
-        )
-        rem_tok = header_number(
-            h, "x-ratelimit-remaining-tokens", "anthropic-ratelimit-tokens-remaining"
-        )
-        lowered = []
+    def settle(self, estimated: Demand | float, actual: Demand | float) -> None:
+        """Reconcile a call's estimate (what ``acquire`` was given) with its real usage: each
+        bucket is charged the excess (the level may go negative: a debt refill pays off) or
+        given back the unused part (never above capacity); the input-token estimate ratio is
+        learned from it. Numbers are token totals (all counted as input)."""
+        est = as_demand(estimated, "estimated")
+        act = as_demand(actual, "actual")
+        last = self._last_grant()
         with self._lock:
             now = self._now()
-            for bucket, remaining, in_flight, what in (
-                (self._req, rem_req, in_req, "requests"),
-                (self._tok, rem_tok, in_tok, "tokens"),
-            ):
-                if bucket is None or remaining is None:
-                    continue
-                bucket._refill(now)
-                target = remaining - in_flight
-                if target < bucket._tokens:
-                    lowered.append((what, bucket._tokens, target))
-                    bucket._tokens = target
-                    self._tail = None
-        if lowered and logger.isEnabledFor(logging.DEBUG):
-            for what, old, new in lowered:
-                logger.debug("%ssynced %s from headers: %.6g -> %.6g", self._prefix(), what, old,
-                             new)
-        listening = bool(self._subscribers)
-        extra: dict[str, Any] = {}
-        for what, configured, names in (("requests", self.rpm, _REQUEST_HEADERS),
-                                        ("tokens", self.tpm, _TOKEN_HEADERS)):
-            limit_header, reset_header, limit_key, reset_key = names
-            limit = header_number(h, limit_header)
-            if limit is not None:
-                extra[limit_key] = limit
-                if configured is not None and limit < configured:
-                    key = (what, limit)
-                    if key not in self._limits_warned:
-                        self._limits_warned.add(key)
-                        logger.warning(
-                            "%sprovider reports a %s limit of %g per minute, below the "
-                            "configured %g: lower the limiter's setting",
-                            self._prefix(),
-                            what,
-                            limit,
-                            configured,
-                        )
-            if not listening:
-                continue  # the reset times only go into the event
-            raw = h.get(reset_header)
-            reset = None if raw is None else _parse_duration(str(raw))
-            if reset is not None:
-                extra[reset_key] = reset
-        if listening:
-            self._emit_locked_levels(
-                "sync", now, remaining_requests=rem_req, remaining_tokens=rem_tok, **extra
-            )
+            self._track()
+            self._m.settle(est, act, now, 1.0 if last is None else last[1])
+            self._tail = None
+            levels = self._levels() if self._subscribers else {}
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%ssettled %s estimated vs %s actual (ratio now %.3f)", self._prefix(),
+                         self._what(*est), self._what(*act), self._m.ratio)
+        if levels:
+            self._emit("settle", now, estimated=est[1] + est[2], actual=act[1] + act[2],
+                       **levels)
+
+    def update_from_headers(self, headers: Mapping[str, str], *,
+                            sent_at: float | None = None) -> None:
+        """Re-sync with the provider's ``x-ratelimit-remaining-*`` (OpenAI) and
+        ``anthropic-ratelimit-{requests,input-tokens,output-tokens,tokens}-remaining``.
+
+        Only lowers: each level becomes ``min(level, remaining - granted since)``, where
+        "granted since" is what this limiter granted after the answered request was sent
+        (``sent_at``, a clock time; by default the time of this thread's / task's last grant
+        from this limiter). A limit header lower than configured is logged once; resets go
+        into the "sync" event. ``TypeError`` if ``headers`` is not a mapping."""
+        rh = parse_rate_headers(headers)
+        sent = v.optional(v.real, "sent_at", sent_at)
+        with self._lock:
+            now = self._now()
+            lowered = self._m.lower(self._ceilings(rh, sent, now), now)
+            if lowered:
+                self._tail = None
+            levels = self._levels() if self._subscribers else {}
+        for kind, old, new in lowered:
+            logger.debug("%ssynced %s from headers: %.6g -> %.6g", self._prefix(), kind, old,
+                         new)
+        self._warn_limits(rh)
+        if self._subscribers:
+            self._emit("sync", now, **rh.event_data(), **levels)
+
+    # the async twins of the bookkeeping: in process nothing blocks, they run the sync method
+    async def asettle(self, estimated: Demand | float, actual: Demand | float) -> None:
+        self.settle(estimated, actual)
+
+    async def apenalize(self, seconds: float) -> None:
+        self.penalize(seconds)
+
+    async def aupdate_from_headers(self, headers: Mapping[str, str], *,
+                                   sent_at: float | None = None) -> None:
+        self.update_from_headers(headers, sent_at=sent_at)
 
     # -- looking ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """A snapshot for dashboards: levels, capacities, limits, queue length, pause left."""
+        """A snapshot for dashboards: levels, capacities, limits, queue length, pause left,
+        the learned estimate ratio."""
         with self._lock:
             now = self._now()
-            self._delay(now, 0.0)  # refill both buckets to now
-            levels = self._levels()
+            self._m.refill(now)
+            levels = self._m.levels_by_kind()
             waiting = len(self._queue)
-            penalty = max(0.0, self._penalty_until - now)
-        return {
-            "name": self.name,
-            **levels,
-            "requests_capacity": None if self._req is None else self._req.capacity,
-            "tokens_capacity": None if self._tok is None else self._tok.capacity,
-            "rpm": self.rpm,
-            "tpm": self.tpm,
-            "burst_seconds": self.burst_seconds,
-            "max_wait": self.max_wait,
-            "waiting": waiting,
-            "penalty_remaining": penalty,
-        }
+            penalty = max(0.0, self._m.pause_until - now)
+            ratio = self._m.ratio
+        return self._status(levels, waiting, penalty, ratio)
 
-    def __repr__(self) -> str:
-        return (
-            f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, burst_seconds={self.burst_seconds:g}, "
-            f"max_wait={self.max_wait!r}, name={self.name!r})"
-        )
+
+class _Refused(Exception):
+    """try_acquire: the demand cannot be paid now (internal)."""
+

@@ -338,7 +338,8 @@ else:
 
 # %%
 clock = lp.VirtualClock()
-library_limiter = lp.RateLimiter(rpm=60, tpm=20_000, clock=clock, name="mock")
+# burst_seconds=60: the mock enforces per-minute buckets (the default is one-second slices)
+library_limiter = lp.RateLimiter(rpm=60, tpm=20_000, clock=clock, name="mock", burst_seconds=60)
 levels = []
 library_limiter.subscribe(
     lambda e: levels.append((e.time, e.data["requests_available"], e.data["tokens_available"]))
@@ -374,7 +375,7 @@ fig.show()
 
 # %%
 clock = lp.VirtualClock()
-limiter = lp.RateLimiter(rpm=2, clock=clock, max_wait=10)
+limiter = lp.RateLimiter(rpm=2, clock=clock, max_wait=10, burst_seconds=60)
 limiter.acquire()
 limiter.acquire()
 try:

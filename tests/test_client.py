@@ -93,7 +93,7 @@ def test_concurrent_requests_run_at_the_limit_without_429s():
     rpm, tpm = 600, 60_000
     mock = MockLLMServer(rpm=rpm, tpm=tpm, latency=0.1, seed=1, clock=clock)
     provider = openai_on(mock, "primary", clock)
-    limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=clock, name="primary")
+    limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=clock, name="primary", burst_seconds=60)
     client = ResilientClient([provider], limiters={"primary": limiter},
                              retry=RetryPolicy(max_attempts=5, clock=clock, rng=random.Random(1)),
                              clock=clock)

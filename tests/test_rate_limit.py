@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from llm_patterns.clock import SystemClock, VirtualClock
 from llm_patterns.errors import RateLimitTimeout
-from llm_patterns.rate_limit import RateLimiter, TokenBucket, _parse_duration
+from llm_patterns.rate_headers import parse_duration as _parse_duration
+from llm_patterns.rate_limit import RateLimiter, TokenBucket
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -207,20 +208,20 @@ def test_bucket_threads_grant_exactly_capacity():
 
 
 def test_limiter_bucket_sizes():
-    lim = RateLimiter(rpm=600, tpm=60_000, clock=VirtualClock())
+    lim = RateLimiter(rpm=600, tpm=60_000, clock=VirtualClock(), burst_seconds=60.0)
     assert lim.requests_bucket.capacity == 600 and lim.requests_bucket.refill_rate == 10
     assert lim.tokens_bucket.capacity == 60_000 and lim.tokens_bucket.refill_rate == 1000
     per_second = RateLimiter(rpm=600, tpm=60_000, burst_seconds=1.0, clock=VirtualClock())
     assert per_second.requests_bucket.capacity == 10
     assert per_second.tokens_bucket.capacity == 1000
-    assert RateLimiter(tpm=600, clock=VirtualClock()).requests_bucket is None
+    assert RateLimiter(tpm=600, clock=VirtualClock(), burst_seconds=60.0).requests_bucket is None
 
 
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
-        ({}, ValueError, "rpm or tpm"),
-        ({"rpm": 0}, ValueError, "rpm must be a finite number > 0, got 0"),
+        ({}, ValueError, "at least one of rpm, tpm, itpm, otpm"),
+        ({"rpm": 0}, ValueError, "rpm must be a finite number > 0 .*, got 0"),
         ({"tpm": -5}, ValueError, "tpm .* got -5"),
         ({"rpm": 60, "burst_seconds": 0}, ValueError, "burst_seconds .* got 0"),
         ({"rpm": 60, "max_wait": -1}, ValueError, "max_wait must be a finite number >= 0, got -1"),
@@ -245,7 +246,7 @@ def test_acquire_waits_exactly_as_long_as_needed():
 
 def test_acquire_waits_for_tokens_and_returns_seconds():
     clock = VirtualClock()
-    lim = RateLimiter(rpm=60, tpm=600, clock=clock)  # 10 tokens/s, 600 capacity
+    lim = RateLimiter(rpm=60, tpm=600, clock=clock, burst_seconds=60.0)  # 10 tokens/s, 600 capacity
     assert lim.acquire(600) == 0.0
     assert lim.acquire(30) == pytest.approx(3.0)
     assert lim.status()["requests_available"] == pytest.approx(59.0)  # min(60, 59 + 3) - 1
@@ -255,30 +256,30 @@ def test_acquire_waits_for_tokens_and_returns_seconds():
 def test_impossible_request_raises_value_error_naming_both_numbers(call):
     lim = RateLimiter(rpm=60, tpm=600, burst_seconds=1.0, clock=VirtualClock())  # 10 tokens max
     fn = getattr(lim, call)
-    with pytest.raises(ValueError, match=r"tokens=11 .*\(10 = tpm 600"):
+    with pytest.raises(ValueError, match=r"demand=11 .*the tokens bucket.*need 11 .*most it admits is 10 \(= tpm 600"):
         if call == "acquire_async":
             asyncio.run(fn(11))
         else:
             fn(11)
-    with pytest.raises(ValueError, match="tokens must be a finite number >= 0, got -1"):
+    with pytest.raises(ValueError, match="demand must be a finite number >= 0, got -1"):
         fn(-1) if call != "acquire_async" else asyncio.run(fn(-1))
-    with pytest.raises(TypeError, match="tokens must be a number"):
+    with pytest.raises(TypeError, match="demand must be a Demand or a number of tokens, got True"):
         fn(True) if call != "acquire_async" else asyncio.run(fn(True))
     assert lim.status()["tokens_available"] == 10  # nothing was taken
 
 
 def test_tokens_are_free_without_tpm_and_requests_free_without_rpm():
     clock = VirtualClock()
-    rpm_only = RateLimiter(rpm=60, clock=clock)
+    rpm_only = RateLimiter(rpm=60, clock=clock, burst_seconds=60.0)
     assert rpm_only.try_acquire(10**9)  # no TPM bucket: any token count passes
-    tpm_only = RateLimiter(tpm=600, clock=clock)
+    tpm_only = RateLimiter(tpm=600, clock=clock, burst_seconds=60.0)
     assert all(tpm_only.try_acquire(0) for _ in range(1000))
     assert tpm_only.try_acquire(600) and not tpm_only.try_acquire(1)
 
 
 def test_try_acquire_is_all_or_nothing():
     clock = VirtualClock()
-    lim = RateLimiter(rpm=60, tpm=600, clock=clock)
+    lim = RateLimiter(rpm=60, tpm=600, clock=clock, burst_seconds=60.0)
     assert lim.try_acquire(590)
     before = lim.status()
     assert not lim.try_acquire(20)  # requests available, tokens not
@@ -290,7 +291,7 @@ def test_try_acquire_is_all_or_nothing():
 
 def test_token_debt_blocks_even_zero_token_requests():
     clock = VirtualClock()
-    lim = RateLimiter(rpm=600, tpm=600, clock=clock)
+    lim = RateLimiter(rpm=600, tpm=600, clock=clock, burst_seconds=60.0)
     lim.acquire(600)
     lim.settle(estimated=100, actual=200)  # 100 tokens of debt
     assert lim.status()["tokens_available"] == -100
@@ -331,7 +332,7 @@ def run_arrivals(lim, clock, arrivals, observers=()):
 
 def test_waiting_for_tokens_spends_no_request_budget():
     clock = VirtualClock()
-    lim = RateLimiter(rpm=60, tpm=600, clock=clock)  # 1 request/s, 10 tokens/s
+    lim = RateLimiter(rpm=60, tpm=600, clock=clock, burst_seconds=60.0)  # 1 request/s, 10 tokens/s
     for _ in range(30):
         assert lim.try_acquire(20)  # 30 requests and all 600 tokens spent
     seen = {}
@@ -420,7 +421,7 @@ def test_async_coroutines_respect_both_limits_and_fifo():
 
 def test_max_wait_raises_at_once_and_takes_nothing(caplog):
     clock = VirtualClock()
-    lim = RateLimiter(rpm=60, tpm=600, max_wait=5.0, clock=clock, name="openai")
+    lim = RateLimiter(rpm=60, tpm=600, max_wait=5.0, clock=clock, name="openai", burst_seconds=60.0)
     lim.acquire(600)
     events = []
     lim.subscribe(events.append)
@@ -482,7 +483,7 @@ def test_queued_waiter_times_out_when_a_penalty_pushes_it_past_max_wait():
 
 def test_penalize_pauses_everyone_and_keeps_the_longest():
     clock = VirtualClock()
-    lim = RateLimiter(rpm=600, clock=clock)
+    lim = RateLimiter(rpm=600, clock=clock, burst_seconds=60.0)
     lim.penalize(5)
     assert not lim.try_acquire()
     lim.penalize(2)  # shorter: the 5 s pause stands
@@ -507,7 +508,7 @@ def test_penalize_holds_queued_async_waiters():
 
 def test_settle_charges_and_gives_back():
     clock = VirtualClock()
-    lim = RateLimiter(tpm=6000, clock=clock)
+    lim = RateLimiter(tpm=6000, clock=clock, burst_seconds=60.0)
     lim.acquire(1000)
     lim.settle(estimated=1000, actual=1500)
     assert lim.status()["tokens_available"] == pytest.approx(4500)
@@ -517,12 +518,12 @@ def test_settle_charges_and_gives_back():
     assert lim.status()["tokens_available"] == 6000
     with pytest.raises(ValueError, match="actual must be .* got -3"):
         lim.settle(10, -3)
-    RateLimiter(rpm=60, clock=clock).settle(10, 20)  # no TPM bucket: nothing to settle
+    RateLimiter(rpm=60, clock=clock, burst_seconds=60.0).settle(10, 20)  # no TPM bucket: nothing to settle
 
 
 def test_update_from_headers_lowers_but_never_raises():
     clock = VirtualClock()
-    lim = RateLimiter(rpm=600, tpm=60_000, clock=clock)
+    lim = RateLimiter(rpm=600, tpm=60_000, clock=clock, burst_seconds=60.0)
     for _ in range(10):
         lim.acquire(100)  # local: 590 requests, 59,000 tokens
     lim.update_from_headers(
@@ -535,11 +536,14 @@ def test_update_from_headers_lowers_but_never_raises():
     )
     status = lim.status()
     assert status["requests_available"] == 500 and status["tokens_available"] == 5000
-    # the header cannot count what we granted after the server wrote it
-    lim.update_from_headers(
-        httpx.Headers({"x-ratelimit-remaining-tokens": "4000"}), in_flight_tokens=1500
-    )
-    assert lim.status()["tokens_available"] == 2500
+    # the header cannot count what we granted after the request it answers was sent
+    sent = clock.now()
+    clock.advance(0.001)
+    lim.acquire(1000)
+    lim.acquire(500)
+    lim.update_from_headers(httpx.Headers({"x-ratelimit-remaining-tokens": "4000"}),
+                            sent_at=sent)
+    assert lim.status()["tokens_available"] == pytest.approx(2500)
     clock.advance(1.0)  # refill (1000 tokens/s) is what brings it back up
     assert lim.status()["tokens_available"] == pytest.approx(3500)
     lim.update_from_headers({"anthropic-ratelimit-requests-remaining": "3"})
@@ -550,7 +554,7 @@ def test_update_from_headers_lowers_but_never_raises():
 
 def test_update_from_headers_reports_reset_and_warns_on_lower_limit(caplog):
     clock = VirtualClock()
-    lim = RateLimiter(rpm=600, tpm=60_000, clock=clock, name="p")
+    lim = RateLimiter(rpm=600, tpm=60_000, clock=clock, name="p", burst_seconds=60.0)
     events = []
     lim.subscribe(events.append)
     headers = {
@@ -597,7 +601,7 @@ def test_parse_duration(text, seconds):
 
 def test_status_fields():
     clock = VirtualClock()
-    lim = RateLimiter(rpm=60, tpm=6000, clock=clock, name="openai", max_wait=30)
+    lim = RateLimiter(rpm=60, tpm=6000, clock=clock, name="openai", max_wait=30, burst_seconds=60.0)
     lim.acquire(1000)
     clock.advance(10)
     assert lim.status() == {
@@ -612,8 +616,9 @@ def test_status_fields():
         "max_wait": 30.0,
         "waiting": 0,
         "penalty_remaining": 0.0,
+        "estimate_ratio": 1.0,
     }
-    assert RateLimiter(tpm=60, clock=clock).status()["requests_available"] is None
+    assert RateLimiter(tpm=60, clock=clock, burst_seconds=60.0).status()["requests_available"] is None
 
 
 def test_events_carry_levels():
@@ -646,7 +651,7 @@ def test_events_carry_levels():
 
 def test_waits_are_logged_with_the_numbers(caplog):
     clock = VirtualClock()
-    lim = RateLimiter(rpm=60, tpm=600, clock=clock, name="openai")
+    lim = RateLimiter(rpm=60, tpm=600, clock=clock, name="openai", burst_seconds=60.0)
     with caplog.at_level(logging.DEBUG, logger="llm_patterns.rate_limit"):
         lim.acquire(600)
         assert not caplog.records  # no wait, no log line

@@ -50,7 +50,7 @@ from llm_patterns import (
 )
 from llm_patterns.state import (
     BreakerConfig,
-    Bucket,
+    Limit,
     SharedCircuitBreaker,
     SharedRateLimiter,
     from_url,
@@ -159,7 +159,10 @@ import test_state_sqlite as _contract
 
 CONTRACT_TESTS = [
     "test_acquire_is_all_or_nothing", "test_buckets_refill_but_never_overfill",
-    "test_adjust_lower_pause", "test_bad_input_is_rejected", "test_breaker_protocol",
+    "test_settle_lower_pause", "test_settle_learns_the_estimate_ratio",
+    "test_the_queue_is_first_come_first_served",
+    "test_a_ticket_left_or_expired_lets_the_next_move_up",
+    "test_bad_input_is_rejected", "test_breaker_protocol",
     "test_shared_limiter_behaves_like_ratelimiter", "test_shared_limiter_max_wait_takes_nothing",
     "test_shared_limiter_penalize_settle_headers", "test_shared_limiter_async",
     "test_shared_breaker_semantics", "test_a_second_breaker_object_sees_the_shared_state",
@@ -219,10 +222,10 @@ def test_server_time_ignores_the_callers_now_and_clock(redis_server):
     """Two workers whose clocks disagree by a day share one bucket on the server's TIME."""
     a = RedisStore(redis_server.url, clock=VirtualClock(0.0), prefix="skew")
     b = RedisStore(redis_server.url, clock=VirtualClock(86_400.0), prefix="skew")
-    bucket = Bucket("requests", 3, 0.001, 1)  # 3 now, then one every 1000 s
+    limits = (Limit("requests", 0.06, 3, 3),)  # 3 now, then one every 1000 s
     key = f"k{_prefix()}"
-    answers = [s.acquire(key, [bucket], now=now) for s, now in
-               ((a, 0.0), (b, 1e12), (a, -5e9), (b, 86_400.0), (a, 2e9))]
+    answers = [s.limiter_acquire(key, limits, (1, 0, 0), max_wait=0, now=now).wait
+               for s, now in ((a, 0.0), (b, 1e12), (a, -5e9), (b, 86_400.0), (a, 2e9))]
     assert answers[:3] == [0.0, 0.0, 0.0]
     assert all(w > 900 for w in answers[3:]), answers  # the far-future `now` refilled nothing
     before = redis_server.server_time()
@@ -233,7 +236,7 @@ def test_server_time_ignores_the_callers_now_and_clock(redis_server):
 def test_keys_expire_when_idle(redis_server):
     s = RedisStore(redis_server.url, prefix=_prefix(), idle_ttl=300)
     c = redis_server.client()
-    s.acquire("lim", [Bucket("tokens", 100, 10.0, 100)])  # empty: 10 s to refill
+    s.limiter_acquire("lim", (Limit("tokens", 600.0, 100, 100),), (1, 100, 0))  # 10 s to full
     ttl = c.pttl(f"{s.prefix}:{{lim}}") / 1000
     assert 10 + 60 - 1 <= ttl <= 10 + 60 + 1
     s.breaker_admit("br", BreakerConfig(reset_timeout=30))
@@ -249,10 +252,11 @@ def test_from_url_redaction_and_pickling(redis_server, monkeypatch):
     s = from_url(redis_server.url + "?on_failure=open&prefix=px&socket_timeout=0.5")
     assert isinstance(s, RedisStore)
     assert (s.on_failure, s.prefix, s.socket_timeout) == ("open", "px", 0.5)
-    assert s.acquire("k", [Bucket("r", 2, 1.0, 1)]) == 0.0
+    lim = (Limit("requests", 60.0, 2, 2),)
+    assert s.limiter_acquire("k", lim, (1, 0, 0)).wait == 0.0
     again = pickle.loads(pickle.dumps(s))
-    assert again.acquire("k", [Bucket("r", 2, 1.0, 1)]) == 0.0  # the same bucket: 2 taken
-    assert again.acquire("k", [Bucket("r", 2, 1.0, 1)]) > 0
+    assert again.limiter_acquire("k", lim, (1, 0, 0)).wait == 0.0  # the same bucket: 2 taken
+    assert again.limiter_acquire("k", lim, (1, 0, 0), max_wait=0).wait > 0
     monkeypatch.setenv("LLM_PATTERNS_STATE_ON_FAILURE", "open")
     assert from_url(redis_server.url).on_failure == "open"
     assert from_url(redis_server.url + "?on_failure=closed").on_failure == "closed"
@@ -270,7 +274,7 @@ def test_from_url_redaction_and_pickling(redis_server, monkeypatch):
 _RPM, _TPM, _BURST = 1200.0, 60_000.0, 1.0  # 20 requests/s (bucket 20), 1000 tokens/s (1000)
 _RCAP, _RRATE = _RPM / 60 * _BURST, _RPM / 60
 _TCAP, _TRATE = _TPM / 60 * _BURST, _TPM / 60
-_SLACK_S = 0.001  # the grant's TIME is read in the same MULTI as the script, microseconds later
+_SLACK_S = 1e-6  # the grant's time is the server TIME the script itself read
 
 
 def _violations(grants: list[tuple[float, float]], cap: float, rate: float,
@@ -304,16 +308,12 @@ def _limiter_worker(url: str, prefix: str, skew: float, until: float, seed: int,
     grants = []
     while real() < until:
         tokens = float(rng.randint(20, 120))
-        buckets = [Bucket("requests", _RCAP, _RRATE, 1.0), Bucket("tokens", _TCAP, _TRATE, tokens)]
-        pipe = store.client.pipeline(transaction=True)  # MULTI: the script, then TIME
-        store._limiter_script(keys=[store._key("api")], args=[
-            "acquire", store._now_arg(), "60", *store._bucket_args(buckets)], client=pipe)
-        pipe.time()
-        wait, (sec, usec) = pipe.execute()
-        if float(wait) == 0.0:
-            grants.append((sec + usec / 1e6, tokens))
+        limits = (Limit("requests", _RPM, _RCAP, _RCAP), Limit("tokens", _TPM, _TCAP, _TCAP))
+        grant = store.limiter_acquire("api", limits, (1, tokens, 0), max_wait=0)
+        if grant.wait == 0.0:
+            grants.append((grant.at, tokens))  # the server's TIME of the decision
         else:
-            time.sleep(min(float(wait), 0.005))
+            time.sleep(min(grant.wait, 0.005))
     out.put(grants)
 
 
@@ -540,18 +540,18 @@ def test_a_frozen_redis_cannot_hang_a_caller(own_server):
     """SIGSTOP: the server accepts connections and never answers; socket timeouts bound it."""
     store = RedisStore(own_server.url, on_failure="closed", socket_timeout=0.3,
                        connect_timeout=0.3, reconnect_after=0.2, max_reconnect_after=0.2)
-    b = Bucket("r", 100, 1.0, 1)
-    assert store.acquire("k", [b]) == 0.0
+    lim = (Limit("requests", 60.0, 100, 100),)
+    assert store.limiter_acquire("k", lim, (1, 0, 0)).wait == 0.0
     own_server.proc.send_signal(signal.SIGSTOP)
     try:
         with pytest.raises(LimiterStateUnavailable):
-            store.acquire("k", [b])
+            store.limiter_acquire("k", lim, (1, 0, 0))
         with pytest.raises(LimiterStateUnavailable):  # backing off: no network at all
-            store.acquire("k", [b])
+            store.limiter_acquire("k", lim, (1, 0, 0))
     finally:
         own_server.proc.send_signal(signal.SIGCONT)
     time.sleep(0.25)
-    assert store.acquire("k", [b]) == 0.0
+    assert store.limiter_acquire("k", lim, (1, 0, 0)).wait == 0.0
 
 
 # ----------------------------------------------------------------------------- the cost hook

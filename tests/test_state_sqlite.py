@@ -36,7 +36,7 @@ from llm_patterns import (
 )
 from llm_patterns.state import (
     BreakerConfig,
-    Bucket,
+    Limit,
     MemoryStateStore,
     SharedCircuitBreaker,
     SharedRateLimiter,
@@ -62,52 +62,125 @@ def store(request, tmp_path):
 # ----------------------------------------------------------------------------- the protocol
 
 
+def _limits(*specs):
+    """Limits from (kind, capacity, refill per second), strict (ceiling = capacity)."""
+    return tuple(Limit(kind, rate * 60.0, cap, cap) for kind, cap, rate in specs)
+
+
+REQ_TOK = _limits(("requests", 2, 1.0), ("tokens", 100, 10.0))
+
+
 def test_acquire_is_all_or_nothing(store):
-    req, tok = Bucket("requests", 2, 1.0, 1), Bucket("tokens", 100, 10.0, 60)
-    assert store.acquire("k", [req, tok]) == 0.0
+    assert store.limiter_acquire("k", REQ_TOK, (1, 60, 0)).wait == 0.0
     # 1 request left, 40 tokens: the token bucket cannot pay 60 -> nothing is taken
-    wait = store.acquire("k", [req, tok])
-    assert wait == pytest.approx(2.0)  # (60 - 40) / 10
-    levels = store.levels("k", [req, tok])
+    grant = store.limiter_acquire("k", REQ_TOK, (1, 60, 0), max_wait=0.0)
+    assert grant.wait == pytest.approx(2.0) and grant.ticket is None  # (60 - 40) / 10
+    levels = store.limiter_levels("k", REQ_TOK)
     assert levels["requests"] == pytest.approx(1.0)  # the request bucket was NOT charged
     assert levels["tokens"] == pytest.approx(40.0)
-    store.clock.advance(wait)
-    assert store.acquire("k", [req, tok]) == 0.0
-    assert store.levels("k", [req, tok])["requests"] == pytest.approx(1.0)  # 1 + 2 s * 1/s - 1 -> cap
+    assert levels["waiting"] == 0  # refused past max_wait: nothing queued
+    store.clock.advance(grant.wait)
+    assert store.limiter_acquire("k", REQ_TOK, (1, 60, 0)).wait == 0.0
+    assert store.limiter_levels("k", REQ_TOK)["requests"] == pytest.approx(1.0)  # cap, then -1
 
 
 def test_buckets_refill_but_never_overfill(store):
-    b = Bucket("r", 3, 1.0, 1)
+    lim = _limits(("requests", 3, 1.0))
     for _ in range(3):
-        assert store.acquire("k", [b]) == 0.0
-    assert store.acquire("k", [b]) == pytest.approx(1.0)
+        assert store.limiter_acquire("k", lim, (1, 0, 0)).wait == 0.0
+    assert store.limiter_acquire("k", lim, (1, 0, 0), max_wait=0).wait == pytest.approx(1.0)
     store.clock.advance(1000)
-    assert store.levels("k", [b])["r"] == 3.0
+    assert store.limiter_levels("k", lim)["requests"] == 3.0
 
 
-def test_adjust_lower_pause(store):
-    b = Bucket("t", 100, 10.0)
-    assert store.adjust("k", b, -150) == pytest.approx(-50)  # a debt
-    assert store.acquire("k", [b._replace(amount=10)]) == pytest.approx(6.0)
-    assert store.adjust("k", b, 1000) == 100  # capped at capacity
-    assert store.lower("k", b, 30) == 30
-    assert store.lower("k", b, 80) == 30  # lower never raises
-    assert store.pause("k", 5) == 5
-    assert store.pause("k", 2) == 5  # a longer pause is kept
-    assert store.acquire("k", [b._replace(amount=1)]) == pytest.approx(5.0)
-    store.clock.advance(5)
-    assert store.acquire("k", [b._replace(amount=1)]) == 0.0
+def test_settle_lower_pause(store):
+    lim = _limits(("tokens", 100, 10.0))
+    levels = store.limiter_settle("k", lim, (1, 0, 0), (1, 150, 0))
+    assert levels["tokens"] == pytest.approx(-50)  # a debt
+    assert levels["ratio"] == 1.0  # nothing estimated: nothing learned
+    assert store.limiter_acquire("k", lim, (1, 10, 0), max_wait=0).wait == pytest.approx(6.0)
+    assert store.limiter_settle("k", lim, (1, 1000, 0), (1, 0, 0))["tokens"] == 100  # capped
+    assert store.limiter_lower("k", lim, {"tokens": 30})["tokens"] == 30
+    assert store.limiter_lower("k", lim, {"tokens": 80})["tokens"] == 30  # never raises
+    assert store.limiter_lower("k", lim, {"requests": 0})["tokens"] == 30  # not in the shape
+    assert store.limiter_pause("k", lim, 5) == 5
+    assert store.limiter_pause("k", lim, 2) == 5  # a longer pause is kept
+    assert store.limiter_pause("k", lim, 1e12) == 86_400  # MAX_PAUSE, whatever is asked
+    store.clock.advance(86_400)
+    assert store.limiter_acquire("k", lim, (1, 1, 0)).wait == 0.0
+
+
+def test_settle_learns_the_estimate_ratio(store):
+    lim = _limits(("tokens", 1000, 10.0))
+    for _ in range(5):
+        store.limiter_settle("k", lim, (1, 100, 0), (1, 120, 0))
+    levels = store.limiter_levels("k", lim)
+    assert levels["ratio"] == pytest.approx(1.2)
+    grant = store.limiter_acquire("k", lim, (1, 100, 0))
+    assert grant.ratio == pytest.approx(1.2)
+    assert store.limiter_levels("k", lim)["tokens"] == pytest.approx(1000 - 5 * 20 - 120)
+    # settled with the ratio it was charged with: exactly what the provider counted
+    assert store.limiter_settle("k", lim, (1, 100, 0), (1, 120, 0), grant.ratio)["tokens"] == \
+        pytest.approx(1000 - 5 * 20 - 120)
+
+
+def test_the_queue_is_first_come_first_served(store):
+    lim = _limits(("tokens", 10, 10.0))
+    assert store.limiter_acquire("k", lim, (1, 10, 0)).wait == 0.0  # empty now
+    big = store.limiter_acquire("k", lim, (1, 10, 0))
+    assert big.wait == pytest.approx(1.0) and big.ticket
+    small = store.limiter_acquire("k", lim, (1, 1, 0))
+    assert small.wait == pytest.approx(1.1) and small.ticket != big.ticket  # behind big
+    assert small.waiting == 2
+    store.clock.advance(0.5)
+    # a newcomer never jumps the queue, not even try-style (max_wait=0)
+    assert store.limiter_acquire("k", lim, (1, 0, 0), max_wait=0).wait > 0
+    store.clock.advance(0.6)  # t=1.1: the bucket holds 10, but big is first
+    again = store.limiter_acquire("k", lim, (1, 1, 0), ticket=small.ticket)
+    assert again.wait > 0 and again.ticket == small.ticket
+    assert store.limiter_acquire("k", lim, (1, 10, 0), ticket=big.ticket).wait == 0.0
+    store.clock.advance(0.1)
+    assert store.limiter_acquire("k", lim, (1, 1, 0), ticket=small.ticket).wait == 0.0
+    assert store.limiter_levels("k", lim)["waiting"] == 0
+
+
+def test_a_ticket_left_or_expired_lets_the_next_move_up(store):
+    lim = _limits(("requests", 1, 1.0))
+    store.limiter_acquire("k", lim, (1, 0, 0))
+    first = store.limiter_acquire("k", lim, (1, 0, 0), lease=2.0)
+    second = store.limiter_acquire("k", lim, (1, 0, 0), lease=2.0)
+    assert (first.wait, second.wait) == (pytest.approx(1.0), pytest.approx(2.0))
+    store.limiter_leave("k", first.ticket)  # first gave up
+    store.clock.advance(1.0)
+    assert store.limiter_acquire("k", lim, (1, 0, 0), ticket=second.ticket).wait == 0.0
+    # a crashed waiter: its ticket expires `lease` after it was due back
+    crashed = store.limiter_acquire("k", lim, (1, 0, 0), lease=2.0)
+    late = store.limiter_acquire("k", lim, (1, 0, 0), lease=2.0)
+    assert crashed.wait == pytest.approx(1.0) and late.wait == pytest.approx(2.0)
+    store.clock.advance(2.5)  # crashed was due at 1.0, gone at 3.0
+    assert store.limiter_acquire("k", lim, (1, 0, 0), ticket=late.ticket).wait > 0
+    store.clock.advance(0.6)
+    assert store.limiter_levels("k", lim)["waiting"] == 1
+    assert store.limiter_acquire("k", lim, (1, 0, 0), ticket=late.ticket).wait == 0.0
 
 
 def test_bad_input_is_rejected(store):
-    with pytest.raises(ValueError, match="amount=11.*capacity=10"):
-        store.acquire("k", [Bucket("t", 10, 1.0, 11)])
     with pytest.raises(ValueError, match="key"):
-        store.acquire("", [Bucket("t", 10, 1.0, 1)])
-    with pytest.raises(ValueError, match="refill_per_s"):
-        store.acquire("k", [Bucket("t", 10, 0, 1)])
-    with pytest.raises(ValueError, match="seconds"):
-        store.pause("k", -1)
+        store.limiter_acquire("", REQ_TOK, (1, 1, 0))
+    with pytest.raises(TypeError, match="limits must be"):
+        store.limiter_acquire("k", [("tokens", 10, 1.0)], (1, 1, 0))
+    with pytest.raises(ValueError, match="distinct kinds"):
+        store.limiter_acquire("k", REQ_TOK + REQ_TOK[:1], (1, 1, 0))
+    with pytest.raises(ValueError, match=r"demand\[1\] must be a finite number >= 0, got -1"):
+        store.limiter_acquire("k", REQ_TOK, (1, -1, 0))
+    with pytest.raises(TypeError, match="demand must be"):
+        store.limiter_acquire("k", REQ_TOK, 5)
+    with pytest.raises(ValueError, match="seconds must be a finite number >= 0, got -1"):
+        store.limiter_pause("k", REQ_TOK, -1)
+    with pytest.raises(ValueError, match="seconds .* got inf"):
+        store.limiter_pause("k", REQ_TOK, float("inf"))
+    with pytest.raises(TypeError, match="ticket must be"):
+        store.limiter_acquire("k", REQ_TOK, (1, 1, 0), ticket=7)
 
 
 def test_breaker_protocol(store):
@@ -139,11 +212,11 @@ def test_breaker_protocol(store):
 
 def test_sqlite_state_survives_reopening(tmp_path):
     clock = VirtualClock(50.0)
-    b = Bucket("t", 10, 1.0, 4)
+    lim = _limits(("tokens", 10, 1.0))
     with SQLiteStateStore(tmp_path / "s.db", clock=clock) as s:
-        s.acquire("k", [b])
+        s.limiter_acquire("k", lim, (1, 4, 0))
     with SQLiteStateStore(tmp_path / "s.db", clock=clock) as s:
-        assert s.levels("k", [b])["t"] == pytest.approx(6.0)
+        assert s.limiter_levels("k", lim)["tokens"] == pytest.approx(6.0)
 
 
 def test_from_url_and_env(tmp_path, monkeypatch):
@@ -188,7 +261,7 @@ def test_shared_limiter_max_wait_takes_nothing(store):
         lim.acquire()
     assert info.value.retry_after == pytest.approx(1.0)
     assert lim.status()["requests_available"] == pytest.approx(0.0)  # nothing taken
-    with pytest.raises(ValueError, match="tokens=10"):
+    with pytest.raises(ValueError, match="demand=10 is more than the tokens bucket"):
         SharedRateLimiter(tpm=60, burst_seconds=1, store=store, name="q").acquire(10)
 
 

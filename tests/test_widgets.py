@@ -103,7 +103,7 @@ def test_throttle_rejects_bad_arguments_and_survives_a_broken_draw(caplog):
 
 def test_bucket_gauge_follows_limiter_events_and_colours_by_level():
     clock = VirtualClock()
-    limiter = RateLimiter(rpm=60, tpm=6000, clock=clock, name="primary")
+    limiter = RateLimiter(rpm=60, tpm=6000, clock=clock, name="primary", burst_seconds=60)
     gauge = BucketGauge(limiter, **quiet(clock))
     req_bar, tok_bar = gauge._rows["requests"][1], gauge._rows["tokens"][1]
     assert (req_bar.value, req_bar.max, req_bar.bar_style) == (60, 60, "success")
@@ -140,9 +140,9 @@ def test_bucket_gauge_shows_the_queue_of_waiters():
 
 def test_gauge_re_attaches_to_a_new_limiter():
     clock = VirtualClock()
-    gauge = BucketGauge(RateLimiter(rpm=60, clock=clock), **quiet(clock))
+    gauge = BucketGauge(RateLimiter(rpm=60, clock=clock, burst_seconds=60), **quiet(clock))
     old = gauge.source
-    gauge.attach(RateLimiter(rpm=600, clock=clock, name="new"))
+    gauge.attach(RateLimiter(rpm=600, clock=clock, name="new", burst_seconds=60))
     assert gauge._rows["requests"][1].max == 600
     old.try_acquire()  # the old limiter's events no longer reach the gauge
     assert gauge._lp_throttle.requests == 2
@@ -421,7 +421,8 @@ def test_timeline_figure_draws_the_run_and_has_a_deterministic_repr():
 
 def test_widget_reprs_are_the_text_plain_output():
     clock = VirtualClock()
-    gauge = BucketGauge(RateLimiter(rpm=60, clock=clock, name="x"), **quiet(clock))
+    gauge = BucketGauge(RateLimiter(rpm=60, clock=clock, name="x", burst_seconds=60),
+                        **quiet(clock))
     bundle = gauge._repr_mimebundle_()
     data = bundle[0] if isinstance(bundle, tuple) else bundle
     assert data["text/plain"] == "BucketGauge('x', requests=60/60, waiting=0)"

@@ -206,7 +206,8 @@ class LiveDemo(Observable):
         self.scenario = replace(self.scenario, primary_rpm=rpm, primary_tpm=tpm)
         self.sim.scenario = self.scenario
         self.primary_server.set_limits(rpm=rpm, tpm=tpm)
-        limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=self.clock, max_wait=30.0, name=PRIMARY)
+        limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=self.clock, max_wait=30.0, name=PRIMARY,
+                              burst_seconds=60.0)  # as the mock's per-minute buckets
         self.sim.limiters[PRIMARY] = limiter
         self.client.limiters[PRIMARY] = limiter
         for guarded in self.client.guarded:

@@ -220,11 +220,13 @@ class Simulation:
                               api_key="test-key", client=self.secondary_server.client(),
                               async_client=self.secondary_server.async_client(), clock=self.clock),
         ]
+        # the mock providers enforce per-minute buckets (MockLLMServer's burst_seconds=60): the
+        # limiters match them, opening burst included
         self.limiters = {
             PRIMARY: RateLimiter(rpm=s.primary_rpm, tpm=s.primary_tpm, clock=self.clock,
-                                 max_wait=30.0, name=PRIMARY),
+                                 max_wait=30.0, name=PRIMARY, burst_seconds=60.0),
             SECONDARY: RateLimiter(rpm=s.secondary_rpm, tpm=s.secondary_tpm, clock=self.clock,
-                                   max_wait=30.0, name=SECONDARY),
+                                   max_wait=30.0, name=SECONDARY, burst_seconds=60.0),
         }
         self.breakers = {
             name: CircuitBreaker(name, failure_threshold=s.breaker_threshold,

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .base import Admission, BreakerConfig, BreakerOutcome, Bucket, StateStore, WallClock
+from .base import Admission, BreakerConfig, BreakerOutcome, Grant, Limit, StateStore, WallClock
 from .memory import MemoryStateStore
 from .shared import SharedCircuitBreaker, SharedRateLimiter
 from .sqlite import SQLiteStateStore
 
 __all__ = [
-    "ENV_VAR", "Admission", "BreakerConfig", "BreakerOutcome", "Bucket", "MemoryStateStore",
+    "ENV_VAR", "Admission", "BreakerConfig", "BreakerOutcome", "Grant", "Limit",
+    "MemoryStateStore",
     "SQLiteStateStore", "SharedCircuitBreaker", "SharedRateLimiter", "StateStore", "WallClock",
     "from_env", "from_url",
 ]

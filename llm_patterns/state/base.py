@@ -8,11 +8,12 @@ single half-open probe:
 
 | operation | what it does, atomically |
 |---|---|
-| ``acquire(key, buckets, now)`` | refill every bucket, then take ``amount`` from ALL of them or from none; 0.0 = taken, else the seconds until it could be (a pause counts) |
-| ``adjust(key, bucket, delta, now)`` | add (give back, capped at capacity) or charge (may go negative: a debt) |
-| ``lower(key, bucket, ceiling, now)`` | level = min(level, ceiling) (a provider's ``x-ratelimit-remaining``) |
-| ``pause(key, seconds, now)`` | nobody acquires until ``seconds`` from now (a 429's Retry-After); a longer pause is kept |
-| ``levels(key, buckets, now)`` | read the refilled levels and the pause left |
+| ``limiter_acquire(key, limits, demand, ticket=, lease=, max_wait=)`` | first come, first served across processes: the caller's ticket (None: a newcomer) is renewed, expired tickets dropped; the head of the queue pays ALL buckets or none; a ``Grant``: 0.0 = paid, else the projected wait and the caller's ticket (None: refused past ``max_wait``, nothing queued) |
+| ``limiter_leave(key, ticket)`` | a waiter gave up: its ticket leaves the queue |
+| ``limiter_settle(key, limits, estimated, actual, ratio)`` | charge the excess (may go negative: a debt) or give back (capped at capacity); learn the estimate ratio |
+| ``limiter_lower(key, limits, ceilings)`` | level = min(level, ceiling) per bucket kind (a provider's ``x-ratelimit-remaining``) |
+| ``limiter_pause(key, limits, seconds)`` | nobody is admitted until ``seconds`` from now (a 429's Retry-After; at most ``MAX_PAUSE``); a longer pause is kept |
+| ``limiter_levels(key, limits)`` | the refilled levels, the pause left, the learned ratio, the queue's length |
 | ``breaker_admit(key, config, now)`` | closed: admit; open: reject with retry_after; due or half-open: hand out one of ``half_open_max_calls`` probe LEASES (each expires after ``probe_timeout``, so a crashed probe cannot wedge the breaker) |
 | ``breaker_record(key, config, outcome, generation, lease, now)`` | success / failure / ignored, with threshold and cooldown semantics |
 | ``breaker_release(key, lease)`` | give a probe lease back (an interrupted or ignored trial) |
@@ -25,28 +26,34 @@ reboots; read inside the write transaction, so grants are ordered. Redis (many h
 the server's ``TIME`` inside the Lua script, so workers with skewed clocks share one rate; a
 Redis store should ignore or reject a caller's ``now``.
 
-The semantics live here once, as pure functions over plain dicts (``bucket_acquire``,
-``breaker_admit`` ...). The memory and SQLite stores run them under their lock / inside one
-``BEGIN IMMEDIATE`` transaction; a Redis store ports the same functions to Lua, and
-``tests/test_state_sqlite.py`` states the behaviour any implementation must have.
+The semantics live once, as pure functions over plain dicts: the limiter's in
+``machines.bucket`` (run by ``limiter_*`` below), the breaker's here (``breaker_admit`` ...). The
+memory and SQLite stores run them under their lock / inside one ``BEGIN IMMEDIATE``
+transaction; a Redis store ports the same functions to Lua, and ``tests/test_state_sqlite.py``
+states the behaviour any implementation must have.
+
+``blocking``: whether an operation may wait on I/O or a lock (SQLite, Redis): async callers run
+those in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from .._validate import real
 from ..clock import SystemClock
+from ..machines.bucket import KINDS, Buckets, Limit, new_record, queue_leave, queue_step
 
 __all__ = [
     "Admission",
     "BreakerConfig",
     "BreakerOutcome",
-    "Bucket",
+    "Grant",
+    "Limit",
     "StateStore",
     "WallClock",
     "breaker_admit",
@@ -54,17 +61,19 @@ __all__ = [
     "breaker_read",
     "breaker_record",
     "breaker_release",
-    "bucket_acquire",
-    "bucket_adjust",
-    "bucket_levels",
-    "bucket_lower",
-    "bucket_pause",
+    "limiter_acquire",
+    "limiter_leave",
+    "limiter_levels",
+    "limiter_lower",
+    "limiter_pause",
+    "limiter_settle",
     "new_breaker_state",
     "new_bucket_state",
 ]
 
-_REL_EPS = 1e-9  # float slack as a fraction of capacity, as in rate_limit.py
 _MIN_RETRY_AFTER = 0.001
+Demand3 = tuple[float, float, float]  # a limiter demand: (requests, input tokens, output tokens)
+DEFAULT_LEASE = 2.0  # seconds a queue ticket outlives its holder's expected return
 
 
 class WallClock(SystemClock):
@@ -78,19 +87,6 @@ class WallClock(SystemClock):
 
     def __repr__(self) -> str:
         return "WallClock()"
-
-
-class Bucket(NamedTuple):
-    """One token bucket of a key: ``capacity``, ``refill_per_s`` and the ``amount`` to take.
-
-    The store keeps only the level and the time of the last refill; the shape travels with
-    every call (so two limiters configured alike share one bucket, and a store needs no schema).
-    """
-
-    name: str
-    capacity: float
-    refill_per_s: float
-    amount: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -131,23 +127,33 @@ class BreakerOutcome:
 class StateStore(Protocol):
     """Atomic shared state for ``SharedRateLimiter`` and ``SharedCircuitBreaker``.
 
-    ``clock`` is the store's time base (used when ``now`` is None); ``url`` names the store.
+    ``clock`` is the store's time base (used when ``now`` is None); ``url`` names the store;
+    ``blocking`` says whether its operations may wait on I/O or a lock.
     """
 
     url: str
     clock: Any
+    blocking: bool
 
-    def acquire(self, key: str, buckets: Sequence[Bucket], now: float | None = None) -> float: ...
+    # -- limiter (the token-bucket machine, ``machines.bucket``)
+    def limiter_acquire(self, key: str, limits: Sequence[Limit], demand: Demand3, *,
+                        ticket: str | None = None, lease: float = DEFAULT_LEASE,
+                        max_wait: float | None = None, now: float | None = None) -> Grant: ...
 
-    def adjust(self, key: str, bucket: Bucket, delta: float, now: float | None = None) -> float: ...
+    def limiter_leave(self, key: str, ticket: str) -> None: ...
 
-    def lower(self, key: str, bucket: Bucket, ceiling: float, now: float | None = None) -> float: ...
+    def limiter_settle(self, key: str, limits: Sequence[Limit], estimated: Demand3,
+                       actual: Demand3, ratio: float = 1.0,
+                       now: float | None = None) -> dict[str, float]: ...
 
-    def pause(self, key: str, seconds: float, now: float | None = None) -> float: ...
+    def limiter_lower(self, key: str, limits: Sequence[Limit], ceilings: Mapping[str, float],
+                      now: float | None = None) -> dict[str, float]: ...
 
-    def levels(
-        self, key: str, buckets: Sequence[Bucket], now: float | None = None
-    ) -> dict[str, float]: ...
+    def limiter_pause(self, key: str, limits: Sequence[Limit], seconds: float,
+                      now: float | None = None) -> float: ...
+
+    def limiter_levels(self, key: str, limits: Sequence[Limit],
+                       now: float | None = None) -> dict[str, float]: ...
 
     def breaker_admit(
         self, key: str, config: BreakerConfig, now: float | None = None
@@ -187,107 +193,127 @@ def check_key(key: Any) -> str:
     return key
 
 
-def check_bucket(bucket: Any) -> Bucket:
-    try:
-        b = Bucket(*bucket)
-    except TypeError:
-        raise TypeError(
-            f"bucket must be (name, capacity, refill_per_s[, amount]), got {bucket!r}"
-        ) from None
-    if not isinstance(b.name, str) or not b.name:
-        raise ValueError(f"bucket name must be a non-empty str, got {b.name!r}")
-    for field, value, positive in (
-        ("capacity", b.capacity, True), ("refill_per_s", b.refill_per_s, True),
-        ("amount", b.amount, False),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-            value
-        ) or value < 0 or (positive and value == 0):
-            want = "> 0" if positive else ">= 0"
-            raise ValueError(f"bucket {b.name!r}: {field} must be a finite number {want}, "
-                             f"got {value!r}")
-    if b.amount > b.capacity:
-        raise ValueError(
-            f"bucket {b.name!r}: amount={b.amount:g} is more than its capacity={b.capacity:g}: "
-            "it could never be taken"
-        )
-    return b
+def check_limits(limits: Any) -> tuple[Limit, ...]:
+    """A limiter's shape: a non-empty sequence of ``Limit`` of distinct kinds."""
+    if isinstance(limits, Limit) or not isinstance(limits, (list, tuple)) or not limits or \
+            not all(isinstance(x, Limit) for x in limits):
+        raise TypeError(f"limits must be a non-empty sequence of Limit, got {limits!r}")
+    kinds = [x.kind for x in limits]
+    if len(set(kinds)) != len(kinds) or not set(kinds) <= set(KINDS):
+        raise ValueError(f"limits must be of distinct kinds among {KINDS}, got {kinds}")
+    for x in limits:
+        for field in ("per_minute", "capacity", "ceiling"):
+            check_finite(f"limit {x.kind}: {field}", getattr(x, field), minimum=0.0)
+        if not (x.per_minute > 0 and x.capacity > 0 and x.ceiling >= x.capacity):
+            raise ValueError(f"limit {x.kind}: per_minute and capacity must be > 0 and ceiling "
+                             f">= capacity, got {x!r}")
+    return tuple(limits)
+
+
+def check_demand(name: str, demand: Any) -> Demand3:
+    """``(requests, input tokens, output tokens)``, each a finite number >= 0."""
+    if not isinstance(demand, (tuple, list)) or len(demand) != 3:
+        raise TypeError(f"{name} must be (requests, input_tokens, output_tokens), got {demand!r}")
+    req, inp, out = (check_finite(f"{name}[{i}]", x, minimum=0.0) for i, x in enumerate(demand))
+    return req, inp, out
 
 
 def check_finite(name: str, value: Any, *, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
-    return float(value)
+    """A finite number (>= ``minimum``): TypeError for a non-number, ValueError otherwise."""
+    return real(name, value, minimum=minimum)
+
+
+def check_ticket(ticket: Any) -> str | None:
+    if ticket is not None and (not isinstance(ticket, str) or not ticket):
+        raise TypeError(f"ticket must be a str from limiter_acquire or None, got {ticket!r}")
+    return ticket
 
 
 OUTCOMES = ("success", "failure", "ignored")
 STATES = ("closed", "open", "half_open")
 
 
-# --------------------------------------------------------------------------- buckets (pure)
-# State of one limiter key: {"b": {name: [level, last]}, "pause": until}
+# --------------------------------------------------------------------------- limiter (pure)
+# A limiter key's state is a ``machines.bucket`` record (``new_record()``): per bucket kind
+# [level, last refill], the pause, the learned ratio's sums, the FIFO ticket queue. Each
+# operation loads the machine from it at ``now``, runs one transition and saves it back.
+
+class Grant(NamedTuple):
+    """``limiter_acquire``'s answer: ``wait`` 0.0 when paid, else the projected seconds until
+    the caller's turn; ``ticket`` the caller's place in the queue (None when paid, or when
+    refused past ``max_wait``: nothing queued); ``ratio`` the learned estimate ratio the demand
+    was (or will be) charged with; ``waiting`` the queue's length after the call; ``at`` the
+    store's time of the decision."""
+
+    wait: float
+    ticket: str | None
+    ratio: float
+    waiting: int
+    at: float
 
 
 def new_bucket_state() -> dict[str, Any]:
-    return {"b": {}, "pause": -math.inf}
+    """A new limiter key's record."""
+    return new_record()
 
 
-def _refill(state: dict[str, Any], b: Bucket, now: float) -> list[float]:
-    entry = state["b"].get(b.name)
-    if entry is None:  # a new bucket starts full
-        entry = state["b"][b.name] = [float(b.capacity), now]
-    level, last = entry
-    if now > last:
-        level = min(float(b.capacity), level + (now - last) * b.refill_per_s)
-    elif level > b.capacity:  # the capacity was lowered by a re-configuration
-        level = float(b.capacity)
-    # a clock that stepped back (now < last) refills nothing but never stalls the bucket
-    entry[0], entry[1] = level, now
-    return entry
+def _machine(record: dict[str, Any], limits: Sequence[Limit], now: float) -> Buckets:
+    m = Buckets(limits, now)
+    m.load(record, now)
+    return m
 
 
-def bucket_acquire(state: dict[str, Any], buckets: Sequence[Bucket], now: float) -> float:
-    """All-or-nothing take; 0.0 if taken, else the seconds until every bucket could pay."""
-    wait = max(0.0, state.get("pause", -math.inf) - now)
-    entries = []
-    for b in buckets:
-        entry = _refill(state, b, now)
-        entries.append(entry)
-        deficit = b.amount - entry[0]
-        if deficit > b.capacity * _REL_EPS:
-            wait = max(wait, deficit / b.refill_per_s)
-    if wait > 0.0:
-        return wait
-    for b, entry in zip(buckets, entries):
-        entry[0] -= b.amount
-    return 0.0
-
-
-def bucket_adjust(state: dict[str, Any], b: Bucket, delta: float, now: float) -> float:
-    entry = _refill(state, b, now)
-    entry[0] = min(float(b.capacity), entry[0] + delta) if delta > 0 else entry[0] + delta
-    return entry[0]
-
-
-def bucket_lower(state: dict[str, Any], b: Bucket, ceiling: float, now: float) -> float:
-    entry = _refill(state, b, now)
-    entry[0] = min(entry[0], ceiling)
-    return entry[0]
-
-
-def bucket_pause(state: dict[str, Any], seconds: float, now: float) -> float:
-    until = now + seconds
-    if until > state.get("pause", -math.inf):
-        state["pause"] = until
-    return max(0.0, state["pause"] - now)
-
-
-def bucket_levels(state: dict[str, Any], buckets: Sequence[Bucket], now: float) -> dict[str, float]:
-    out = {b.name: _refill(state, b, now)[0] for b in buckets}
-    out["pause_remaining"] = max(0.0, state.get("pause", -math.inf) - now)
+def _levels(m: Buckets, record: dict[str, Any], now: float) -> dict[str, float]:
+    out = m.levels_by_kind()
+    out["pause_remaining"] = max(0.0, m.pause_until - now)
+    out["ratio"] = m.ratio
+    out["waiting"] = float(sum(1 for t in record.get("q", ()) if t[1] > now))
     return out
+
+
+def limiter_acquire(record: dict[str, Any], limits: Sequence[Limit], demand: Demand3,
+                    ticket: str | None, new_ticket: str, lease: float, max_wait: float | None,
+                    now: float) -> Grant:
+    m = _machine(record, limits, now)
+    ratio = m.ratio
+    wait, mine = queue_step(m, record, demand, ticket, new_ticket, lease, max_wait, now)
+    m.save(record)
+    return Grant(wait, mine, ratio, len(record["q"]), now)
+
+
+def limiter_leave(record: dict[str, Any], ticket: str) -> None:
+    queue_leave(record, ticket)
+
+
+def limiter_settle(record: dict[str, Any], limits: Sequence[Limit], estimated: Demand3,
+                   actual: Demand3, ratio: float, now: float) -> dict[str, float]:
+    m = _machine(record, limits, now)
+    m.settle(estimated, actual, now, ratio)
+    m.save(record)
+    return _levels(m, record, now)
+
+
+def limiter_lower(record: dict[str, Any], limits: Sequence[Limit],
+                  ceilings: Mapping[str, float], now: float) -> dict[str, float]:
+    m = _machine(record, limits, now)
+    m.lower(ceilings, now)
+    m.save(record)
+    return _levels(m, record, now)
+
+
+def limiter_pause(record: dict[str, Any], limits: Sequence[Limit], seconds: float,
+                  now: float) -> float:
+    m = _machine(record, limits, now)
+    remaining = m.pause(seconds, now)
+    m.save(record)
+    return remaining
+
+
+def limiter_levels(record: dict[str, Any], limits: Sequence[Limit],
+                   now: float) -> dict[str, float]:
+    m = _machine(record, limits, now)
+    m.save(record)
+    return _levels(m, record, now)
 
 
 # --------------------------------------------------------------------------- breaker (pure)

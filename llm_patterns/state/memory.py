@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..clock import Clock, SystemClock
 from . import base
-from .base import Admission, BreakerConfig, BreakerOutcome, Bucket
+from .base import Admission, BreakerConfig, BreakerOutcome, Demand3, Grant, Limit
 
 __all__ = ["DictStateStore", "MemoryStateStore"]
 
@@ -40,27 +41,48 @@ class DictStateStore:
     def _breaker(self, key: str, now: float | None, fn: Op[T]) -> T:
         raise NotImplementedError
 
-    # -- buckets
-    def acquire(self, key: str, buckets: Sequence[Bucket], now: float | None = None) -> float:
-        bs = [base.check_bucket(b) for b in buckets]
-        return self._limiter(key, now, lambda s, t: base.bucket_acquire(s, bs, t))
+    # -- limiter (see ``base``: each operation is one atomic step over the key's record)
+    blocking = False  # overridden by stores that do I/O
 
-    def adjust(self, key: str, bucket: Bucket, delta: float, now: float | None = None) -> float:
-        b, d = base.check_bucket(bucket), base.check_finite("delta", delta)
-        return self._limiter(key, now, lambda s, t: base.bucket_adjust(s, b, d, t))
+    def limiter_acquire(self, key: str, limits: Sequence[Limit], demand: Demand3, *,
+                        ticket: str | None = None, lease: float = base.DEFAULT_LEASE,
+                        max_wait: float | None = None, now: float | None = None) -> Grant:
+        ls, d = base.check_limits(limits), base.check_demand("demand", demand)
+        ticket = base.check_ticket(ticket)
+        lease = base.check_finite("lease", lease, minimum=0.0)
+        if max_wait is not None:
+            max_wait = base.check_finite("max_wait", max_wait, minimum=0.0)
+        new = uuid.uuid4().hex
+        return self._limiter(key, now, lambda s, t: base.limiter_acquire(
+            s, ls, d, ticket, new, lease, max_wait, t))
 
-    def lower(self, key: str, bucket: Bucket, ceiling: float, now: float | None = None) -> float:
-        b, c = base.check_bucket(bucket), base.check_finite("ceiling", ceiling)
-        return self._limiter(key, now, lambda s, t: base.bucket_lower(s, b, c, t))
+    def limiter_leave(self, key: str, ticket: str) -> None:
+        ticket = base.check_ticket(ticket)  # type: ignore[assignment]
+        self._limiter(key, None, lambda s, t: base.limiter_leave(s, ticket))
 
-    def pause(self, key: str, seconds: float, now: float | None = None) -> float:
-        sec = base.check_finite("seconds", seconds, minimum=0.0)
-        return self._limiter(key, now, lambda s, t: base.bucket_pause(s, sec, t))
+    def limiter_settle(self, key: str, limits: Sequence[Limit], estimated: Demand3,
+                       actual: Demand3, ratio: float = 1.0,
+                       now: float | None = None) -> dict[str, float]:
+        ls = base.check_limits(limits)
+        est, act = base.check_demand("estimated", estimated), base.check_demand("actual", actual)
+        r = base.check_finite("ratio", ratio, minimum=1.0)
+        return self._limiter(key, now, lambda s, t: base.limiter_settle(s, ls, est, act, r, t))
 
-    def levels(self, key: str, buckets: Sequence[Bucket],
-               now: float | None = None) -> dict[str, float]:
-        bs = [base.check_bucket(b) for b in buckets]
-        return self._limiter(key, now, lambda s, t: base.bucket_levels(s, bs, t))
+    def limiter_lower(self, key: str, limits: Sequence[Limit], ceilings: Mapping[str, float],
+                      now: float | None = None) -> dict[str, float]:
+        ls = base.check_limits(limits)
+        cs = {str(k): base.check_finite(f"ceilings[{k!r}]", c) for k, c in ceilings.items()}
+        return self._limiter(key, now, lambda s, t: base.limiter_lower(s, ls, cs, t))
+
+    def limiter_pause(self, key: str, limits: Sequence[Limit], seconds: float,
+                      now: float | None = None) -> float:
+        ls, sec = base.check_limits(limits), base.check_finite("seconds", seconds, minimum=0.0)
+        return self._limiter(key, now, lambda s, t: base.limiter_pause(s, ls, sec, t))
+
+    def limiter_levels(self, key: str, limits: Sequence[Limit],
+                       now: float | None = None) -> dict[str, float]:
+        ls = base.check_limits(limits)
+        return self._limiter(key, now, lambda s, t: base.limiter_levels(s, ls, t))
 
     # -- breakers
     def breaker_admit(self, key: str, config: BreakerConfig,

@@ -19,16 +19,18 @@ while a probe lease is live); probe leases expire after ``probe_timeout`` inside
 crashed probe cannot wedge half-open. Budget totals do not expire (a hard budget must not reset
 itself); budget reservations do.
 
-Redis down: ``on_failure="closed"`` (default) refuses calls: ``acquire``/``levels`` raise
+Redis down: ``on_failure="closed"`` (default) refuses calls: ``limiter_acquire``/``levels`` raise
 ``LimiterStateUnavailable`` (a ``RateLimitTimeout``: Airflow reschedules the task),
 breaker reads/admissions raise ``BreakerStateUnavailable`` (a ``CircuitOpenError``), budget
 reservations raise ``StateStoreUnavailable``; bookkeeping after a call that already happened
 (settle, penalize, breaker results) is applied to a local fallback instead of failing the call.
 ``on_failure="open"`` falls back to a per-process ``MemoryStateStore`` (each process then
 enforces the limits alone: N processes may send N times the rate) with ONE WARNING per outage.
-Either way the store retries Redis after a back-off (1 s doubling to 30 s); between attempts it
-does not touch the network, and socket timeouts bound every attempt: never a hang. Budget
-reservations always fail closed: with Redis down nobody can know what the others spent.
+Either way the store retries Redis after a back-off (0.25 s doubling to 1 s: once Redis is back,
+calls are served again within a second, however long the outage was); between attempts it
+does not touch the network, one caller makes each attempt while the others are answered at
+once, and socket timeouts bound every attempt: never a hang. Budget reservations always fail
+closed: with Redis down nobody can know what the others spent (the refusal says so).
 Error messages and logs name the URL with its password replaced by ``***``.
 """
 
@@ -39,14 +41,14 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..clock import Clock, SystemClock
 from ..errors import CircuitOpenError, LLMError, RateLimitTimeout
 from . import base
-from .base import Admission, BreakerConfig, BreakerOutcome, Bucket
+from .base import Admission, BreakerConfig, BreakerOutcome, Demand3, Grant, Limit
 from .memory import MemoryStateStore
 
 __all__ = [
@@ -119,89 +121,228 @@ local function extend(key, seconds)
 end
 """
 
-# KEYS[1] limiter hash: l:<bucket> level, t:<bucket> last refill, p pause-until
-# ARGV: op, now|'' , slack, then per op
+# The token-bucket machine (``machines.bucket``) and its FIFO ticket queue, ported line by line;
+# ``tests/test_state_sqlite.py``'s contract tests and ``tests/test_bucket_machine.py``'s scripts
+# hold it to the Python machine. KEYS[1]: hash, per bucket kind ``l:<kind>`` level and
+# ``t:<kind>`` last refill, ``p`` pause-until, ``re``/``ra``/``rd`` the learned ratio's sums;
+# KEYS[2]: list of tickets in arrival order, each "ticket expires requests input output".
+# ARGV: op, now|'', slack, n, n x (kind, capacity, rate), then per op.
 _LIMITER_LUA = _PRELUDE + r"""
-local key, op = KEYS[1], ARGV[1]
+local key, qkey, op = KEYS[1], KEYS[2], ARGV[1]
 local now = clock_now(ARGV[2])
 local slack = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local MAX_RATIO, DECAY, MIN_SAMPLE, MAX_PAUSE = 4.0, 0.9, 1.0, 86400.0
+local CODE = {requests = 0, tokens = 1, input_tokens = 2, output_tokens = 3}
 local h = {}
 local raw = redis.call('HGETALL', key)
-for i = 1, #raw, 2 do h[raw[i]] = tonumber(raw[i + 1]) end
-local need = 0
-local function refill(name, cap, rate)
-  local level, last = h['l:' .. name], h['t:' .. name]
-  if level == nil or last == nil then level = cap; last = now end
-  if now > last then level = math.min(cap, level + (now - last) * rate)
-  elseif level > cap then level = cap end
-  h['l:' .. name] = level; h['t:' .. name] = now
-  return level
+for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+-- load: each bucket refilled from its own last refill, capped at this shape's capacity
+local B = {}
+local a = 5
+for i = 1, n do
+  local kind, cap, rate = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local level, last = tonumber(h['l:' .. kind]), tonumber(h['t:' .. kind])
+  if level == nil or last == nil then
+    level = cap
+  else
+    if now > last then level = level + (now - last) * rate end
+    if level > cap then level = cap end
+  end
+  B[i] = {kind = kind, cap = cap, rate = rate, eps = cap * 1e-9, code = CODE[kind], level = level}
 end
-local function track(name, cap, rate)
-  local full = (cap - h['l:' .. name]) / rate
-  if full > need then need = full end
+local pause = tonumber(h['p'])
+local re, ra, rd = tonumber(h['re']) or 0, tonumber(h['ra']) or 0, tonumber(h['rd']) or 0
+local function derive()
+  if re <= 0 then return 1.0 end
+  return math.min(MAX_RATIO, math.max(1.0, (ra + rd) / re))
+end
+local ratio = derive()
+local function cost(code, req, scaled, out)
+  if code == 0 then return req elseif code == 1 then return scaled + out
+  elseif code == 2 then return scaled end
+  return out
+end
+local function costs_of(req, inp, out, r)
+  local c = {}
+  for i, b in ipairs(B) do c[i] = cost(b.code, req, inp * r, out) end
+  return c
+end
+local function admit(req, inp, out)
+  local wait = 0
+  if pause ~= nil and pause - now > wait then wait = pause - now end
+  local c = costs_of(req, inp, out, ratio)
+  for i, b in ipairs(B) do
+    local need = c[i]
+    if need > b.cap then need = b.cap end
+    if need - b.level > b.eps then
+      local d = (need - b.level) / b.rate
+      if d > wait then wait = d end
+    end
+  end
+  if wait == 0 then
+    for i, b in ipairs(B) do b.level = b.level - c[i] end
+  end
+  return wait
+end
+-- FIFO projection: {t, levels}
+local function catch_up(t, lv, to)
+  if t >= to then return t, lv end
+  local out = {}
+  for i, b in ipairs(B) do out[i] = math.min(b.cap, lv[i] + (to - t) * b.rate) end
+  return to, out
+end
+local function start()
+  local lv = {}
+  for i, b in ipairs(B) do lv[i] = b.level end
+  local to = now
+  if pause ~= nil and pause > to then to = pause end
+  return catch_up(now, lv, to)
+end
+local function serve(t, lv, c)
+  local dt = 0
+  for i, b in ipairs(B) do
+    local need = math.min(c[i], b.cap)
+    if need - lv[i] > b.eps then dt = math.max(dt, (need - lv[i]) / b.rate) end
+  end
+  local t2, l2 = catch_up(t, lv, t + dt)
+  local out = {}
+  for i = 1, #B do out[i] = l2[i] - c[i] end
+  return t2, out
+end
+-- the ticket queue
+local q = {}
+for _, line in ipairs(redis.call('LRANGE', qkey, 0, -1)) do
+  local f = {}
+  for w in string.gmatch(line, '%S+') do f[#f + 1] = w end
+  local e = tonumber(f[2])
+  if e > now then q[#q + 1] = {f[1], e, tonumber(f[3]), tonumber(f[4]), tonumber(f[5])} end
 end
 local function save()
-  local pause = h['p']
-  if pause ~= nil and pause - now > need then need = pause - now end
   local args = {}
-  for k, v in pairs(h) do args[#args + 1] = k; args[#args + 1] = f(v) end
-  if #args > 0 then redis.call('HSET', key, unpack(args)) end
+  local need = 0
+  for _, b in ipairs(B) do
+    args[#args + 1] = 'l:' .. b.kind; args[#args + 1] = f(b.level)
+    args[#args + 1] = 't:' .. b.kind; args[#args + 1] = f(now)
+    local full = (b.cap - b.level) / b.rate
+    if full > need then need = full end
+  end
+  if pause ~= nil then
+    args[#args + 1] = 'p'; args[#args + 1] = f(pause)
+    if pause - now > need then need = pause - now end
+  end
+  args[#args + 1] = 're'; args[#args + 1] = f(re)
+  args[#args + 1] = 'ra'; args[#args + 1] = f(ra)
+  args[#args + 1] = 'rd'; args[#args + 1] = f(rd)
+  redis.call('HSET', key, unpack(args))
+  redis.call('DEL', qkey)
+  if #q > 0 then
+    local lines = {}
+    for i, t in ipairs(q) do
+      lines[i] = t[1] .. ' ' .. f(t[2]) .. ' ' .. f(t[3]) .. ' ' .. f(t[4]) .. ' ' .. f(t[5])
+      if t[2] - now > need then need = t[2] - now end
+    end
+    redis.call('RPUSH', qkey, unpack(lines))
+    redis.call('PEXPIRE', qkey, math.ceil((need + slack) * 1000))
+  end
   extend(key, need + slack)
 end
-local function buckets(first)
+local function levels()
   local out = {}
-  local i = first
-  while i + 3 <= #ARGV do
-    out[#out + 1] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
-    i = i + 4
-  end
+  for _, b in ipairs(B) do out[#out + 1] = b.kind; out[#out + 1] = f(b.level) end
+  local pr = 0
+  if pause ~= nil and pause - now > 0 then pr = pause - now end
+  out[#out + 1] = 'pause_remaining'; out[#out + 1] = f(pr)
+  out[#out + 1] = 'ratio'; out[#out + 1] = f(ratio)
+  out[#out + 1] = 'waiting'; out[#out + 1] = f(#q)
   return out
 end
 
+a = 5 + 3 * n
 if op == 'acquire' then
-  local bs = buckets(4)
-  local wait = 0
-  if h['p'] ~= nil and h['p'] - now > wait then wait = h['p'] - now end
-  for _, b in ipairs(bs) do
-    local level = refill(b[1], b[2], b[3])
-    local deficit = b[4] - level
-    if deficit > b[2] * 1e-9 and deficit / b[3] > wait then wait = deficit / b[3] end
+  local req, inp, out = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local ticket, new_ticket = ARGV[a + 3], ARGV[a + 4]
+  local lease = tonumber(ARGV[a + 5])
+  local max_wait = nil
+  if ARGV[a + 6] ~= '' then max_wait = tonumber(ARGV[a + 6]) end
+  local r0 = ratio
+  local mine = nil
+  if ticket ~= '' then
+    for i, t in ipairs(q) do if t[1] == ticket then mine = i; break end end
   end
-  if wait <= 0 then
-    for _, b in ipairs(bs) do h['l:' .. b[1]] = h['l:' .. b[1]] - b[4] end
-    wait = 0
+  local wait
+  if mine == 1 or (mine == nil and #q == 0) then
+    wait = admit(req, inp, out)
+    if wait == 0 then
+      if mine == 1 then table.remove(q, 1) end
+      save()
+      return {'0', '', f(r0), f(#q), f(now)}
+    end
+  else
+    local t, lv = start()
+    local ahead = #q
+    if mine ~= nil then ahead = mine - 1 end
+    for i = 1, ahead do
+      t, lv = serve(t, lv, costs_of(q[i][3], q[i][4], q[i][5], ratio))
+    end
+    t, lv = serve(t, lv, costs_of(req, inp, out, ratio))
+    wait = math.max(t - now, 1e-6)
   end
-  for _, b in ipairs(bs) do track(b[1], b[2], b[3]) end
+  if mine == nil then
+    if max_wait ~= nil and wait > max_wait + 1e-9 then
+      save()
+      return {f(wait), '', f(r0), f(#q), f(now)}
+    end
+    q[#q + 1] = {new_ticket, now + wait + lease, req, inp, out}
+    save()
+    return {f(wait), new_ticket, f(r0), f(#q), f(now)}
+  end
+  q[mine][2] = now + wait + lease
   save()
-  return f(wait)
-elseif op == 'adjust' or op == 'lower' then
-  local b = buckets(4)[1]
-  local level = refill(b[1], b[2], b[3])
-  local x = b[4]
-  if op == 'adjust' then
-    if x > 0 then level = math.min(b[2], level + x) else level = level + x end
-  elseif x < level then level = x end
-  h['l:' .. b[1]] = level
-  track(b[1], b[2], b[3])
+  return {f(wait), ticket, f(r0), f(#q), f(now)}
+elseif op == 'leave' then
+  local ticket = ARGV[a]
+  for i, t in ipairs(q) do if t[1] == ticket then table.remove(q, i); break end end
   save()
-  return f(level)
+  return 'OK'
+elseif op == 'settle' then
+  local r = tonumber(ARGV[a + 6])
+  local charged = costs_of(tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), r)
+  local in_e, in_a = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 4])
+  local used = costs_of(tonumber(ARGV[a + 3]), in_a, tonumber(ARGV[a + 5]), 1.0)
+  for i, b in ipairs(B) do
+    local d = charged[i] - used[i]
+    if d > 0 then b.level = math.min(b.cap, b.level + d) else b.level = b.level + d end
+  end
+  if in_e >= MIN_SAMPLE and in_a > 0 then
+    local sample = in_a / in_e
+    re = DECAY * re + in_e
+    ra = DECAY * ra + in_a
+    local mean = ra / re
+    rd = DECAY * rd + in_e * math.abs(sample - mean)
+    ratio = derive()
+  end
+  save()
+  return levels()
+elseif op == 'lower' then
+  local m = tonumber(ARGV[a])
+  for j = 1, m do
+    local kind, ceiling = ARGV[a + 2 * j - 1], tonumber(ARGV[a + 2 * j])
+    for _, b in ipairs(B) do
+      if b.kind == kind and ceiling < b.level then b.level = ceiling end
+    end
+  end
+  save()
+  return levels()
 elseif op == 'pause' then
-  local untl = now + tonumber(ARGV[4])
-  if h['p'] == nil or untl > h['p'] then h['p'] = untl end
+  local untl = now + math.min(tonumber(ARGV[a]), MAX_PAUSE)
+  if pause == nil or untl > pause then pause = untl end
   save()
-  return f(math.max(0, h['p'] - now))
+  return f(math.max(0, pause - now))
 elseif op == 'levels' then
-  local out = {}
-  for _, b in ipairs(buckets(4)) do
-    out[#out + 1] = b[1]; out[#out + 1] = f(refill(b[1], b[2], b[3]))
-    track(b[1], b[2], b[3])
-  end
-  local pr = 0
-  if h['p'] ~= nil and h['p'] - now > 0 then pr = h['p'] - now end
-  out[#out + 1] = 'pause_remaining'; out[#out + 1] = f(pr)
   save()
-  return out
+  return levels()
 end
 return redis.error_reply('unknown limiter op ' .. tostring(op))
 """
@@ -468,8 +609,8 @@ class RedisStore:
         on_failure: str = "closed",
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
-        reconnect_after: float = 1.0,
-        max_reconnect_after: float = 30.0,
+        reconnect_after: float = 0.25,
+        max_reconnect_after: float = 1.0,
         idle_ttl: float = 86400.0,
         clock: Clock | None = None,
         server_time: bool = True,
@@ -597,11 +738,18 @@ class RedisStore:
                         "(per-process fallback state discarded)", self.url)
 
     def _backing_off(self) -> float:
-        """Seconds left before Redis may be tried again (0 = try it now)."""
+        """Seconds left before Redis may be tried again (0 = try it now). While Redis is
+        down, the one caller that finds the back-off over takes the next try (the others are
+        answered from the back-off at once, never a crowd of probes)."""
         with self._lock:
             if self._down_until is None:
                 return 0.0
-            return max(0.0, self._down_until - self.clock.now())
+            now = self.clock.now()
+            left = self._down_until - now
+            if left > 0.0:
+                return left
+            self._down_until = now + self._backoff  # this caller probes; others wait
+            return 0.0
 
     def _run(self, kind: str, remote: Callable[[], T], local: Callable[[MemoryStateStore], T],
              *, gate: bool) -> T:
@@ -624,8 +772,10 @@ class RedisStore:
         if not gate or (self.on_failure == "open" and kind != "budget"):
             return local(self._fallback)  # a hard budget never fails open
         wait = max(wait, 0.001)
+        mode = (f"on_failure={self.on_failure!r}" if self.on_failure == "closed" else
+                f"budget reservations fail closed whatever on_failure ({self.on_failure!r})")
         msg = (f"shared {kind} state at {self.url} is unreachable; refusing the call "
-               f"(on_failure='closed'); retrying Redis in {wait:.1f} s")
+               f"({mode}); retrying Redis in {wait:.1f} s")
         cls = {"limiter": LimiterStateUnavailable, "breaker": BreakerStateUnavailable}.get(
             kind, StateStoreUnavailable)
         err = cls(msg, retry_after=wait)
@@ -634,57 +784,80 @@ class RedisStore:
             raise err from cause
         raise err
 
-    # -- buckets
-    def _limiter(self, op: str, key: str, args: list[str]) -> Any:
-        return self._limiter_script(keys=[self._key(key)],
-                                    args=[op, self._now_arg(), _num(_BUCKET_SLACK), *args])
+    # -- limiter (the Lua port of ``machines.bucket``; see ``base`` for the operations)
+    blocking = True  # every operation is a network round trip: never on an event loop
+
+    def _limiter(self, op: str, key: str, limits: Sequence[Limit], args: list[str]) -> Any:
+        k = self._key(key)
+        shape: list[str] = [str(len(limits))]
+        for lim in limits:
+            shape += [lim.kind, _num(lim.capacity), _num(lim.rate)]
+        return self._limiter_script(keys=[k, f"{k}:q"], args=[
+            op, self._now_arg(), _num(_BUCKET_SLACK), *shape, *args])
 
     @staticmethod
-    def _bucket_args(buckets: Sequence[Bucket], amounts: Sequence[float] | None = None
-                     ) -> list[str]:
-        out: list[str] = []
-        for i, b in enumerate(buckets):
-            amount = b.amount if amounts is None else amounts[i]
-            out += [b.name, _num(b.capacity), _num(b.refill_per_s), _num(amount)]
-        return out
+    def _levels(flat: Sequence[Any]) -> dict[str, float]:
+        return {_s(flat[i]): float(flat[i + 1]) for i in range(0, len(flat), 2)}
 
-    def acquire(self, key: str, buckets: Sequence[Bucket], now: float | None = None) -> float:
-        bs = [base.check_bucket(b) for b in buckets]
+    def limiter_acquire(self, key: str, limits: Sequence[Limit], demand: Demand3, *,
+                        ticket: str | None = None, lease: float = base.DEFAULT_LEASE,
+                        max_wait: float | None = None, now: float | None = None) -> Grant:
         base.check_key(key)
-        return self._run(
-            "limiter", lambda: float(self._limiter("acquire", key, self._bucket_args(bs))),
-            lambda m: m.acquire(key, bs), gate=True)
+        ls, d = base.check_limits(limits), base.check_demand("demand", demand)
+        ticket = base.check_ticket(ticket)
+        lease = base.check_finite("lease", lease, minimum=0.0)
+        if max_wait is not None:
+            max_wait = base.check_finite("max_wait", max_wait, minimum=0.0)
 
-    def adjust(self, key: str, bucket: Bucket, delta: float, now: float | None = None) -> float:
-        b, d = base.check_bucket(bucket), base.check_finite("delta", delta)
+        def remote() -> Grant:
+            r = [_s(x) for x in self._limiter("acquire", key, ls, [
+                *(_num(x) for x in d), ticket or "", uuid.uuid4().hex, _num(lease),
+                "" if max_wait is None else _num(max_wait)])]
+            return Grant(float(r[0]), r[1] or None, float(r[2]), int(float(r[3])), float(r[4]))
+        return self._run("limiter", remote, lambda m: m.limiter_acquire(
+            key, ls, d, ticket=ticket, lease=lease, max_wait=max_wait), gate=True)
+
+    def limiter_leave(self, key: str, ticket: str) -> None:
         base.check_key(key)
-        return self._run(
-            "limiter", lambda: float(self._limiter("adjust", key, self._bucket_args([b], [d]))),
-            lambda m: m.adjust(key, b, d), gate=False)
+        t = base.check_ticket(ticket)
+        self._run("limiter", lambda: self._limiter("leave", key, (), [t or ""]),
+                  lambda m: m.limiter_leave(key, ticket), gate=False)
 
-    def lower(self, key: str, bucket: Bucket, ceiling: float, now: float | None = None) -> float:
-        b, c = base.check_bucket(bucket), base.check_finite("ceiling", ceiling)
+    def limiter_settle(self, key: str, limits: Sequence[Limit], estimated: Demand3,
+                       actual: Demand3, ratio: float = 1.0,
+                       now: float | None = None) -> dict[str, float]:
         base.check_key(key)
-        return self._run(
-            "limiter", lambda: float(self._limiter("lower", key, self._bucket_args([b], [c]))),
-            lambda m: m.lower(key, b, c), gate=False)
+        ls = base.check_limits(limits)
+        est, act = base.check_demand("estimated", estimated), base.check_demand("actual", actual)
+        r = base.check_finite("ratio", ratio, minimum=1.0)
+        return self._run("limiter", lambda: self._levels(self._limiter(
+            "settle", key, ls, [*(_num(x) for x in (*est, *act)), _num(r)])),
+            lambda m: m.limiter_settle(key, ls, est, act, r), gate=False)
 
-    def pause(self, key: str, seconds: float, now: float | None = None) -> float:
-        sec = base.check_finite("seconds", seconds, minimum=0.0)
+    def limiter_lower(self, key: str, limits: Sequence[Limit], ceilings: Mapping[str, float],
+                      now: float | None = None) -> dict[str, float]:
         base.check_key(key)
-        return self._run(
-            "limiter", lambda: float(self._limiter("pause", key, [_num(sec)])),
-            lambda m: m.pause(key, sec), gate=False)
+        ls = base.check_limits(limits)
+        cs = {str(k): base.check_finite(f"ceilings[{k!r}]", c) for k, c in ceilings.items()}
+        flat = [str(len(cs))]
+        for k, c in cs.items():
+            flat += [k, _num(c)]
+        return self._run("limiter", lambda: self._levels(self._limiter("lower", key, ls, flat)),
+                         lambda m: m.limiter_lower(key, ls, cs), gate=False)
 
-    def levels(self, key: str, buckets: Sequence[Bucket],
-               now: float | None = None) -> dict[str, float]:
-        bs = [base.check_bucket(b) for b in buckets]
+    def limiter_pause(self, key: str, limits: Sequence[Limit], seconds: float,
+                      now: float | None = None) -> float:
         base.check_key(key)
+        ls, sec = base.check_limits(limits), base.check_finite("seconds", seconds, minimum=0.0)
+        return self._run("limiter", lambda: float(self._limiter("pause", key, ls, [_num(sec)])),
+                         lambda m: m.limiter_pause(key, ls, sec), gate=False)
 
-        def remote() -> dict[str, float]:
-            flat = self._limiter("levels", key, self._bucket_args(bs))
-            return {_s(flat[i]): float(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return self._run("limiter", remote, lambda m: m.levels(key, bs), gate=True)
+    def limiter_levels(self, key: str, limits: Sequence[Limit],
+                       now: float | None = None) -> dict[str, float]:
+        base.check_key(key)
+        ls = base.check_limits(limits)
+        return self._run("limiter", lambda: self._levels(self._limiter("levels", key, ls, [])),
+                         lambda m: m.limiter_levels(key, ls), gate=True)
 
     # -- breakers
     def _breaker(self, op: str, key: str, cfg: BreakerConfig, args: list[str]) -> list[str]:
@@ -834,7 +1007,7 @@ class RedisStore:
             except self._errors() as exc:  # pragma: no cover - best effort
                 logger.debug("closing %s: %s", self.url, exc)
 
-    def __enter__(self) -> RedisStore:  # noqa: PYI034
+    def __enter__(self) -> RedisStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

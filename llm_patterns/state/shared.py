@@ -5,10 +5,10 @@ Same public interface as ``RateLimiter`` and ``CircuitBreaker`` (drop them into
 a ``StateStore``, so every process that opens the same store and name shares one RPM/TPM budget
 and one breaker. Differences from the in-process classes, all forced by sharing:
 
-- Waiters are not served first come, first served across processes: each waiter asks the store,
-  sleeps for the wait it was told, and asks again. A large request can be overtaken by small
-  ones (keep requests well under the bucket size, or cap concurrency with an Airflow pool).
-- ``waiting`` in ``status()`` counts this process's waiters only.
+- Waiters are served first come, first served across processes through a ticket queue in the
+  store; a waiter sleeps until its projected turn (at most ``poll`` s) and asks again, so a
+  grant comes up to one store round trip later than in process.
+- ``waiting`` in ``status()`` counts the store's queue (every process).
 - ``on_state_change`` fires when THIS object sees a transition: one it caused, or one another
   process caused, noticed at its next call (there is no push channel).
 - Time: the buckets and the breaker's cooldown run on the store's clock (see ``base``); the
@@ -17,19 +17,27 @@ and one breaker. Differences from the in-process classes, all forced by sharing:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
+from .. import _validate as v
 from .._decorate import decorate
+from .._flow import Call, Flow, arun, run
 from ..circuit_breaker import CircuitState, is_outage
-from ..errors import CircuitOpenError, RateLimitTimeout
+from ..errors import CircuitOpenError
 from ..events import Observable
-from ..rate_limit import check_real, header_number
-from .base import Admission, BreakerConfig, Bucket, StateStore
+from ..machines.bucket import MAX_PAUSE, as_demand
+from ..protocols import Demand
+from ..rate_headers import parse_rate_headers
+from ..rate_limit import LimiterConfig, check_clock
+from .base import DEFAULT_LEASE, Admission, BreakerConfig, Grant, StateStore
 
 __all__ = ["SharedCircuitBreaker", "SharedRateLimiter"]
 
@@ -49,232 +57,250 @@ def _resolve_store(store: StateStore | str | None) -> StateStore:
         from . import from_url
 
         return from_url(store)
-    for op in ("acquire", "breaker_admit"):
+    for op in ("limiter_acquire", "breaker_admit"):
         if not callable(getattr(store, op, None)):
             raise TypeError(f"store must be a StateStore or a URL string, got {store!r}")
     return store
 
 
-class SharedRateLimiter(Observable):
+class SharedRateLimiter(LimiterConfig):
     """A ``RateLimiter`` whose buckets live in a ``StateStore`` under ``name``.
 
-    ``rpm``, ``tpm``, ``max_wait`` and ``burst_seconds`` mean what they mean for
-    ``RateLimiter``; ``store`` is a ``StateStore`` or a URL (``from_url``; None reads
-    ``LLM_PATTERNS_STATE``). Every process configuring the same name should configure the same
-    limits (the shape travels with each call; the last caller's capacity wins).
-    """
+    ``rpm``, ``tpm``, ``itpm``, ``otpm``, ``max_wait``, ``burst_seconds``, ``headroom`` and
+    ``max_retry_after`` mean what they mean for ``RateLimiter`` (the same machine,
+    ``machines.bucket``, runs inside the store's atomic step); ``store`` is a ``StateStore`` or
+    a URL (``from_url``; None reads ``LLM_PATTERNS_STATE``). Every process configuring the same
+    name should configure the same limits (the shape travels with each call).
 
-    _event_source = "rate_limit"
+    Waiters are served first come, first served across processes: a waiter takes a ticket in the
+    store's queue and only the head may pay; the others sleep until their projected turn (at
+    most ``poll`` seconds between looks). A ticket whose holder stops asking (a crashed
+    process) expires ``lease`` seconds after its holder was due back. The async path runs every
+    store call in a worker thread (the event loop never waits for SQLite's lock or Redis), and
+    ``settle`` / ``penalize`` / ``update_from_headers`` called from inside a running event loop
+    hand their store write to this limiter's worker thread instead of blocking it.
+    """
 
     def __init__(
         self,
         rpm: float | None = None,
         tpm: float | None = None,
         *,
+        itpm: float | None = None,
+        otpm: float | None = None,
         store: StateStore | str | None = None,
         name: str,
         clock: Any = None,
         max_wait: float | None = None,
-        burst_seconds: float = 60.0,
+        burst_seconds: float | None = None,
+        headroom: float = 0.0,
+        max_retry_after: float = 120.0,
+        lease: float = DEFAULT_LEASE,
+        poll: float = 1.0,
     ) -> None:
-        if rpm is None and tpm is None:
-            raise ValueError(
-                "SharedRateLimiter needs rpm or tpm (or both), got rpm=None and tpm=None"
-            )
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty str (the shared key), got {name!r}")
+        self._configure(rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm, burst_seconds=burst_seconds,
+                        headroom=headroom, max_wait=max_wait, max_retry_after=max_retry_after,
+                        name=name)
+        v.text("name", name)  # the shared key: never empty
+        self.lease = v.real("lease", lease, minimum=0.0, strict_min=True, maximum=MAX_PAUSE)
+        self.poll = v.real("poll", poll, minimum=0.0, strict_min=True, maximum=MAX_PAUSE)
         self.store = _resolve_store(store)
-        self.name = name
         self.key = f"limiter:{name}"
-        self.burst_seconds = check_real("burst_seconds", burst_seconds, positive=True)
-        self.max_wait = None if max_wait is None else check_real("max_wait", max_wait)
-        self.rpm = None if rpm is None else check_real("rpm", rpm, positive=True)
-        self.tpm = None if tpm is None else check_real("tpm", tpm, positive=True)
-        self.clock = clock if clock is not None else self.store.clock
-        self._req = None if self.rpm is None else Bucket(
-            "requests", self.rpm / 60.0 * self.burst_seconds, self.rpm / 60.0)
-        self._tok = None if self.tpm is None else Bucket(
-            "tokens", self.tpm / 60.0 * self.burst_seconds, self.tpm / 60.0)
-        if self._req is not None and self._req.capacity < 1.0:
-            raise ValueError(
-                f"rpm={rpm!r} with burst_seconds={burst_seconds!r} gives a request bucket of "
-                f"{self._req.capacity:g} < 1 request, so no request could ever pass; expected "
-                f"burst_seconds >= {60.0 / self.rpm:g}"
-            )
-        self._waiting = 0
-        self._count_lock = threading.Lock()
+        self.clock = check_clock(clock if clock is not None else self.store.clock)
+        self._blocking = bool(getattr(self.store, "blocking", True))
+        self._lock = threading.Lock()
+        self._worker: tuple[int, ThreadPoolExecutor] | None = None  # (pid, executor)
 
-    # -- helpers
-    def _buckets(self, tokens: float) -> list[Bucket]:
-        out = []
-        if self._req is not None:
-            out.append(self._req._replace(amount=1.0))
-        if self._tok is not None:
-            out.append(self._tok._replace(amount=tokens))
-        return out
+    # -- store calls that must not block an event loop
+    def _in_loop(self) -> bool:
+        return self._blocking and asyncio._get_running_loop() is not None
 
-    def _check_tokens(self, tokens: Any) -> float:
-        amount = check_real("tokens", tokens)
-        if self._tok is not None and amount > self._tok.capacity:
-            raise ValueError(
-                f"tokens={tokens!r} is more than the token bucket can ever hold "
-                f"({self._tok.capacity:g} = tpm {self.tpm:g} / 60 x burst_seconds "
-                f"{self.burst_seconds:g}): the request could never be served; expected at most "
-                f"{self._tok.capacity:g}"
-            )
-        return amount
+    def _background(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on this limiter's worker thread (in order, never concurrently); its
+        failure is logged: bookkeeping after a call never fails that call."""
+        with self._lock:
+            if self._worker is None or self._worker[0] != os.getpid():  # a forked child
+                self._worker = (os.getpid(), ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"llm-limiter-{self.name}"))
+            worker = self._worker[1]
+
+        def logged() -> None:
+            try:
+                fn()
+            except Exception:
+                limit_logger.exception("%sbookkeeping in the background failed",
+                                       self._prefix())
+        worker.submit(logged)
+
+    def _bookkeep(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` now, or on the worker thread when called from a running event loop."""
+        if self._in_loop():
+            self._background(fn)
+            return None
+        return fn()
 
     def _prefix(self) -> str:
         return f"rate limiter {self.name!r} ({self.store.url.split(':', 1)[0]}): "
 
-    def _what(self, tokens: float) -> str:
-        return "1 request" if self._tok is None else f"1 request + {tokens:g} tokens"
-
-    def _timeout(self, tokens: float, delay: float) -> RateLimitTimeout:
-        limit_logger.warning(
-            "%swould wait %.2f s for %s, over max_wait=%g s: refusing (RateLimitTimeout)",
-            self._prefix(), delay, self._what(tokens), self.max_wait,
-        )
-        self._emit("timeout", self.clock.now(), tokens=tokens, retry_after=delay)
-        return RateLimitTimeout(
-            f"shared rate limiter {self.name} would wait {delay:.2f} s for "
-            f"{self._what(tokens)}, over max_wait={self.max_wait:g} s",
-            provider=self.name, retry_after=delay,
-        )
-
-    def _step(self, tokens: float, waited: float) -> float:
-        """One ask: 0.0 granted, else seconds to sleep; raises when max_wait would be passed."""
-        wait = self.store.acquire(self.key, self._buckets(tokens))
-        if wait == 0.0:
-            return 0.0
-        if self.max_wait is not None and waited + wait > self.max_wait + 1e-9:
-            raise self._timeout(tokens, wait)
-        return max(_MIN_SLEEP, wait)
-
-    def _granted(self, tokens: float, waited: float) -> float:
-        if waited > 0:
-            level = logging.INFO if waited >= 1.0 else logging.DEBUG
-            limit_logger.log(level, "%swaited %.2f s for %s", self._prefix(), waited,
-                             self._what(tokens))
-        self._emit("acquire", self.clock.now(), tokens=tokens, waited=waited)
+    # -- acquiring: one flow, two shells
+    def _acquire(self, demand: Any) -> Flow[float]:
+        """Queue in the store until the demand is paid; yields store calls and sleeps."""
+        req, inp, out = d = self._demand(demand)
+        start = self.clock.now()
+        ticket: str | None = None
+        granted = False
+        try:
+            while True:
+                elapsed = self.clock.now() - start
+                left = None if self.max_wait is None else max(0.0, self.max_wait - elapsed)
+                grant: Grant = yield Call(partial(
+                    self.store.limiter_acquire, self.key, self.limits, d, ticket=ticket,
+                    lease=self.lease, max_wait=left if ticket is None else None),
+                    self._blocking)
+                if grant.wait == 0.0:
+                    granted = True
+                    break
+                if grant.ticket is None or (self.max_wait is not None
+                                            and elapsed + grant.wait > self.max_wait + 1e-9):
+                    raise self._timeout(grant.wait, self.clock.now(), req, inp, out,
+                                        kind="shared rate limiter")
+                if ticket is None:
+                    self._emit("wait", start, tokens=inp + out, seconds=grant.wait,
+                               waiting=grant.waiting)
+                ticket = grant.ticket
+                yield max(_MIN_SLEEP, min(grant.wait, self.poll))
+        finally:
+            if ticket is not None and not granted:
+                self._leave(ticket)
+        now = self.clock.now()
+        if self._grants is not None:
+            with self._lock:
+                self._record(d, now, grant.ratio)
+        waited = now - start if ticket is not None else 0.0
+        self._log_wait(waited, req, inp, out)
+        self._emit("acquire", now, tokens=inp + out, waited=waited)
         return waited
 
-    @contextmanager
-    def _queued(self, tokens: float, start: float, step: float) -> Iterator[None]:
-        """Count this caller among the waiters (``status()["waiting"]``) while it waits."""
-        with self._count_lock:
-            self._waiting += 1
-        try:
-            self._emit("wait", start, tokens=tokens, seconds=step)
-            yield
-        finally:
-            with self._count_lock:
-                self._waiting -= 1
+    def _leave(self, ticket: str) -> None:
+        """Give a ticket back (a timeout, an error, a cancellation); if the store is down the
+        ticket simply expires."""
+        def leave() -> None:
+            try:
+                self.store.limiter_leave(self.key, ticket)
+            except Exception as exc:  # the ticket expires on its own
+                limit_logger.debug("%scould not give ticket back (%s); it will expire",
+                                   self._prefix(), exc)
+        if self._in_loop():
+            self._background(leave)
+        else:
+            leave()
 
-    # -- acquiring
-    def acquire(self, tokens: float = 0) -> float:
-        """Wait until one request of ``tokens`` fits in the shared buckets, pay it; seconds
-        waited. ``RateLimitTimeout`` (taking nothing) if that would pass ``max_wait``."""
-        tokens = self._check_tokens(tokens)
-        start = self.clock.now()
-        step = self._step(tokens, 0.0)
-        if step == 0.0:
-            return self._granted(tokens, 0.0)
-        with self._queued(tokens, start, step):
-            while step:
-                self.clock.sleep(step)
-                step = self._step(tokens, self.clock.now() - start)
-        return self._granted(tokens, self.clock.now() - start)
+    def acquire(self, demand: Demand | float = 0) -> float:
+        """Wait until the demand fits the shared buckets, first come first served across
+        processes, and pay it; seconds waited. ``RateLimitTimeout`` (taking nothing) if that
+        would pass ``max_wait``; ``ValueError`` if it could never fit."""
+        return run(self._acquire(demand), self.clock)
 
-    async def acquire_async(self, tokens: float = 0) -> float:
-        """``acquire`` for coroutines: sleeps with ``await clock.asleep``. The store call itself
-        is a short blocking transaction (a few ms under contention)."""
-        tokens = self._check_tokens(tokens)
-        start = self.clock.now()
-        step = self._step(tokens, 0.0)
-        if step == 0.0:
-            return self._granted(tokens, 0.0)
-        with self._queued(tokens, start, step):
-            while step:
-                await self.clock.asleep(step)
-                step = self._step(tokens, self.clock.now() - start)
-        return self._granted(tokens, self.clock.now() - start)
+    async def acquire_async(self, demand: Demand | float = 0) -> float:
+        """``acquire`` for coroutines: sleeps with ``await clock.asleep``; store calls run in a
+        worker thread."""
+        return await arun(self._acquire(demand), self.clock)
 
-    def try_acquire(self, tokens: float = 0) -> bool:
-        """Pay one request of ``tokens`` if the shared buckets can now; never waits."""
-        tokens = self._check_tokens(tokens)
-        if self.store.acquire(self.key, self._buckets(tokens)) == 0.0:
-            self._emit("acquire", self.clock.now(), tokens=tokens, waited=0.0)
-            return True
-        return False
+    def try_acquire(self, demand: Demand | float = 0) -> bool:
+        """Pay the demand if the shared buckets can now and nobody is queued; never waits."""
+        d = self._demand(demand)
+        grant = self.store.limiter_acquire(self.key, self.limits, d, max_wait=0.0)
+        if grant.wait != 0.0:
+            return False
+        if self._grants is not None:
+            with self._lock:
+                self._record(d, self.clock.now(), grant.ratio)
+        self._emit("acquire", self.clock.now(), tokens=d[1] + d[2], waited=0.0)
+        return True
 
     # -- feedback
     def penalize(self, seconds: float) -> None:
-        """Pause every process using this limiter for ``seconds`` (a 429's Retry-After)."""
-        seconds = check_real("seconds", seconds)
-        remaining = self.store.pause(self.key, seconds)
-        limit_logger.info("%spaused for %.2f s (every caller, every process)", self._prefix(),
-                          remaining)
-        self._emit("penalize", self.clock.now(), seconds=seconds, penalty_remaining=remaining)
+        """Pause every process using this limiter for ``seconds`` (a 429's Retry-After), at
+        most ``max_retry_after``."""
+        sec = self._bound_pause(seconds)
 
-    def settle(self, estimated: float, actual: float) -> None:
-        """Charge the excess (``actual > estimated``) or give back the unused part."""
-        est, act = check_real("estimated", estimated), check_real("actual", actual)
-        if self._tok is not None and act != est:
-            self.store.adjust(self.key, self._tok, est - act)
-            limit_logger.debug("%ssettled %g estimated vs %g actual tokens", self._prefix(),
-                               est, act)
-        self._emit("settle", self.clock.now(), estimated=est, actual=act)
+        def pause() -> None:
+            remaining = self.store.limiter_pause(self.key, self.limits, sec)
+            limit_logger.info("%spaused for %.2f s (every caller, every process)",
+                              self._prefix(), remaining)
+            self._emit("penalize", self.clock.now(), seconds=sec, penalty_remaining=remaining)
+        self._bookkeep(pause)
 
-    def update_from_headers(self, headers: Mapping[str, str], *, in_flight_requests: float = 0,
-                            in_flight_tokens: float = 0) -> None:
-        """Only LOWER the shared levels to the provider's ``x-ratelimit-remaining-*`` minus
-        what is in flight (a header is stale on arrival; see ``RateLimiter``)."""
-        h = headers if hasattr(headers, "multi_items") else {
-            str(k).lower(): v for k, v in headers.items()}
-        in_req = check_real("in_flight_requests", in_flight_requests)
-        in_tok = check_real("in_flight_tokens", in_flight_tokens)
-        rem_req = header_number(h, "x-ratelimit-remaining-requests",
-                                 "anthropic-ratelimit-requests-remaining")
-        rem_tok = header_number(h, "x-ratelimit-remaining-tokens",
-                                 "anthropic-ratelimit-tokens-remaining")
-        for bucket, remaining, in_flight in ((self._req, rem_req, in_req),
-                                             (self._tok, rem_tok, in_tok)):
-            if bucket is not None and remaining is not None:
-                self.store.lower(self.key, bucket, remaining - in_flight)
-        self._emit("sync", self.clock.now(), remaining_requests=rem_req,
-                   remaining_tokens=rem_tok)
+    def settle(self, estimated: Demand | float, actual: Demand | float) -> None:
+        """Charge the excess or give back the unused part; learn the estimate ratio (see
+        ``RateLimiter.settle``)."""
+        est, act = as_demand(estimated, "estimated"), as_demand(actual, "actual")
+        last = self._last_grant()
+        with self._lock:
+            self._track()
+
+        def settle() -> None:
+            self.store.limiter_settle(self.key, self.limits, est, act,
+                                      1.0 if last is None else last[1])
+            limit_logger.debug("%ssettled %s estimated vs %s actual", self._prefix(),
+                               self._what(*est), self._what(*act))
+            self._emit("settle", self.clock.now(), estimated=est[1] + est[2],
+                       actual=act[1] + act[2])
+        self._bookkeep(settle)
+
+    def update_from_headers(self, headers: Mapping[str, str], *,
+                            sent_at: float | None = None) -> None:
+        """Only LOWER the shared levels to the provider's remaining counts, less what this
+        process granted after the answered request was sent (see ``RateLimiter``)."""
+        rh = parse_rate_headers(headers)
+        sent = v.optional(v.real, "sent_at", sent_at)
+        with self._lock:
+            ceilings = self._ceilings(rh, sent, self.clock.now())
+
+        def lower() -> None:
+            if ceilings:
+                self.store.limiter_lower(self.key, self.limits, ceilings)
+            self._emit("sync", self.clock.now(), **rh.event_data())
+        self._warn_limits(rh)
+        self._bookkeep(lower)
+
+    async def asettle(self, estimated: Demand | float, actual: Demand | float) -> None:
+        """``settle`` without blocking the event loop (the store call runs in a thread)."""
+        await self._after(self.settle, estimated, actual)
+
+    async def apenalize(self, seconds: float) -> None:
+        await self._after(self.penalize, seconds)
+
+    async def aupdate_from_headers(self, headers: Mapping[str, str], *,
+                                   sent_at: float | None = None) -> None:
+        await self._after(partial(self.update_from_headers, sent_at=sent_at), headers)
+
+    async def _after(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run sync bookkeeping ``fn`` to completion in a thread (errors propagate), keeping
+        the caller's context (its last grant)."""
+        if self._blocking:
+            await asyncio.to_thread(fn, *args)
+        else:
+            fn(*args)
 
     # -- looking
-    @property
-    def requests_bucket(self) -> None:
-        """No local bucket object: the levels live in the store (see ``status()``)."""
-        return None
-
-    tokens_bucket = requests_bucket
-
     def status(self) -> dict[str, Any]:
-        """Shared levels, capacities, limits, this process's waiters, pause left."""
-        buckets = [b for b in (self._req, self._tok) if b is not None]
-        levels = self.store.levels(self.key, buckets)
-        return {
-            "name": self.name,
-            "store": self.store.url,
-            "requests_available": levels.get("requests"),
-            "tokens_available": levels.get("tokens"),
-            "requests_capacity": None if self._req is None else self._req.capacity,
-            "tokens_capacity": None if self._tok is None else self._tok.capacity,
-            "rpm": self.rpm,
-            "tpm": self.tpm,
-            "burst_seconds": self.burst_seconds,
-            "max_wait": self.max_wait,
-            "waiting": self._waiting,
-            "penalty_remaining": levels["pause_remaining"],
-        }
+        """Shared levels, capacities, limits, the store's queue length, pause left, the
+        learned ratio."""
+        levels = self.store.limiter_levels(self.key, self.limits)
+        out = self._status(levels, int(levels["waiting"]), levels["pause_remaining"],
+                           levels["ratio"])
+        return {"name": self.name, "store": self.store.url, **out}
+
+    def close(self) -> None:
+        """Stop this limiter's worker thread after the bookkeeping already handed to it."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None and worker[0] == os.getpid():
+            worker[1].shutdown(wait=True)
 
     def __repr__(self) -> str:
-        return (f"SharedRateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, name={self.name!r}, "
-                f"store={self.store!r})")
+        return f"{super().__repr__()[:-1]}, store={self.store!r})"
 
 
 StateListener = Callable[[Any, CircuitState, CircuitState], None]

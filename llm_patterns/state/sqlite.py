@@ -39,6 +39,10 @@ _SCHEMA = (
 )
 
 
+def _create(conn: Any) -> None:
+    conn.execute(_SCHEMA)
+
+
 class SQLiteStateStore(DictStateStore):
     """State store in one SQLite file shared by the processes of one host (module docstring).
 
@@ -47,6 +51,8 @@ class SQLiteStateStore(DictStateStore):
     lock before ``sqlite3.OperationalError`` (never an endless wait).
     """
 
+    blocking = True  # a write may wait for another process's lock: never on an event loop
+
     def __init__(self, path: str | os.PathLike[str], *, clock: Any = None,
                  timeout: float = 30.0) -> None:
         if isinstance(path, (str, os.PathLike)) and os.fspath(path) in ("", ":memory:"):
@@ -54,8 +60,7 @@ class SQLiteStateStore(DictStateStore):
                 f"path {os.fspath(path)!r}: a SQLite state store must be a file (shared by "
                 "processes); use MemoryStateStore / 'memory://' for one process"
             )
-        self._db = SQLiteFile(path, timeout=timeout, label="state store",
-                              setup=lambda conn: conn.execute(_SCHEMA))
+        self._db = SQLiteFile(path, timeout=timeout, label="state store", setup=_create)
         self.path, self.timeout = self._db.path, self._db.timeout
         self.clock = clock if clock is not None else WallClock()
         self.url = f"sqlite:///{os.path.abspath(self.path)}"
@@ -91,14 +96,15 @@ class SQLiteStateStore(DictStateStore):
 
     def keys(self) -> list[tuple[str, str]]:
         """``(kind, key)`` of every state held, for inspection and cleanup."""
-        return [tuple(r) for r in self._db.query("SELECT kind, key FROM llm_state ORDER BY kind, key")]
+        rows = self._db.query("SELECT kind, key FROM llm_state ORDER BY kind, key")
+        return [tuple(r) for r in rows]
 
     # -- lifecycle
     def close(self) -> None:
         """Close this process's connection; further use raises ``ValueError``."""
         self._db.close()
 
-    def __enter__(self) -> SQLiteStateStore:  # noqa: PYI034
+    def __enter__(self) -> SQLiteStateStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
