@@ -198,7 +198,8 @@ def test_anthropic_success_joins_text_blocks_and_counts_cache():
     r = p.complete("hi")
     assert r.text == "Part one. Part two."
     assert r.model == "claude-sonnet-4-5-20250929"
-    assert r.usage == Usage(prompt_tokens=1350, completion_tokens=200, cached_tokens=1000)
+    assert r.usage == Usage(prompt_tokens=1350, completion_tokens=200, cached_tokens=1000,
+                           cache_write_tokens=300)
     assert r.provider == "anthropic-primary"
 
 
