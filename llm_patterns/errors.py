@@ -490,14 +490,14 @@ def error_from_answer(
                                              ("error_code", answer.error_code)) if v)
     if tags:
         detail = f"{detail} ({redact(tags)})"
-    code = answer.error_code or answer.code or answer.type or None
+    code = answer.error_code or answer.code or answer.type
     return cls(
         f"{what}: {detail}",
         provider=provider,
         status_code=status,
         retry_after=retry_after_from_headers(headers),
-        request_id=answer.request_id,
-        code=code,
+        request_id=_truncate(redact(answer.request_id), 120) if answer.request_id else None,
+        code=_truncate(redact(code), 120) if code else None,
         retryable=None if cls is QuotaExceededError else _should_retry(headers),
     )
 

@@ -15,17 +15,19 @@ from llm_patterns.clock import VirtualClock
 from llm_patterns.errors import (
     AuthenticationError,
     ConnectionFailed,
+    ConnectionPoolTimeout,
     ContentFilterError,
     ContextWindowExceeded,
     InvalidRequestError,
     LLMError,
     MalformedResponse,
+    ModelNotFoundError,
     ProviderTimeout,
     QuotaExceededError,
     RateLimitError,
     ServerError,
 )
-from llm_patterns.providers import AnthropicProvider, OpenAIProvider, _http
+from llm_patterns.providers import AnthropicProvider, HTTPProvider, OpenAIProvider
 from llm_patterns.response import LLMResponse, Provider, Usage
 
 KEY = "sk-proj-TESTKEYabcdefghijklmnopqrstuvwxyz0123456789"
@@ -306,7 +308,7 @@ OPENAI_CASES = [
     (400, openai_error("'messages' must contain at least one message.", "invalid_request_error"),
      InvalidRequestError),
     (404, openai_error("The model `gpt-9` does not exist or you do not have access to it.",
-                       "invalid_request_error", "model_not_found"), InvalidRequestError),
+                       "invalid_request_error", "model_not_found"), ModelNotFoundError),
     (422, openai_error("Unprocessable entity"), InvalidRequestError),
     (408, openai_error("Request timed out."), ProviderTimeout),
     (409, openai_error("Conflict"), ServerError),
@@ -332,7 +334,7 @@ ANTHROPIC_CASES = [
                           "200000", "invalid_request_error"), ContextWindowExceeded),
     (400, anthropic_error("messages: roles must alternate between \"user\" and \"assistant\"",
                           "invalid_request_error"), InvalidRequestError),
-    (404, anthropic_error("model: claude-9", "not_found_error"), InvalidRequestError),
+    (404, anthropic_error("model: claude-9", "not_found_error"), ModelNotFoundError),
     (413, anthropic_error("Request exceeds the maximum allowed number of bytes.",
                           "request_too_large"), InvalidRequestError),
     (500, anthropic_error("Internal server error", "api_error"), ServerError),
@@ -516,7 +518,7 @@ def raising(exc_type, message="boom"):
 @pytest.mark.parametrize(
     "exc, cls",
     [(httpx.ReadTimeout, ProviderTimeout), (httpx.ConnectTimeout, ProviderTimeout),
-     (httpx.WriteTimeout, ProviderTimeout), (httpx.PoolTimeout, ProviderTimeout),
+     (httpx.WriteTimeout, ProviderTimeout), (httpx.PoolTimeout, ConnectionPoolTimeout),
      (httpx.ConnectError, ConnectionFailed), (httpx.ReadError, ConnectionFailed),
      (httpx.RemoteProtocolError, ConnectionFailed)],
 )
@@ -567,16 +569,21 @@ def test_async_handler_coroutine_and_latency():
     assert asyncio.run(p.acomplete("x")).latency_s == pytest.approx(0.5)
 
 
-def test_owned_async_client_is_per_event_loop(monkeypatch):
+def _counting_clients(monkeypatch, body):
     made = []
 
-    def fake_build(timeout):
+    def factory(self):
         client = httpx.AsyncClient(transport=httpx.MockTransport(
-            lambda request: httpx.Response(200, json=openai_ok())))
+            lambda request: httpx.Response(200, json=body)))
         made.append(client)
         return client
 
-    monkeypatch.setattr(_http, "build_async_client", fake_build)
+    monkeypatch.setattr(HTTPProvider, "_new_async_client", factory)
+    return made
+
+
+def test_owned_async_client_is_per_event_loop_and_closed_with_it(monkeypatch):
+    made = _counting_clients(monkeypatch, openai_ok())
     p = OpenAIProvider("a", "gpt-4o", api_key=KEY)
 
     async def twice():
@@ -585,18 +592,40 @@ def test_owned_async_client_is_per_event_loop(monkeypatch):
 
     asyncio.run(twice())
     assert len(made) == 1  # reused within one loop
+    assert made[0].is_closed  # and closed when that loop shut down
     asyncio.run(p.acomplete("z"))
-    assert len(made) == 2  # a new loop gets a new client
-    asyncio.run(p.aclose())
+    assert len(made) == 2 and made[1].is_closed  # a new loop got (and closed) its own
+
+
+def test_no_client_left_open_after_many_asyncio_runs(monkeypatch):
+    made = _counting_clients(monkeypatch, anthropic_ok())
+    p = AnthropicProvider("b", "claude", api_key=KEY)
+    for i in range(25):
+        asyncio.run(p.acomplete(f"call {i}"))
+    assert len(made) == 25 and all(c.is_closed for c in made)
+
+
+def test_aclose_closes_this_loops_client_at_once(monkeypatch):
+    made = _counting_clients(monkeypatch, openai_ok())
+    p = OpenAIProvider("a", "gpt-4o", api_key=KEY)
+
+    async def run():
+        await p.acomplete("x")
+        assert not made[0].is_closed
+        await p.aclose()
+        assert made[0].is_closed
+        await p.acomplete("again")  # usable after aclose: a fresh client
+        assert len(made) == 2 and not made[1].is_closed
+
+    asyncio.run(run())
     assert made[1].is_closed
 
 
-# -- clients and lifecycle ------------------------------------------------------------------------
-def test_owned_sync_client_created_lazily_and_closed():
+def test_owned_sync_client_has_the_sdk_pool_and_closes():
     p = OpenAIProvider("a", "gpt-4o", api_key=KEY, timeout=5.0)
-    assert p._client is None
     client = p._sync_client()
-    assert client.timeout.read == 5.0
+    pool = client._transport._pool  # httpx internals, read only by this test
+    assert (pool._max_connections, pool._max_keepalive_connections) == (1000, 100)
     with p:
         pass
     assert client.is_closed
@@ -611,17 +640,15 @@ def test_given_client_is_not_closed():
 
 
 def test_async_context_manager_closes_owned_clients(monkeypatch):
-    made = []
-    monkeypatch.setattr(_http, "build_async_client", lambda timeout: made.append(
-        httpx.AsyncClient(transport=httpx.MockTransport(
-            lambda r: httpx.Response(200, json=anthropic_ok())))) or made[-1])
+    made = _counting_clients(monkeypatch, anthropic_ok())
 
     async def run():
         async with AnthropicProvider("b", "claude", api_key=KEY) as p:
             await p.acomplete("x")
+            assert not made[0].is_closed
+        assert made[0].is_closed
 
     asyncio.run(run())
-    assert made and made[0].is_closed
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -640,10 +667,12 @@ def test_argument_validation(cls):
 
 
 @pytest.mark.parametrize("cls", [OpenAIProvider, AnthropicProvider])
-@pytest.mark.parametrize("bad", ["", 12345, b"sk-bytes-key-1234567890", KEY + "\n", " " + KEY])
-def test_bad_api_key_never_echoed(cls, bad, monkeypatch):
+@pytest.mark.parametrize("bad, exc", [("", ValueError), (12345, TypeError),
+                                      (b"sk-bytes-key-1234567890", TypeError),
+                                      (KEY + "\n", ValueError), (" " + KEY, ValueError)])
+def test_bad_api_key_never_echoed(cls, bad, exc, monkeypatch):
     monkeypatch.delenv(cls.env_var, raising=False)
-    with pytest.raises(ValueError, match="api_key") as info:
+    with pytest.raises(exc, match="api_key") as info:
         cls("n", "m", api_key=bad)
     text = str(info.value) + repr(info.value)
     assert KEY not in text and "sk-bytes" not in text and "12345" not in text
@@ -732,9 +761,11 @@ def test_api_key_never_in_repr_errors_or_logs(kind, caplog):
 
 
 def test_redact_helper():
-    assert _http.redact(f"key={KEY}!", KEY) == "key=***!"
-    assert "ABCDEFGH" not in _http.redact("header sk-ant-ABCDEFGHIJKLMN leaked")
-    assert _http.redact("no secrets here") == "no secrets here"
+    from llm_patterns.errors import redact
+
+    assert redact(f"key {KEY}!", KEY) == "key ***!"
+    assert "ABCDEFGH" not in redact("header sk-ant-ABCDEFGHIJKLMN leaked")
+    assert redact("no secrets here") == "no secrets here"
 
 
 def test_providers_log_each_call_at_debug(caplog):

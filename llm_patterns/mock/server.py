@@ -369,7 +369,7 @@ class MockLLMServer(Observable):
                        tokens_charged=rec["tokens_charged"], fault=rec["fault"])
 
     def provider(self, name: str, model: str | None = None, *, api: str | None = None,
-                 timeout: float = 30.0, clock: Clock | None = None) -> Any:
+                 timeout: float | httpx.Timeout | None = None, clock: Clock | None = None) -> Any:
         """A provider answered by this server in process, without HTTP or JSON (fast).
 
         It behaves as ``OpenAIProvider`` / ``AnthropicProvider`` (``api``, default this server's)
