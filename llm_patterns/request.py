@@ -207,12 +207,13 @@ def _fields(
                 "give the system prompt either as a system message or as system=, not both")
         content_text(system, "system")
         msgs = ({"role": "system", "content": system}, *msgs)
-    try:
-        json.dumps(extra)
-    except (TypeError, ValueError) as exc:
-        bad = next(k for k, v in extra.items() if not _jsonable(v))
-        raise TypeError(f"{bad}= must be JSON-serializable, got {extra[bad]!r} ({exc})") from None
+    for key, value in extra.items():
+        if value.__class__ not in _SCALARS and not _jsonable(value):
+            raise TypeError(f"{key}= must be JSON-serializable, got {value!r}")
     return msgs, extra
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _jsonable(value: Any) -> bool:

@@ -19,16 +19,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .request import content_text, prompt_text, to_messages
+from .request import Request, content_text, prompt_text, to_messages
 
 __all__ = [
     "FINISH_REASONS",
     "LLMResponse",
     "Provider",
+    "Sender",
     "Usage",
+    "asend",
     "content_text",
     "normalize_finish_reason",
     "prompt_text",
+    "send",
     "to_messages",
 ]
 
@@ -256,3 +259,35 @@ class Provider(Protocol):
         max_tokens: int = 256,
         **kw: Any,
     ) -> LLMResponse: ...
+
+
+@runtime_checkable
+class Sender(Protocol):
+    """A provider (or a layer wrapping one) that takes a built ``Request``: the HTTP providers,
+    and every layer of the client. ``time_left`` caps the attempt in seconds (a retry deadline)."""
+
+    name: str
+
+    def send(self, request: Request, *, time_left: float | None = None) -> LLMResponse: ...
+
+    async def asend(self, request: Request, *, time_left: float | None = None) -> LLMResponse: ...
+
+
+def send(provider: Provider | Sender, request: Request, *,
+         time_left: float | None = None) -> LLMResponse:
+    """``provider.send(request)``, or for a provider with only ``complete()`` (a test double, a
+    user's own class) ``provider.complete(**request.complete_kwargs())`` (which cannot honour
+    ``time_left``)."""
+    method = getattr(provider, "send", None)  # (a runtime Protocol check costs microseconds)
+    if method is not None:
+        return method(request, time_left=time_left)  # type: ignore[no-any-return]
+    return provider.complete(**request.complete_kwargs())  # type: ignore[union-attr]
+
+
+async def asend(provider: Provider | Sender, request: Request, *,
+                time_left: float | None = None) -> LLMResponse:
+    """``send`` for async callers (``asend`` or ``acomplete``)."""
+    method = getattr(provider, "asend", None)
+    if method is not None:
+        return await method(request, time_left=time_left)  # type: ignore[no-any-return]
+    return await provider.acomplete(**request.complete_kwargs())  # type: ignore[union-attr]

@@ -137,3 +137,40 @@ def test_valid_shapes_pass():
         {"role": "tool", "content": "42", "tool_call_id": "c1"},
     ])
     Request("", max_tokens=1, timeout=httpx.Timeout(5.0), temperature=0, stop=["\n"])
+
+
+# -- handing a request to a provider ------------------------------------------------------------
+def test_send_uses_send_or_replays_complete():
+    import asyncio
+
+    from llm_patterns.response import LLMResponse, Sender, Usage, asend, send
+
+    class Plain:
+        name, model = "plain", "m"
+
+        def __init__(self):
+            self.calls = []
+
+        def complete(self, prompt=None, *, messages=None, max_tokens=256, **kw):
+            self.calls.append((prompt, messages, max_tokens, kw))
+            return LLMResponse("ok", "m", self.name, Usage())
+
+        async def acomplete(self, prompt=None, *, messages=None, max_tokens=256, **kw):
+            return self.complete(prompt, messages=messages, max_tokens=max_tokens, **kw)
+
+    class Direct(Plain):
+        def send(self, request, *, time_left=None):
+            self.calls.append((request, time_left))
+            return LLMResponse("sent", "m", self.name, Usage())
+
+        async def asend(self, request, *, time_left=None):
+            return self.send(request, time_left=time_left)
+
+    plain, direct = Plain(), Direct()
+    r = Request("hi", max_tokens=7, temperature=0)
+    assert send(plain, r, time_left=3).text == "ok"
+    assert plain.calls == [("hi", None, 7, {"temperature": 0})]
+    assert asyncio.run(asend(plain, r)).text == "ok"
+    assert send(direct, r, time_left=3).text == "sent" and direct.calls == [(r, 3)]
+    assert asyncio.run(asend(direct, r)).text == "sent"
+    assert isinstance(direct, Sender) and not isinstance(plain, Sender)
