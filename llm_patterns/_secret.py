@@ -113,7 +113,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string is the logger's problem, not ours
+        except Exception:
             return True
         clean = redact(message)
         if clean != message:
@@ -130,8 +130,6 @@ _installed = False
 def install_log_redaction() -> None:
     """Put one ``RedactingFilter`` on httpx's and httpcore's loggers (idempotent)."""
     global _installed
-    if _installed:
-        return
     with _LOCK:
         if _installed:
             return

@@ -325,7 +325,7 @@ def describe(error: BaseException | None, *, brief: bool = False, limit: int = 3
     else:
         try:
             detail = str(error)
-        except Exception:  # noqa: BLE001 - a broken __str__ must not break the log line
+        except Exception:
             detail = "<unprintable>"
         text = f"{name}: {detail}" if detail else name
     text = redact(" ".join(text.split()))
@@ -530,7 +530,7 @@ def error_from_exception(exc: Exception, *, provider: str | None = None) -> LLME
         error = ConnectionFailed(f"connection failed ({name}): {text}", provider=provider)
     try:
         cause: BaseException | None = type(exc)(redact(str(exc)))
-    except Exception:  # noqa: BLE001 - an exception type we cannot rebuild: no cause at all
+    except Exception:
         cause = None
     error.__cause__ = cause
     error.__suppress_context__ = True
@@ -570,8 +570,6 @@ def retry_after_from_headers(
     try:
         when = email.utils.parsedate_to_datetime(raw.strip())
     except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
         return None
     delta = when.timestamp() - (time.time() if now is None else now)
     return max(0.0, delta)

@@ -142,7 +142,7 @@ class Usage:
 
     @classmethod
     def parse(cls, usage: Usage | Mapping[str, Any]) -> Usage:
-        """A ``Usage``, an OpenAI usage dict or an Anthropic usage dict, told apart by their keys."""
+        """A ``Usage``, an OpenAI usage dict or an Anthropic usage dict, told apart by keys."""
         if isinstance(usage, Usage):
             return usage
         if not isinstance(usage, Mapping):
@@ -225,9 +225,11 @@ class LLMResponse:
             raise TypeError(f"text must be a str, got {type(self.text).__name__}")
         if not isinstance(self.usage, Usage):
             raise TypeError(
-                f"usage must be a Usage (use Usage.parse for a dict), got {type(self.usage).__name__}"
+                f"usage must be a Usage (use Usage.parse for a dict), "
+                f"got {type(self.usage).__name__}"
             )
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+        attempts = self.attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts must be an int >= 1, got {self.attempts!r}")
         if not self.latency_s >= 0:
             raise ValueError(f"latency_s must be >= 0, got {self.latency_s!r}")

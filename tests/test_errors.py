@@ -145,7 +145,7 @@ def test_estimate_tokens():
         estimate_tokens(None)
 
 
-# -- the taxonomy as data ---------------------------------------------------------------------------
+# -- the taxonomy as data --------------------------------------------------------------------------
 def _table_rows():
     """The table in errors.py's docstring, parsed: {class name: (retry, outage, falls back)}."""
     rows = {}
@@ -208,7 +208,7 @@ def test_model_not_found_is_not_an_invalid_request():
     assert not isinstance(E.ModelNotFoundError("x"), E.InvalidRequestError)
 
 
-# -- HTTP answers onto the table (one rule) ---------------------------------------------------------
+# -- HTTP answers onto the table (one rule) --------------------------------------------------------
 def _answer(status, body=None, headers=None, text=None):
     req = httpx.Request("POST", "http://x/v1/chat/completions")
     if text is not None:
@@ -236,7 +236,8 @@ BILLING = [
     (429, _openai("project_spend_limit_exceeded")),
     (429, _openai("organization_usage_limit_exceeded")),
     (400, _anthropic("invalid_request_error", "Your credit balance is too low to access the "
-                     "Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.")),
+                     "Anthropic API. Please go to Plans & Billing to upgrade or purchase "
+                     "credits.")),
     (429, _anthropic("rate_limit_error", "spend limit", "enforced_spend_limit_reached")),
     (429, _anthropic("rate_limit_error", "contract", "contract_spend_limit_reached")),
     (402, _anthropic("billing_error", "payment failed")),
@@ -323,7 +324,7 @@ def test_error_from_exception_scrubs_the_cause():
     assert type(pool) is E.ConnectionPoolTimeout and not E.is_outage(pool) and pool.retryable
 
 
-# -- describe / redact ------------------------------------------------------------------------------
+# -- describe / redact -----------------------------------------------------------------------------
 def test_describe_brief_and_full():
     err = E.ServerError("down sk-proj-ABCDEFGHIJKLMNOP", provider="openai", status_code=503,
                         request_id="req_1")

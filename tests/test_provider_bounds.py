@@ -70,14 +70,14 @@ class Seen:
         return httpx.Response(200, json=ok_body(self.api))
 
 
-# -- timeouts ---------------------------------------------------------------------------------------
+# -- timeouts --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_sdk_default_timeout_applies_over_a_passed_clients_own(api, mode):
     seen = Seen(api)
     r = call(make(api, seen), mode, "x")
     assert seen.timeouts == [{"connect": 5.0, "read": 600.0, "write": 600.0, "pool": 600.0}]
-    assert DEFAULT_TIMEOUT == httpx.Timeout(600, connect=5)
+    assert httpx.Timeout(600, connect=5) == DEFAULT_TIMEOUT
     assert r.finish_reason == "length"
 
 
@@ -185,9 +185,8 @@ def test_a_real_dripping_socket_is_cut_at_the_deadline():
     port = server.getsockname()[1]
     try:
         with OpenAIProvider("p", "m", base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY,
-                            timeout=0.3) as p:
-            with pytest.raises(ProviderTimeout, match="deadline"):
-                p.complete("x")  # each read returns in 20 ms: only the deadline can stop it
+                            timeout=0.3) as p, pytest.raises(ProviderTimeout, match="deadline"):
+            p.complete("x")  # each read returns in 20 ms: only the deadline can stop it
     finally:
         stop.set()
         server.close()
@@ -276,7 +275,7 @@ def test_we_ask_only_for_encodings_we_bound():
 def test_unsupported_or_broken_encoding_is_malformed(encoding, content):
     p = make("openai", lambda r: httpx.Response(200, headers={"content-encoding": encoding},
                                                 stream=Chunks([content])))
-    with pytest.raises(MalformedResponse, match="content-encoding|gzip"):
+    with pytest.raises(MalformedResponse, match=r"content-encoding|gzip"):
         p.complete("x")
 
 

@@ -69,7 +69,8 @@ def anthropic_ok(blocks=None, stop="end_turn"):
         "type": "message",
         "role": "assistant",
         "model": "claude-sonnet-4-5-20250929",
-        "content": blocks if blocks is not None else [{"type": "text", "text": "Hi! How can I help?"}],
+        "content": (blocks if blocks is not None
+                    else [{"type": "text", "text": "Hi! How can I help?"}]),
         "stop_reason": stop,
         "stop_sequence": None,
         "usage": {
@@ -153,7 +154,8 @@ def test_openai_request_url_auth_and_body():
     assert str(req.url) == "https://gateway.example/v1/chat/completions"
     assert req.headers["authorization"] == f"Bearer {KEY}"
     assert req.headers["content-type"] == "application/json"
-    assert rec.last_body == {"model": "gpt-4o", "messages": msgs, "max_tokens": 77, "temperature": 0.2}
+    assert rec.last_body == {"model": "gpt-4o", "messages": msgs, "max_tokens": 77,
+                             "temperature": 0.2}
 
 
 def test_openai_default_base_url_and_prompt_becomes_user_message():
@@ -294,8 +296,9 @@ def test_anthropic_refusal_stop_reason():
 OPENAI_CASES = [
     (429, openai_error("Rate limit reached for gpt-4o in organization org-x on tokens per min.",
                        "tokens", "rate_limit_exceeded"), RateLimitError),
-    (429, openai_error("You exceeded your current quota, please check your plan and billing details.",
-                       "insufficient_quota", "insufficient_quota"), QuotaExceededError),
+    (429, openai_error("You exceeded your current quota, please check your plan and billing "
+                       "details.", "insufficient_quota", "insufficient_quota"),
+     QuotaExceededError),
     (401, openai_error("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
      AuthenticationError),
     (403, openai_error("Country, region, or territory not supported", "request_forbidden",
@@ -420,7 +423,8 @@ def test_retry_after_parsed(kind, headers, expected):
 
 
 def test_overloaded_529_carries_retry_after():
-    rec = reply(529, anthropic_error("Overloaded", "overloaded_error"), headers={"retry-after": "12"})
+    rec = reply(529, anthropic_error("Overloaded", "overloaded_error"),
+                headers={"retry-after": "12"})
     with pytest.raises(ServerError) as info:
         make("anthropic", rec).complete("x")
     assert info.value.retry_after == 12.0 and "retry after 12 s" in str(info.value)
@@ -435,7 +439,8 @@ MALFORMED_OPENAI = {
     "json-list": {"body": [1, 2]},
     "no-usage": {"body": {k: v for k, v in openai_ok().items() if k != "usage"}},
     "usage-missing-field": {"body": {**openai_ok(), "usage": {"prompt_tokens": 3}}},
-    "negative-usage": {"body": {**openai_ok(), "usage": {"prompt_tokens": -3, "completion_tokens": 1}}},
+    "negative-usage": {"body": {**openai_ok(),
+                                "usage": {"prompt_tokens": -3, "completion_tokens": 1}}},
     "no-choices": {"body": {**openai_ok(), "choices": []}},
     "choices-not-list": {"body": {**openai_ok(), "choices": "nope"}},
     "no-message": {"body": {**openai_ok(), "choices": [{"index": 0}]}},
@@ -474,13 +479,15 @@ def test_anthropic_malformed_2xx(case):
 
 
 def test_malformed_html_names_content_type():
-    rec = reply(200, content=b"<html>login</html>", headers={"content-type": "text/html; charset=utf-8"})
+    rec = reply(200, content=b"<html>login</html>",
+                headers={"content-type": "text/html; charset=utf-8"})
     with pytest.raises(MalformedResponse, match="text/html"):
         make("openai", rec).complete("x")
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-5, 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3)
     | st.dictionaries(st.sampled_from(["choices", "message", "content", "usage", "prompt_tokens",
                                        "completion_tokens", "text", "type", "input_tokens",
@@ -632,7 +639,8 @@ def test_owned_sync_client_has_the_sdk_pool_and_closes():
 
 
 def test_given_client_is_not_closed():
-    client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, json=openai_ok())))
+    client = httpx.Client(transport=httpx.MockTransport(
+        lambda r: httpx.Response(200, json=openai_ok())))
     with OpenAIProvider("a", "gpt-4o", api_key=KEY, client=client) as p:
         p.complete("x")
     assert not client.is_closed

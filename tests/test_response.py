@@ -92,7 +92,8 @@ def test_from_anthropic_negative_raises():
 
 def test_parse_tells_the_conventions_apart():
     assert Usage.parse({"prompt_tokens": 10, "completion_tokens": 2}) == Usage(10, 2, 0)
-    assert Usage.parse({"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 5}) == Usage(15, 2, 5)
+    anthropic = {"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 5}
+    assert Usage.parse(anthropic) == Usage(15, 2, 5)
     u = Usage(1, 1, 0)
     assert Usage.parse(u) is u
     with pytest.raises(ValueError, match="neither"):

@@ -222,7 +222,7 @@ TABLE = [
 ]
 
 
-# -- the SDKs' own reading --------------------------------------------------------------------------
+# -- the SDKs' own reading -------------------------------------------------------------------------
 SDK_CLIENTS = {
     "openai": openai.OpenAI(api_key="sk-oracle-test", base_url="http://oracle.test/v1",
                             max_retries=0),
@@ -288,7 +288,7 @@ def our_reading(row: Row) -> tuple[E.LLMError, bool]:
     return E.error_from_response(response, provider=row.api), E.is_retryable(response)
 
 
-# -- the tests --------------------------------------------------------------------------------------
+# -- the tests -------------------------------------------------------------------------------------
 def test_the_table_is_big_enough_and_covers_both_apis():
     assert len(TABLE) >= 30
     assert {r.api for r in TABLE} == {"openai", "anthropic"}

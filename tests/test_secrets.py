@@ -127,7 +127,7 @@ def texts_of(error: BaseException) -> list[str]:
         for attr in ("request", "response"):
             try:
                 value = getattr(e, attr)
-            except Exception:  # noqa: BLE001 - httpx raises RuntimeError when none is set
+            except Exception:
                 continue
             out += [repr(value), repr(getattr(value, "headers", "")),
                     repr(list(getattr(getattr(value, "headers", None), "raw", [])))]
@@ -152,7 +152,7 @@ def test_no_failure_mode_leaks_the_key(api, mode, case, caplog):
     else:
         error = failure(lambda: asyncio.run(p.acomplete("hello")))
     assert error.provider == "p"
-    assert_clean(texts_of(error) + [repr(vars(p)), repr(p), caplog.text])
+    assert_clean([*texts_of(error), repr(vars(p)), repr(p), caplog.text])
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -172,7 +172,7 @@ def test_deadline_and_refusal_do_not_leak(api, caplog):
     if api == "openai":
         errors.append(failure(lambda: make(api, refuse).complete("x")))
     for error in errors:
-        assert_clean(texts_of(error) + [caplog.text])
+        assert_clean([*texts_of(error), caplog.text])
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -200,7 +200,7 @@ def test_credentials_in_base_url_never_shown():
     assert p.base_url == "https://gwuser:***@gw.example/v1?key=***"
     error = failure(lambda: p.complete("x"))
     assert "GATEWAYPASSWORD123" in seen[0][0] and "QUERYKEY9876" in seen[0][0]  # sent as given
-    joined = "\n".join(texts_of(error) + [repr(p), repr(vars(p))])
+    joined = "\n".join([*texts_of(error), repr(p), repr(vars(p))])
     assert "GATEWAYPASSWORD123" not in joined and "QUERYKEY9876" not in joined
 
 
@@ -213,7 +213,7 @@ def test_a_secret_is_a_small_opaque_type():
         Secret(b"bytes")  # type: ignore[arg-type]
 
 
-# -- real sockets: httpx's and httpcore's own log lines ---------------------------------------------
+# -- real sockets: httpx's and httpcore's own log lines --------------------------------------------
 def _echo_server(stop: threading.Event) -> tuple[socket.socket, threading.Thread]:
     """Answers each request with 401 and a header echoing the key it was sent."""
     server = socket.create_server(("127.0.0.1", 0))

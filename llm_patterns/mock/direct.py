@@ -8,8 +8,8 @@ It behaves as the HTTP provider of the same ``api`` wired to ``server.client()``
 it reuses that provider's own code at both ends:
 
 - the request is built and validated by ``Request`` and encoded by ``OpenAIProvider`` /
-  ``AnthropicProvider`` (``encode``: same errors for bad arguments) and read by the server's own parser
-  (``wire.parse_body``, the step after JSON decoding);
+  ``AnthropicProvider`` (``encode``: same errors for bad arguments) and read by the server's
+  own parser (``wire.parse_body``, the step after JSON decoding);
 - the server decides the answer with the same code (``_decide``: faults, outages, buckets,
   seeded errors, latency, request ids, stats, the "request" event after the latency);
 - a completion is read by the provider's own ``decode``; anything else (an error status, a
@@ -98,7 +98,7 @@ class DirectProvider:
         if plan.status == 200 and type(body) is dict:  # a completion: read it as it is
             try:
                 text, model, usage, finish = self._wire.decode(body, 200)
-            except Exception:  # noqa: BLE001, S110 - let the HTTP path map it exactly
+            except Exception:
                 pass
             else:
                 latency = max(0.0, self.clock.now() - started)
