@@ -345,3 +345,16 @@ def test_redact_masks_keys_tokens_and_url_passwords():
     assert E.redact("no secrets here, Basic authentication") == (
         "no secrets here, Basic authentication")
     assert E.redact("plain secret value", "secret value") == "plain ***"
+
+
+def test_no_breaker_counts_a_local_pool_timeout():
+    from llm_patterns import CircuitBreaker, VirtualClock
+
+    breaker = CircuitBreaker("p", failure_threshold=1, clock=VirtualClock())
+    req = httpx.Request("POST", "http://x")
+    for _ in range(3):
+        breaker.record_failure(E.error_from_exception(httpx.PoolTimeout("p", request=req)))
+        breaker.record_failure(httpx.PoolTimeout("raw", request=req))
+    assert breaker.state == "closed"
+    breaker.record_failure(E.error_from_exception(httpx.ConnectTimeout("c", request=req)))
+    assert breaker.state == "open"  # a remote timeout does count

@@ -781,3 +781,45 @@ def test_providers_log_each_call_at_debug(caplog):
     make("openai", reply(body=openai_ok())).complete("x")
     lines = [r.getMessage() for r in caplog.records if r.name == "llm_patterns.providers"]
     assert any("openai-primary" in m and "200" in m and "2006 prompt" in m for m in lines)
+
+
+# -- every constructor argument: one rule (wrong type -> TypeError, wrong value -> ValueError) ------
+BAD_ARGUMENTS = [
+    ("name", "", ValueError), ("name", None, TypeError), ("name", 5, TypeError),
+    ("model", "  ", ValueError), ("model", True, TypeError),
+    ("base_url", "ftp://x", ValueError), ("base_url", "http://", ValueError),
+    ("base_url", b"http://x", TypeError), ("base_url", 3.0, TypeError),
+    ("timeout", 0, ValueError), ("timeout", -1, ValueError), ("timeout", float("nan"), ValueError),
+    ("timeout", float("inf"), ValueError), ("timeout", "30", TypeError),
+    ("timeout", True, TypeError),
+    ("max_response_bytes", 0, ValueError), ("max_response_bytes", -5, ValueError),
+    ("max_response_bytes", 1.5e6, TypeError), ("max_response_bytes", None, TypeError),
+    ("default_headers", ["x"], TypeError), ("default_headers", {"a": 1}, TypeError),
+    ("client", httpx.AsyncClient(), TypeError), ("async_client", httpx.Client(), TypeError),
+    ("clock", "now", TypeError),
+]
+
+
+@pytest.mark.parametrize("cls", [OpenAIProvider, AnthropicProvider])
+@pytest.mark.parametrize("param, value, exc", BAD_ARGUMENTS,
+                         ids=[f"{p}={v!r}" for p, v, _ in BAD_ARGUMENTS])
+def test_every_bad_argument_names_itself(cls, param, value, exc):
+    kwargs = {"name": "n", "model": "m", "api_key": KEY, param: value}
+    with pytest.raises(exc, match=param) as info:
+        cls(kwargs.pop("name"), kwargs.pop("model"), **kwargs)
+    assert type(info.value) is exc
+
+
+def test_openai_max_tokens_param_is_a_choice():
+    with pytest.raises(ValueError, match="max_tokens_param"):
+        OpenAIProvider("n", "m", api_key=KEY, max_tokens_param="max_output_tokens")
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_errors_after_a_2xx_carry_the_request_id(kind):
+    for content in (b"<html>proxy login</html>", b'{"choices": []}', b""):
+        rec = reply(200, content=content, headers={"x-request-id": "req_2xx",
+                                                   "request-id": "req_2xx"})
+        with pytest.raises(MalformedResponse) as info:
+            make(kind, rec).complete("x")
+        assert info.value.request_id == "req_2xx" and "req_2xx" in str(info.value)
