@@ -106,10 +106,13 @@ def _check_key(api_key: Any, env_var: str) -> Secret:
     return Secret(api_key)
 
 
-def _check_base_url(base_url: Any) -> tuple[str, str | Secret]:
-    """(the URL as shown, credentials masked; the URL itself, held as a Secret when it carries
-    credentials: a password, or a key in its query)."""
-    _validate.text("base_url", base_url)
+def _check_base_url(base_url: Any, path: str) -> tuple[str, str | Secret]:
+    """(the base URL as shown, credentials masked; the endpoint URL (``path`` appended before
+    any query), held as a Secret when it carries credentials: a password, or a key in its query).
+    """
+    if not isinstance(base_url, str):  # the value is not shown: it may hold a password
+        raise TypeError(f"base_url must be a str, got a {type(base_url).__name__}")
+    _validate.text("base_url", redact(base_url))
     display = redact(base_url)
     if not base_url.startswith(("http://", "https://")):
         raise ValueError(f"base_url must be an http(s) URL, got {display!r}")
@@ -119,9 +122,9 @@ def _check_base_url(base_url: Any) -> tuple[str, str | Secret]:
         raise ValueError(f"base_url is not a valid URL: {display!r}") from None
     if not parts.hostname:
         raise ValueError(f"base_url has no host: {display!r}")
-    real = urlunsplit(parts)
-    shown = redact(real)
-    return shown, (real if shown == real else Secret(real))
+    shown = redact(urlunsplit(parts))
+    endpoint = urlunsplit(parts._replace(path=parts.path + path))
+    return shown, (endpoint if redact(endpoint) == endpoint else Secret(endpoint))
 
 
 def _check_timeout(timeout: Any) -> httpx.Timeout:
@@ -249,8 +252,8 @@ class HTTPProvider:
     ) -> None:
         self.name = _validate.text("name", name)
         self.model = _validate.text("model", model)
-        self.base_url, self._base_url = _check_base_url(
-            self.default_base_url if base_url is None else base_url)
+        self.base_url, self._endpoint = _check_base_url(
+            self.default_base_url if base_url is None else base_url, self.path)
         self._key = _check_key(api_key, self.env_var)
         self.timeout = _check_timeout(timeout)
         if client is not None and not isinstance(client, httpx.Client):
@@ -302,8 +305,8 @@ class HTTPProvider:
     # -- the pieces of a call -------------------------------------------------------------------
     @property
     def _url(self) -> str:
-        base = self._base_url
-        return (base if isinstance(base, str) else base.reveal()) + self.path
+        endpoint = self._endpoint
+        return endpoint if isinstance(endpoint, str) else endpoint.reveal()
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json",
