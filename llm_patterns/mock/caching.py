@@ -71,14 +71,14 @@ class PromptCache:
             self._entries.popitem(last=False)
 
     def openai(self, model: str, prompt: str, tokens: Callable[[str], int], *,
-               commit: bool = True) -> CacheUse:
+               chars_per_token: float, commit: bool = True) -> CacheUse:
         """OpenAI's automatic caching of ``prompt`` (see the module docstring); ``commit=False``
-        only looks (the server looks before it charges, and commits once it admits)."""
+        only looks (the server looks before it charges, and commits once it admits);
+        ``chars_per_token`` places the 128-token steps in the text."""
         total = tokens(prompt)
         if total < MIN_TOKENS:
             return NO_CACHE
         now = self._now()
-        chars_per_token = len(prompt) / total
         hasher = hashlib.sha1(model.encode(), usedforsecurity=False)
         done = 0
         read = 0

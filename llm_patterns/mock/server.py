@@ -44,7 +44,7 @@ import httpx
 from .._validate import boolean, choice, integer, optional, real, text
 from ..clock import Clock, SystemClock
 from ..events import Observable
-from ..tokens import estimate_tokens
+from ..tokens import CHARS_PER_TOKEN, estimate_tokens
 from . import faults, wire
 from .apis import APIS, BASE_URLS, DEFAULT_MODELS, api_for_path
 from .caching import NO_CACHE, CacheUse, PromptCache
@@ -604,7 +604,8 @@ class MockLLMServer(Observable):
         if api == "anthropic":
             return self._cache.anthropic(model, parsed.prompt, parsed.breakpoints, self._count,
                                          commit=commit)
-        return self._cache.openai(model, parsed.prompt, self._count, commit=commit)
+        return self._cache.openai(model, parsed.prompt, self._count, commit=commit,
+                                  chars_per_token=CHARS_PER_TOKEN / self.tpm_multiplier)
 
     def _charge_and_answer(
         self, api: str, parsed: ChatRequest, prompt_tokens: int, ident: str, now: float,
