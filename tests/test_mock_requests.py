@@ -67,8 +67,8 @@ ANTHROPIC_REFUSES = [
      "text content blocks must be non-empty"),
     ("empty content mid-conversation", an(messages=[USER, {"role": "assistant", "content": ""},
                                                     USER]),
-     "messages.1: all messages must have non-empty content except for the optional final "
-     "assistant message"),
+     ("messages.1: all messages must have non-empty content except for the optional final "
+     "assistant message")),
     ("no messages", an(messages=[]), "messages: at least one message is required"),
     ("tool_use without its result", an(tools=[AN_TOOL], messages=[
         USER, {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
@@ -144,8 +144,8 @@ OPENAI_REFUSES = [
     ("top_k", oa(top_k=3), "Unrecognized request argument supplied: top_k", None, None),
     ("no model", {"messages": [USER]}, "you must provide a model parameter", None, None),
     ("bad role", oa(messages=[{"role": "bot", "content": "hi"}]),
-     "Invalid value: 'bot'. Supported values are: 'system', 'assistant', 'user', 'function', "
-     "'tool', and 'developer'.", "messages[0].role", "invalid_value"),
+     ("Invalid value: 'bot'. Supported values are: 'system', 'assistant', 'user', 'function', "
+     "'tool', and 'developer'."), "messages[0].role", "invalid_value"),
     ("tool result without a call", oa(messages=[USER, {"role": "tool", "tool_call_id": "c1",
                                                        "content": "18C"}]),
      "messages with role 'tool' must be a response to a preceeding message with 'tool_calls'",
@@ -165,8 +165,8 @@ OPENAI_REFUSES = [
      "messages[1].tool_calls[0].function.arguments", "invalid_type"),
     ("max_tokens on a reasoning model", {"model": "o3-mini", "messages": [USER],
                                          "max_tokens": 100},
-     "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
-     "'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter"),
+     ("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+     "'max_completion_tokens' instead."), "max_tokens", "unsupported_parameter"),
     ("empty messages", oa(messages=[]), "Invalid 'messages': empty array.", "messages",
      "empty_array"),
 ]
