@@ -193,14 +193,22 @@ class MockHTTPServer:
             writer.close()
 
     async def _read(self, conn: h11.Connection, reader: asyncio.StreamReader,
-                    timeout: float) -> Any:
-        """The next h11 event, reading as needed; ``_Closed`` when the client is gone or slow."""
+                    timeout: float, deadline: float | None = None,
+                    size: int = _READ_SIZE) -> Any:
+        """The next h11 event, reading ``size`` bytes at a time as needed; each read waits at
+        most ``timeout`` (and never past ``deadline``); ``_Closed`` when the client is gone or
+        too slow."""
+        loop = asyncio.get_running_loop()
         while True:
-            event = conn.next_event()
+            event = conn.next_event()  # h11 refuses (431) a head past max_header_bytes
             if event is not h11.NEED_DATA:
                 return event
+            wait = timeout if deadline is None else min(timeout, deadline - loop.time())
+            if wait <= 0:
+                self._counts["read_timeouts"] += 1
+                raise _Closed
             try:
-                data = await asyncio.wait_for(reader.read(_READ_SIZE), timeout)
+                data = await asyncio.wait_for(reader.read(size), wait)
             except TimeoutError:
                 self._counts["read_timeouts"] += 1
                 raise _Closed from None
@@ -230,15 +238,10 @@ class MockHTTPServer:
 
     async def _head(self, conn: h11.Connection, reader: asyncio.StreamReader,
                     deadline: float) -> Any:
-        loop = asyncio.get_running_loop()
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                self._counts["read_timeouts"] += 1
-                raise _Closed
-            event = await self._read(conn, reader, left)
-            if event is not h11.NEED_DATA:
-                return event
+        """The request head, whole before ``deadline``; read in quarters of the head limit so
+        h11's limit holds to within a quarter (a head is never buffered much past it)."""
+        return await self._read(conn, reader, self.read_timeout, deadline,
+                                size=max(256, self.max_header_bytes // 4))
 
     async def _request(self, conn: h11.Connection, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter, head: h11.Request) -> bool:
