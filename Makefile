@@ -18,7 +18,7 @@ EXPORT := $(UV_ENV) $(UV) export --locked --no-hashes --no-emit-project --no-hea
 KEY_PACKAGES := httpx genai-prices openai anthropic jupyterlab nbval apache-airflow redis
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test test-fast notebooks grade demo bench sysdeps install lock upgrade clean
+.PHONY: lint lab test test-fast notebooks grade demo bench sysdeps install lock upgrade clean
 
 install: $(STAMP)
 
@@ -59,6 +59,11 @@ lab: $(STAMP)
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest
+
+# ruff (rules in pyproject.toml) and mypy (strict on the core library)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check llm_patterns tests benchmarks tools dags solutions
+	$(VENV)/bin/mypy
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser and not airflow and not redis"

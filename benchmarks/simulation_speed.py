@@ -1,6 +1,6 @@
 """Benchmark 5: simulated requests per real second on the VirtualClock, and notebook wall time.
 
-(a) ``llm_patterns.simulation.Simulation`` (two mock providers over httpx.MockTransport behind
+(a) ``llm_patterns.course.simulation.Simulation`` (two mock providers over httpx.MockTransport behind
 the full ResilientClient: limiter, retry, breaker, fallback, cost) with a large scenario on a
 VirtualClock, one process, one core: simulated requests / real second. Target >= 20,000/s.
 When below, the run is profiled (cProfile, a smaller scenario) and the top hotspots go into
@@ -23,7 +23,7 @@ from typing import Any
 import common  # type: ignore[import-not-found]
 
 from llm_patterns.clock import VirtualClock
-from llm_patterns.simulation import Scenario, Simulation
+from llm_patterns.course.simulation import Scenario, Simulation
 
 NAME = "simulation_speed"
 TARGET = 20_000.0

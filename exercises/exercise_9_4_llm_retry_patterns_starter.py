@@ -5,7 +5,7 @@ Replace every ``raise NotImplementedError(...)`` with your code, then run this f
     .venv/bin/python exercises/exercise_9_4_llm_retry_patterns_starter.py            # all tasks
     .venv/bin/python exercises/exercise_9_4_llm_retry_patterns_starter.py --task 2   # task 2 only
 
-Each task is checked by the same checks as the notebooks (``llm_patterns.grading``): one line
+Each task is checked by the same checks as the notebooks (``llm_patterns.course.grading``): one line
 per criterion, ✓ or ✗ with a hint, then a score line ("2/6 tasks pass"). The exit status is 0
 when every task passes. The story, the acceptance criteria and the seed hints (with the bugs to
 find in them) are in ``exercises/exercise_9_4.md``.
@@ -41,7 +41,7 @@ from llm_patterns.errors import (  # noqa: F401 - the error taxonomy your code d
     RateLimitError,
     ServerError,
 )
-from llm_patterns.grading.script import run_checks
+from llm_patterns.course.grading.script import run_checks
 from llm_patterns.tokens import estimate_tokens  # noqa: F401 - about 4 characters a token
 
 logger = logging.getLogger("exercise_9_4")

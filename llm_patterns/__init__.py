@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import importlib
 import logging
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
+
+from . import _aliases
 
 # A library logs; the application decides where logs go (no output unless it configures logging).
 logging.getLogger("llm_patterns").addHandler(logging.NullHandler())
+_aliases.install()  # the course modules' old names (llm_patterns.grading, ...) keep working
 
-__version__ = "0.1.0"
+try:  # one version, the installed distribution's (pyproject.toml), never a copy to keep in step
+    __version__ = _metadata.version("llm-patterns")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _EXPORTS: dict[str, str] = {
     # time, randomness, events

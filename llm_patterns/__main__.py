@@ -18,8 +18,8 @@ __all__ = ["COMMANDS", "main"]
 # name -> (module, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve-mock": ("llm_patterns.mock.cli", "serve the mock LLM API on 127.0.0.1 for real clients"),
-    "demo": ("llm_patterns.demo", "simulate pipeline traffic through ResilientClient"),
-    "grade": ("llm_patterns.grading.grade", "run notebooks and print a score table per task"),
+    "demo": ("llm_patterns.course.demo", "simulate pipeline traffic through ResilientClient"),
+    "grade": ("llm_patterns.course.grading.grade", "run notebooks and print a score table per task"),
 }
 
 

@@ -184,7 +184,7 @@ for kind in ("rate_limit", "insufficient_quota", "server_error", "overloaded", "
 # Here is the check of task 1 run on the library's own implementation (it passes):
 
 # %%
-from llm_patterns.grading import CheckFailed, check_task1
+from llm_patterns.course.grading import CheckFailed, check_task1
 
 check_task1(lp.TokenBucket, lp.RateLimiter)
 

@@ -228,7 +228,7 @@ class RateLimiter:
 
 
 # %% tags=["check", "task:1"]
-from llm_patterns.grading import check_task1
+from llm_patterns.course.grading import check_task1
 
 check_task1(TokenBucket, RateLimiter)
 
@@ -244,7 +244,7 @@ check_task1(TokenBucket, RateLimiter)
 # %%
 import random
 
-from llm_patterns.widgets import BucketGauge, watch
+from llm_patterns.course.widgets import BucketGauge, watch
 
 
 def level(value, digits=0):

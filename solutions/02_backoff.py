@@ -171,7 +171,7 @@ def is_retryable(error):
 
 
 # %% tags=["check", "task:2"]
-from llm_patterns.grading import check_task2
+from llm_patterns.course.grading import check_task2
 
 check_task2(calculate_backoff, is_retryable)
 

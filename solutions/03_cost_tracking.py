@@ -234,7 +234,7 @@ class CostTracker:
 
 
 # %% tags=["check", "task:3"]
-from llm_patterns.grading import check_task3
+from llm_patterns.course.grading import check_task3
 
 check_task3(CostTracker)
 
@@ -250,7 +250,7 @@ check_task3(CostTracker)
 # %%
 import random
 
-from llm_patterns.widgets import CostMeter, watch
+from llm_patterns.course.widgets import CostMeter, watch
 
 budget = 0.40
 rng = random.Random(3)

@@ -200,7 +200,7 @@ except NotImplementedError:
     print("implement call_with_fallback above first")
 
 # %% tags=["check", "task:4"]
-from llm_patterns.grading import check_task4
+from llm_patterns.course.grading import check_task4
 check_task4(call_with_fallback)
 
 # %% [markdown]

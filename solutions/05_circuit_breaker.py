@@ -274,7 +274,7 @@ except NotImplementedError:
     print("implement CircuitBreaker above first")
 
 # %% tags=["check", "task:5"]
-from llm_patterns.grading import check_task5
+from llm_patterns.course.grading import check_task5
 check_task5(CircuitBreaker)
 
 # %% [markdown]
@@ -287,7 +287,7 @@ check_task5(CircuitBreaker)
 # (failure threshold 3, cooldown 30 s, on a virtual clock); the provider dies after the second.
 
 # %%
-from llm_patterns.widgets import BreakerLight, watch
+from llm_patterns.course.widgets import BreakerLight, watch
 
 
 def call_through(breaker, provider_up):

@@ -29,8 +29,8 @@ from llm_patterns import (
     RateLimitTimeout,
     estimate_tokens,
 )
-from llm_patterns.charts import timeline_figure
-from llm_patterns.simulation import Scenario, Simulation
+from llm_patterns.course.charts import timeline_figure
+from llm_patterns.course.simulation import Scenario, Simulation
 
 pio.renderers.default = "plotly_mimetype"
 logging.basicConfig(stream=sys.stdout, format="%(name)s %(levelname)s %(message)s",

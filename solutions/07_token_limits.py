@@ -196,7 +196,7 @@ except NotImplementedError:
     print("implement chunk_text above first")
 
 # %% tags=["check", "task:7"]
-from llm_patterns.grading import check_task7
+from llm_patterns.course.grading import check_task7
 check_task7(chunk_text)
 
 # %% [markdown]

@@ -18,8 +18,8 @@
 # NBVAL_IGNORE_OUTPUT
 import logging
 
-from llm_patterns.live import LiveDemo
-from llm_patterns.widgets import Dashboard
+from llm_patterns.course.live import LiveDemo
+from llm_patterns.course.widgets import Dashboard
 
 logging.getLogger("llm_patterns").setLevel(logging.ERROR)  # the dashboard shows the events
 

@@ -31,7 +31,7 @@ from llm_patterns.errors import (
     RateLimitError,
     ServerError,
 )
-from llm_patterns.grading.script import run_checks
+from llm_patterns.course.grading.script import run_checks
 from llm_patterns.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 logger = logging.getLogger("exercise_9_4")

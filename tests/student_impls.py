@@ -1,6 +1,6 @@
 """Student solutions, right and wrong, as students write them in the course notebooks.
 
-The graders in ``llm_patterns.grading`` must accept every ``Good*``/``good_*`` implementation and
+The graders in ``llm_patterns.course.grading`` must accept every ``Good*``/``good_*`` implementation and
 reject every ``Bug*``/``bug_*`` one with the right criterion failing (tests/test_grading.py).
 They are written the way a student writes them: plain classes, a lock or not, ``time.time()``
 copied from the hint, and so on. Not library code.

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from llm_patterns.demo import run_demo
-from llm_patterns.simulation import Scenario, Simulation
+from llm_patterns.course.demo import run_demo
+from llm_patterns.course.simulation import Scenario, Simulation
 
 
 def test_demo_table_and_report(tmp_path):

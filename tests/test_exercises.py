@@ -1,5 +1,5 @@
 """The script path of exercise 9.4: the starter fails every task, the solution passes them all,
-and the runner (llm_patterns.grading.script.run_checks) reports a planted bug in the right task.
+and the runner (llm_patterns.course.grading.script.run_checks) reports a planted bug in the right task.
 
 The scripts run in a subprocess with the same interpreter, as a student runs them.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import llm_patterns.chunking
-from llm_patterns.grading.script import TASKS, run_checks
+from llm_patterns.course.grading.script import TASKS, run_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTER = ROOT / "exercises" / "exercise_9_4_llm_retry_patterns_starter.py"

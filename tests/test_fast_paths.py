@@ -21,7 +21,7 @@ from llm_patterns.pricing import MILLION, MONEY_CONTEXT, PriceTable, Pricing, To
 from llm_patterns.providers import AnthropicProvider, OpenAIProvider
 from llm_patterns.rate_limit import RateLimiter
 from llm_patterns.response import Usage
-from llm_patterns.simulation import Scenario, Simulation, _choices
+from llm_patterns.course.simulation import Scenario, Simulation, _choices
 
 # ------------------------------------------------------------------ direct mock provider parity
 

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from llm_patterns.grading import grade as G
+from llm_patterns.course.grading import grade as G
 
 
 def _check(task: int, source: str):
@@ -140,7 +140,7 @@ def test_grade_table_for_a_single_file_through_the_module_entry_point(layout):
     sol, sub = layout
     nbformat.write(solution_demo(), sub / "01_demo.ipynb")
     proc = subprocess.run(
-        [sys.executable, "-m", "llm_patterns.grading.grade", str(sub / "01_demo.ipynb"),
+        [sys.executable, "-m", "llm_patterns.course.grading.grade", str(sub / "01_demo.ipynb"),
          "--solutions", str(sol)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip

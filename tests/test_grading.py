@@ -10,7 +10,7 @@ import time
 import pytest
 import student_impls as S
 
-from llm_patterns.grading import (
+from llm_patterns.course.grading import (
     CheckFailed,
     CheckResult,
     check_task1,

@@ -30,7 +30,7 @@ import jupytext
 import pytest
 
 from llm_patterns.clock import VirtualClock
-from llm_patterns.widgets import (
+from llm_patterns.course.widgets import (
     BreakerLight,
     BucketGauge,
     CostMeter,

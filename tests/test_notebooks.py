@@ -89,7 +89,7 @@ class _Run:
 
 def _grade_available() -> bool:
     try:
-        from llm_patterns.grading import grade  # noqa: F401
+        from llm_patterns.course.grading import grade  # noqa: F401
     except ImportError:
         return False
     return True
@@ -270,7 +270,7 @@ def _score(run: _Run) -> dict:
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_grade_gives_the_solutions_full_marks(runs):
     if "grade_solutions" not in runs:
-        pytest.skip("llm_patterns.grading.grade is not there yet")
+        pytest.skip("llm_patterns.course.grading.grade is not there yet")
     report = _score(runs["grade_solutions"])
     assert report["max"] > 0 and report["score"] == report["max"], report
 
@@ -279,6 +279,6 @@ def test_grade_gives_the_solutions_full_marks(runs):
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_grade_gives_the_untouched_student_notebooks_zero(runs):
     if "grade_notebooks" not in runs:
-        pytest.skip("llm_patterns.grading.grade is not there yet")
+        pytest.skip("llm_patterns.course.grading.grade is not there yet")
     report = _score(runs["grade_notebooks"])
     assert report["max"] > 0 and report["score"] == 0, report

@@ -15,7 +15,7 @@ from llm_patterns.errors import ServerError
 from llm_patterns.events import Event, Observable, _new_event
 from llm_patterns.rate_limit import RateLimiter, _parse_duration
 from llm_patterns.retry import RetryPolicy, current_attempt
-from llm_patterns.simulation import Scenario, Simulation, Timeline
+from llm_patterns.course.simulation import Scenario, Simulation, Timeline
 
 
 def _policy(clock: VirtualClock, **kw: object) -> RetryPolicy:

@@ -16,10 +16,10 @@ from llm_patterns.circuit_breaker import CircuitBreaker
 from llm_patterns.clock import ScaledClock, VirtualClock
 from llm_patterns.cost import CostTracker
 from llm_patterns.events import Event
-from llm_patterns.live import LiveDemo
+from llm_patterns.course.live import LiveDemo
 from llm_patterns.pricing import Pricing
 from llm_patterns.rate_limit import RateLimiter, TokenBucket
-from llm_patterns.widgets import (
+from llm_patterns.course.widgets import (
     BreakerLight,
     BucketGauge,
     CostMeter,
@@ -33,7 +33,7 @@ from llm_patterns.widgets import (
     format_event,
     watch,
 )
-from llm_patterns.widgets.breaker import clock_speed
+from llm_patterns.course.widgets.breaker import clock_speed
 from tests.student_impls import GoodEagerBreaker, GoodLazyBreaker, GoodLazyBucket, GoodLimiter
 
 

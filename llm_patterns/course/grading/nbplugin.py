@@ -1,6 +1,6 @@
 """pytest plugin for grading: maps nbval cells to tasks by their tags, records pass/fail per task.
 
-Load it with ``-p llm_patterns.grading.nbplugin --grade-json FILE``. A check cell carries the
+Load it with ``-p llm_patterns.course.grading.nbplugin --grade-json FILE``. A check cell carries the
 tags ``check`` and ``task:N``; a task passes when every one of its check cells passed (a check
 cell that errors, times out, or is skipped scores 0).
 """

@@ -16,11 +16,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..clock import Clock, SystemClock
+from llm_patterns.clock import Clock, SystemClock
 
 __all__ = ["Throttle"]
 
-logger = logging.getLogger("llm_patterns.widgets")
+logger = logging.getLogger("llm_patterns.course.widgets")
 
 
 class Throttle:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..clock import VirtualClock
+from llm_patterns.clock import VirtualClock
 from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
 from ._lockstep import run_in_lockstep
 from ._student import construct, fmt

@@ -7,7 +7,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..clock import Clock
+from llm_patterns.clock import Clock
 from ._base import LEVEL_COLORS, LiveView, esc, fmt_num, level_style
 
 __all__ = ["BucketGauge", "CostMeter", "usd_text"]

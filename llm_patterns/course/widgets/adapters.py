@@ -26,7 +26,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from ..events import Observable
+from llm_patterns.events import Observable
 
 __all__ = ["Watched", "WatchedBreaker", "WatchedBucket", "WatchedCostTracker", "watch"]
 

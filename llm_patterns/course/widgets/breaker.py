@@ -12,7 +12,7 @@ from typing import Any
 import anywidget
 import traitlets as t
 
-from ..clock import Clock, ScaledClock, VirtualClock
+from llm_patterns.clock import Clock, ScaledClock, VirtualClock
 from ._base import LiveView
 
 __all__ = ["LABELS", "BreakerLight"]

@@ -6,8 +6,8 @@ import html
 from collections.abc import Callable
 from typing import Any
 
-from ..clock import Clock
-from ..events import Event
+from llm_patterns.clock import Clock
+from llm_patterns.events import Event
 from ._throttle import Throttle
 
 __all__ = ["LEVEL_COLORS", "LiveView", "esc", "fmt_num", "level_style"]

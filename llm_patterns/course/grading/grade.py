@@ -27,7 +27,7 @@ from .nbplugin import task_of_cell
 
 __all__ = ["add_parser", "grade", "main", "restore_check_cells", "run"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # course/grading/grade.py -> the repository
 _IGNORE = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", ".git", ".pytest_cache")
 
 
@@ -220,7 +220,7 @@ def _run_pytest(
     cmd = [
         sys.executable, "-m", "pytest", "-p", "nbval.plugin",
         "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout:g}",
-        "-p", "llm_patterns.grading.nbplugin", f"--grade-json={out_json}",
+        "-p", "llm_patterns.course.grading.nbplugin", f"--grade-json={out_json}",
         "-p", "no:cacheprovider", "-c", str(ini), "--rootdir", str(tmp),
         "--color=no", "-q", *map(str, targets),
     ]  # fmt: skip
@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llm_patterns.grading.grade")
+    parser = argparse.ArgumentParser(prog="python -m llm_patterns.course.grading.grade")
     _add_arguments(parser)
     return run(parser.parse_args(argv))
 

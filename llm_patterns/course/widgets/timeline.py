@@ -10,8 +10,8 @@ from typing import Any
 import ipywidgets as W
 
 from ..charts import STATE_LEVEL, timeline_figure
-from ..clock import Clock
-from ..events import Event
+from llm_patterns.clock import Clock
+from llm_patterns.events import Event
 from ..simulation import Timeline
 from ._base import LiveView
 

@@ -20,14 +20,14 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from .clock import Clock, ScaledClock, VirtualClock
-from .events import Observable
-from .rate_limit import RateLimiter
+from llm_patterns.clock import Clock, ScaledClock, VirtualClock
+from llm_patterns.events import Observable
+from llm_patterns.rate_limit import RateLimiter
 from .simulation import PRIMARY, Scenario, Simulation
 
 __all__ = ["LiveDemo"]
 
-logger = logging.getLogger("llm_patterns.live")
+logger = logging.getLogger("llm_patterns.course.live")
 
 
 def _positive(name: str, value: Any) -> float:

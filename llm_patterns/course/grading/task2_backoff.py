@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .. import errors as E
+from llm_patterns import errors as E
 from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
 from ._student import fmt
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..clock import Clock
-from ..events import Event
+from llm_patterns.clock import Clock
+from llm_patterns.events import Event
 from ._base import LEVEL_COLORS, LiveView, esc
 from .breaker import LABELS
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..clock import Clock
-from ..events import Event
+from llm_patterns.clock import Clock
+from llm_patterns.events import Event
 from ..simulation import PRIMARY, SECONDARY
 from ._base import LEVEL_COLORS
 from .board import DEFAULT_SKIP, EventLog, ProviderBoard

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from ..tokens import estimate_tokens
+from llm_patterns.tokens import estimate_tokens
 from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
 
 __all__ = ["check_task7"]

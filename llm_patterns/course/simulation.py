@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from .backoff import BackoffPolicy
-from .circuit_breaker import CircuitBreaker
-from .client import ResilientClient
-from .clock import Clock, VirtualClock
-from .cost import CostTracker
-from .errors import LLMError
-from .events import Event
-from .mock import MockLLMServer
-from .pricing import Pricing
-from .providers import AnthropicProvider, OpenAIProvider
-from .rate_limit import RateLimiter
-from .retry import RetryPolicy
+from llm_patterns.backoff import BackoffPolicy
+from llm_patterns.circuit_breaker import CircuitBreaker
+from llm_patterns.client import ResilientClient
+from llm_patterns.clock import Clock, VirtualClock
+from llm_patterns.cost import CostTracker
+from llm_patterns.errors import LLMError
+from llm_patterns.events import Event
+from llm_patterns.mock import MockLLMServer
+from llm_patterns.pricing import Pricing
+from llm_patterns.providers import AnthropicProvider, OpenAIProvider
+from llm_patterns.rate_limit import RateLimiter
+from llm_patterns.retry import RetryPolicy
 
 __all__ = ["Scenario", "Simulation", "Timeline", "SimulationResult"]
 
