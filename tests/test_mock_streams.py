@@ -124,7 +124,7 @@ def test_anthropic_stream_event_sequence_and_usage():
     assert names[1:3] == ["content_block_start", "ping"]
     assert names.count("content_block_stop") == 1
     data = [json.loads(d) for _, d in events]
-    assert all(d["type"] == e for (e, _), d in zip(events, data))
+    assert all(d["type"] == e for (e, _), d in zip(events, data, strict=False))
     start = data[0]["message"]
     assert start["content"] == [] and start["stop_reason"] is None
     text = "".join(d["delta"]["text"] for d in data if d["type"] == "content_block_delta")
@@ -226,7 +226,7 @@ def test_stream_drop_part_way_raises_remote_protocol_error(api):
         assert r.status_code == 200
         with pytest.raises(httpx.RemoteProtocolError):
             for chunk in r.iter_raw():
-                got.append(chunk)  # noqa: PERF402 - keep what came before the drop
+                got.append(chunk)
     assert got and b"DONE" not in b"".join(got) and b"message_stop" not in b"".join(got)
     assert server.stats["by_fault"] == {"stream_drop": 1}
 

@@ -238,7 +238,8 @@ def test_bad_bodies_and_bad_http_are_4xx_never_500():
                              headers={"content-type": "application/json"})
         ok = client.post("/v1/chat/completions", json=BODY)
         garbage = _raw(url, b"\x16\x03\x01 this is not HTTP\r\n\r\n")
-        huge_head = _raw(url, b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n")
+        huge_head = _raw(url, b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000
+                         + b"\r\n\r\n")
     assert deep.status_code == 400 and "could not parse the JSON body" in deep.text
     assert deep_obj.status_code == 400 and deep_obj.json()["error"]["type"] == \
         "invalid_request_error"

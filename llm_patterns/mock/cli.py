@@ -59,7 +59,7 @@ def _fail(text: str) -> tuple[str, int]:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``serve-mock`` on an argparse subparsers object."""
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "serve-mock", help="serve the mock LLM API on 127.0.0.1 for real clients",
         description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )

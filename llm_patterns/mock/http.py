@@ -193,17 +193,17 @@ class MockHTTPServer:
             writer.close()
 
     async def _read(self, conn: h11.Connection, reader: asyncio.StreamReader,
-                    timeout: float, deadline: float | None = None,
+                    per_read: float, deadline: float | None = None,
                     size: int = _READ_SIZE) -> Any:
         """The next h11 event, reading ``size`` bytes at a time as needed; each read waits at
-        most ``timeout`` (and never past ``deadline``); ``_Closed`` when the client is gone or
-        too slow."""
+        most ``per_read`` seconds (and never past ``deadline``); ``_Closed`` when the client is
+        gone or too slow."""
         loop = asyncio.get_running_loop()
         while True:
             event = conn.next_event()  # h11 refuses (431) a head past max_header_bytes
             if event is not h11.NEED_DATA:
                 return event
-            wait = timeout if deadline is None else min(timeout, deadline - loop.time())
+            wait = per_read if deadline is None else min(per_read, deadline - loop.time())
             if wait <= 0:
                 self._counts["read_timeouts"] += 1
                 raise _Closed

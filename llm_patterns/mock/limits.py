@@ -193,13 +193,13 @@ class ServerLimits:
         now = self.clock.now()
         levels = [limit.level_at(now) for limit, _ in applying]
         worst: tuple[float, Limit, int] | None = None
-        for (limit, n), level in zip(applying, levels):
+        for (limit, n), level in zip(applying, levels, strict=False):
             wait = limit.wait(n, level) if n else 0.0
             if wait > 0 and (worst is None or wait > worst[0]):
                 worst = (wait, limit, n)
         if worst is not None:
             return Charge(False, wait=worst[0], limit=worst[1], requested=worst[2])
-        for (limit, n), level in zip(applying, levels):
+        for (limit, n), level in zip(applying, levels, strict=False):
             limit.take(n, level)
         return Charge(True)
 
@@ -229,9 +229,8 @@ class ServerLimits:
         entries: list[tuple[str, Limit, float]] = []
         if self.requests is not None:
             entries.append(("requests", self.requests, self.requests.available))
-        for lim in token_limits:
-            if lim is not self.tokens:
-                entries.append((lim.kind, lim, lim.available))
+        entries.extend((lim.kind, lim, lim.available) for lim in token_limits
+                       if lim is not self.tokens)
         if self.tokens is not None:
             entries.append(("tokens", self.tokens, self.tokens.available))
         elif token_limits:  # the most restrictive token limit in effect

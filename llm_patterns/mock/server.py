@@ -163,9 +163,11 @@ class MockLLMServer(Observable):
         self.latency: Latency = latency
         self.error_rate = real("error_rate", error_rate, minimum=0, maximum=1)
         self.tpm_multiplier = real("tpm_multiplier", tpm_multiplier, minimum=0, strict_min=True)
-        self.context_window = optional(integer, "context_window", context_window, minimum=1)
-        self.timeout_after = optional(real, "timeout_after", timeout_after, minimum=0)
-        self.model = optional(text, "model", model)
+        self.context_window: int | None = optional(integer, "context_window", context_window,
+                                                   minimum=1)
+        self.timeout_after: float | None = optional(real, "timeout_after", timeout_after,
+                                                    minimum=0)
+        self.model: str | None = optional(text, "model", model)
         self.name = text("name", name)
         self.keep_log = boolean("keep_log", keep_log)
         self._log_size = integer("log_size", log_size, minimum=1)

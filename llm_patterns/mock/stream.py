@@ -133,7 +133,7 @@ def _anthropic(f: _Frames, *, ident: str, model: str, reply: Reply, usage: Usage
                                       "name": call.name, "input": {}}}, "content_block_start"))
         if index == 0:
             f.add(_sse({"type": "ping"}, "ping"))
-        for piece in [""] + _pieces(call.arguments_json, _ARG_PIECE):
+        for piece in ["", *_pieces(call.arguments_json, _ARG_PIECE)]:
             f.add(_sse({"type": "content_block_delta", "index": index,
                         "delta": {"type": "input_json_delta", "partial_json": piece}},
                        "content_block_delta"), content=bool(piece))
@@ -187,7 +187,7 @@ class EventStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         self.clock = clock
 
     def __iter__(self) -> Iterator[bytes]:
-        for frame, delay in zip(self.plan.frames, self.plan.delays):
+        for frame, delay in zip(self.plan.frames, self.plan.delays, strict=False):
             if delay:
                 self.clock.sleep(delay)
             yield frame
@@ -195,7 +195,7 @@ class EventStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             raise httpx.RemoteProtocolError(DROPPED)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        for frame, delay in zip(self.plan.frames, self.plan.delays):
+        for frame, delay in zip(self.plan.frames, self.plan.delays, strict=False):
             if delay:
                 await self.clock.asleep(delay)
             yield frame

@@ -102,9 +102,8 @@ def openai_tool_calls(reply: Reply) -> list[dict[str, Any]]:
 
 def anthropic_content(reply: Reply) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
-    for c in reply.tool_calls:
-        blocks.append({"type": "tool_use", "id": f"toolu_{c.id}", "name": c.name,
-                       "input": c.arguments})
+    blocks.extend({"type": "tool_use", "id": f"toolu_{c.id}", "name": c.name,
+                   "input": c.arguments} for c in reply.tool_calls)
     return blocks
 
 
