@@ -9,15 +9,16 @@ it reuses that provider's own code at both ends:
 
 - the request is built and validated by ``Request`` and encoded by ``OpenAIProvider`` /
   ``AnthropicProvider`` (``encode``: same errors for bad arguments) and read by the server's
-  own parser (``wire.parse_body``, the step after JSON decoding);
-- the server decides the answer with the same code (``_decide``: faults, outages, buckets,
-  seeded errors, latency, request ids, stats, the "request" event after the latency);
+  own parser (``request.parse_body``, the step after JSON decoding);
+- the server decides the answer with the same code (``decide``: faults, outages, buckets,
+  seeded errors, latency, request ids, stats; ``settle`` after the latency);
 - a completion is read by the provider's own ``decode``; anything else (an error status, a
   timeout, a malformed body) goes through the provider's HTTP answer mapping (``answer``), so
   errors, messages and ``retry_after`` are the HTTP path's.
 
-Differences: ``LLMResponse.headers`` has no ``content-length`` (nothing was serialized), and a
-request body that JSON could not encode is not refused here.
+Differences: ``LLMResponse.headers`` has no ``content-length`` (nothing was serialized), a
+request body that JSON could not encode is not refused here, and there is no streaming (use the
+HTTP path, ``server.client()``, for streams).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ import httpx
 from ..clock import Clock
 from ..errors import error_from_exception
 from ..providers import DEFAULT_TIMEOUT, HTTPProvider
-from ..request import Request
+from ..request import Request as LLMRequest
 from ..response import LLMResponse
-from . import wire
+from .apis import APIS, BASE_URLS, DEFAULT_MODELS, api_for_path
+from .request import BadRequest, ChatRequest, parse_body
 
 if TYPE_CHECKING:
-    from .server import MockLLMServer, _Plan
+    from .server import MockLLMServer, Plan
 
 __all__ = ["DirectProvider"]
 
@@ -52,11 +54,10 @@ class DirectProvider:
                  api: str = "openai", timeout: float | httpx.Timeout | None = None,
                  clock: Clock | None = None) -> None:
         from ..providers import AnthropicProvider, OpenAIProvider
-        from .server import APIS, BASE_URLS
 
         if api not in APIS:
             raise ValueError(f"api must be one of {APIS}, got {api!r}")
-        model = model or server.model or wire.DEFAULT_MODELS[api]
+        model = model or server.model or DEFAULT_MODELS[api]
         cls = OpenAIProvider if api == "openai" else AnthropicProvider
         self._wire: HTTPProvider = cls(
             name, model, base_url=BASE_URLS[api], api_key=_MOCK_KEY,
@@ -75,24 +76,31 @@ class DirectProvider:
                 f"server={self.server.name!r})")
 
     def _send(self, prompt: str | None, messages: Any, max_tokens: int,
-              kw: dict[str, Any]) -> tuple[str, _Plan]:
-        body = self._wire.encode(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
+              kw: dict[str, Any]) -> tuple[str, Plan]:
+        body = self._wire.encode(
+            LLMRequest(prompt, messages=messages, max_tokens=max_tokens, **kw))
         url = self._wire.base_url + self._wire.path
         path = url[len(self._origin):]
-        route = wire.api_for_path(path)
-        parsed: wire.ChatRequest | None = None
-        bad: wire.BadRequest | None = None
+        route = api_for_path(path)
+        parsed: ChatRequest | None = None
+        bad: BadRequest | None = None
         if route is not None:
+            if body.get("stream"):
+                raise ValueError("a direct mock provider does not stream: use the HTTP path "
+                                 "(server.client()) for streams")
             try:
-                parsed = wire.parse_body(route, body)
-            except wire.BadRequest as exc:
+                parsed = parse_body(route, body)
+            except BadRequest as exc:
                 bad = exc
-        return url, self.server._decide(route, "POST", path, parsed, bad, self._read_timeout)
+        return url, self.server.decide(route, "POST", path, parsed, bad, self._read_timeout)
 
-    def _result(self, url: str, plan: _Plan, started: float) -> LLMResponse:
-        self.server._answered(plan)
+    def _result(self, url: str, plan: Plan, started: float) -> LLMResponse:
+        self.server.settle(plan)
         if plan.status is None:
-            exc = httpx.ReadTimeout(f"mock timeout: no answer after {plan.delay:g} s")
+            exc: httpx.TransportError = (
+                httpx.RemoteProtocolError("Server disconnected without sending a response.")
+                if plan.dropped else
+                httpx.ReadTimeout(f"mock timeout: no answer after {plan.delay:g} s"))
             raise error_from_exception(exc, provider=self.name)
         body = plan.body
         if plan.status == 200 and type(body) is dict:  # a completion: read it as it is
