@@ -306,7 +306,7 @@ def stops_chain(error: BaseException) -> bool:
     return isinstance(error, (ValueError, TypeError)) or not isinstance(error, Exception)
 
 
-def describe(error: BaseException | None, *, brief: bool = False, limit: int = 300) -> str:
+def describe(error: BaseException | None, limit: int = 300, *, brief: bool = False) -> str:
     """One line about ``error`` for a log line, an event or a note, credentials masked.
 
     ``brief``: ``ServerError 503 from openai`` (what a breaker or a task log needs); otherwise
