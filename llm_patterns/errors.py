@@ -96,6 +96,8 @@ class LLMError(Exception):
     retryable: bool = False
     outage: bool = False
     falls_back: bool = True
+    request_id: str | None = None
+    code: str | None = None
 
     def __init__(
         self,
