@@ -47,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from . import _validate
 from ._secret import redact
 
 __all__ = [
@@ -314,6 +315,7 @@ def describe(error: BaseException | None, limit: int = 300, *, brief: bool = Fal
     ``brief``: ``ServerError 503 from openai`` (what a breaker or a task log needs); otherwise
     ``ServerError: [openai] HTTP 503: server error: ... (request id req_1)``, cut at ``limit``.
     """
+    _validate.integer("limit", limit, minimum=4)
     if error is None:
         return "no error given"
     name = type(error).__name__
