@@ -178,8 +178,7 @@ class _Attempt:
         self.body = Body(
             response.headers, limit=p.max_response_bytes if ok else ERROR_BODY_BYTES,
             deadline=self.deadline, clock=p.clock, provider=p.name,
-            status=response.status_code, request_id=request_id_from_headers(response.headers),
-            truncate=not ok, decoded=loaded is not None,
+            status=response.status_code, truncate=not ok, decoded=loaded is not None,
         )
         if loaded is not None:
             self.body.feed(loaded)
