@@ -801,7 +801,7 @@ def test_providers_log_each_call_at_debug(caplog):
     assert any("openai-primary" in m and "200" in m and "2006 prompt" in m for m in lines)
 
 
-# -- every constructor argument: one rule (wrong type -> TypeError, wrong value -> ValueError) ------
+# -- every constructor argument: one rule (wrong type -> TypeError, wrong value -> ValueError) -----
 BAD_ARGUMENTS = [
     ("name", "", ValueError), ("name", None, TypeError), ("name", 5, TypeError),
     ("model", "  ", ValueError), ("model", True, TypeError),
