@@ -11,6 +11,8 @@ import pytest
 from llm_patterns import (
     AnthropicProvider,
     AuthenticationError,
+    ConnectionFailed,
+    ContentFilterError,
     ContextWindowExceeded,
     MalformedResponse,
     MockLLMServer,
@@ -22,24 +24,36 @@ from llm_patterns import (
     VirtualClock,
     is_retryable,
 )
+from llm_patterns.errors import ModelNotFoundError, is_outage, stops_chain
 from llm_patterns.mock.server import FAULT_KINDS
 
+# kind: (error, status on the OpenAI endpoint, status on the Anthropic endpoint, retryable)
 EXPECTED = {
-    "rate_limit": (RateLimitError, 429, True),
-    "insufficient_quota": (QuotaExceededError, 429, False),
-    "server_error": (ServerError, 500, True),
-    "overloaded": (ServerError, 529, True),
-    "timeout": (ProviderTimeout, None, True),
-    "context_length_exceeded": (ContextWindowExceeded, 400, False),
-    "malformed": (MalformedResponse, 200, True),
-    "auth": (AuthenticationError, 401, False),
+    "rate_limit": (RateLimitError, 429, 429, True),
+    "insufficient_quota": (QuotaExceededError, 429, 400, False),  # Anthropic: credit too low
+    "billing_hard_limit_reached": (QuotaExceededError, 400, 400, False),
+    "credit_balance_exhausted": (QuotaExceededError, 429, 400, False),
+    "organization_spend_limit_exceeded": (QuotaExceededError, 429, 429, False),
+    "project_spend_limit_exceeded": (QuotaExceededError, 429, 429, False),
+    "organization_usage_limit_exceeded": (QuotaExceededError, 429, 429, False),
+    "credit_balance_too_low": (QuotaExceededError, 429, 400, False),
+    "enforced_spend_limit_reached": (QuotaExceededError, 429, 429, False),
+    "contract_spend_limit_reached": (QuotaExceededError, 429, 429, False),
+    "server_error": (ServerError, 500, 500, True),
+    "overloaded": (ServerError, 529, 529, True),
+    "timeout": (ProviderTimeout, None, None, True),
+    "context_length_exceeded": (ContextWindowExceeded, 400, 400, False),
+    "malformed": (MalformedResponse, 200, 200, True),
+    "auth": (AuthenticationError, 401, 401, False),
+    "model_not_found": (ModelNotFoundError, 404, 404, False),
+    "content_filter": (ContentFilterError, 200, 200, False),
+    "stream_error": (ServerError, 500, 529, True),  # on a request that does not stream
+    "stream_drop": (ConnectionFailed, None, None, True),
 }
 
 
-def test_the_table_covers_the_spec_fault_kinds():
-    # SPEC §5's kinds; the billing, model_not_found, content_filter and stream kinds of §9/§10
-    # map through core-http's error taxonomy and are tested with it
-    assert set(EXPECTED) <= set(FAULT_KINDS)
+def test_the_table_covers_every_fault_kind():
+    assert set(EXPECTED) == set(FAULT_KINDS)
 
 
 def _provider(api: str, mock: MockLLMServer, clock):
@@ -52,19 +66,11 @@ def _provider(api: str, mock: MockLLMServer, clock):
                              async_client=mock.async_client(), clock=clock, timeout=5.0)
 
 
-_CREDIT_400 = pytest.mark.xfail(
-    reason="the mock now sends Anthropic's real answer for exhausted credit (400 'credit balance "
-    "is too low'); SPEC §9 maps it to QuotaExceededError once core-http's taxonomy lands",
-    strict=False)
-
-
-@pytest.mark.parametrize("kind, api", [
-    pytest.param(k, api, marks=_CREDIT_400) if (k, api) == ("insufficient_quota", "anthropic")
-    else (k, api) for api in ("openai", "anthropic") for k in sorted(EXPECTED)])
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
 def test_fault_maps_to_its_error(api, kind):
-    cls, status, retryable = EXPECTED[kind]
-    if kind == "insufficient_quota" and api == "anthropic":
-        status = 400
+    cls, openai_status, anthropic_status, retryable = EXPECTED[kind]
+    status = openai_status if api == "openai" else anthropic_status
     clock = VirtualClock()
     mock = MockLLMServer(clock=clock, seed=0, api=api)
     provider = _provider(api, mock, clock)
@@ -79,6 +85,11 @@ def test_fault_maps_to_its_error(api, kind):
     assert err.provider == "p"
     assert err.status_code == status
     assert is_retryable(err) is retryable
+    assert not stops_chain(err)  # SPEC §9: none of these stops a fallback chain
+    if cls is QuotaExceededError or cls is ModelNotFoundError:
+        assert not is_outage(err)  # the provider is up: billing and models are not outages
+    if status is not None:
+        assert err.request_id and err.request_id in str(err)
     if kind == "rate_limit":
         assert err.retry_after is not None and err.retry_after > 0
     # the fault was used up: the next call succeeds

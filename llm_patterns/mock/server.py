@@ -202,7 +202,8 @@ class MockLLMServer(Observable):
         return httpx.AsyncClient(transport=self.transport, **kwargs)
 
     def provider(self, name: str, model: str | None = None, *, api: str | None = None,
-                 timeout: float = 30.0, clock: Clock | None = None) -> DirectProvider:
+                 timeout: float | httpx.Timeout | None = None,
+                 clock: Clock | None = None) -> DirectProvider:
         """A provider answered by this server in process, without HTTP or JSON (fast).
 
         It behaves as ``OpenAIProvider`` / ``AnthropicProvider`` (``api``, default this server's)
