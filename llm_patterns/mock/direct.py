@@ -105,7 +105,7 @@ class DirectProvider:
         if plan.status == 200 and type(body) is dict:  # a completion: read it as it is
             try:
                 text, model, usage, finish = self._wire.decode(body, 200)
-            except Exception:  # noqa: BLE001, S110 - let the HTTP path map it exactly
+            except Exception:  # let the HTTP path map it exactly
                 pass
             else:
                 latency = max(0.0, self.clock.now() - started)
