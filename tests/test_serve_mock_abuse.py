@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -212,13 +213,30 @@ def test_max_connections_closes_the_extra_ones():
 
 def test_listen_backlog_is_at_least_128():
     server = MockLLMServer(latency=0.0)
-    httpd = make_server(server)
+    with pytest.raises(ValueError, match="backlog"):
+        make_server(server, backlog=5)
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("needs ss (iproute2) to read the kernel's backlog")
+    httpd, thread = serve(server)
     try:
-        assert httpd.backlog >= 128
-        with pytest.raises(ValueError, match="backlog"):
-            make_server(server, backlog=5)
+        time.sleep(0.1)  # serving: asyncio has called listen() again by now
+        out = subprocess.run([ss, "-ltn", f"sport = :{httpd.server_port}"], capture_output=True,
+                             text=True, check=True).stdout
+        (line,) = [row for row in out.splitlines() if row.startswith("LISTEN")]
+        backlog = int(line.split()[2])  # Send-Q of a listening socket: its backlog
+        assert backlog >= 128 and backlog == min(httpd.backlog, _somaxconn())
     finally:
+        httpd.shutdown()
         httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _somaxconn() -> int:
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except OSError:
+        return 4096
 
 
 # ---------------------------------------------------------------- hostile requests

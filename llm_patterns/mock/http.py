@@ -156,7 +156,8 @@ class MockHTTPServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._workers = asyncio.Semaphore(self.workers)
-        server = await asyncio.start_server(self._accept, sock=self._sock,
+        # asyncio calls listen() again on the socket: pass the backlog, or it falls to 100
+        server = await asyncio.start_server(self._accept, sock=self._sock, backlog=self.backlog,
                                             limit=self.max_header_bytes)
         self._started.set()
         try:
