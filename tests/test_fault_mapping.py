@@ -40,7 +40,7 @@ EXPECTED = {
     "enforced_spend_limit_reached": (QuotaExceededError, 429, 429, False),
     "contract_spend_limit_reached": (QuotaExceededError, 429, 429, False),
     "server_error": (ServerError, 500, 500, True),
-    "overloaded": (ServerError, 529, 529, True),
+    "overloaded": (ServerError, 503, 529, True),
     "timeout": (ProviderTimeout, None, None, True),
     "context_length_exceeded": (ContextWindowExceeded, 400, 400, False),
     "malformed": (MalformedResponse, 200, 200, True),
