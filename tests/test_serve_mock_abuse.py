@@ -269,6 +269,23 @@ def test_bad_bodies_and_bad_http_are_4xx_never_500():
     assert 500 not in server.stats["by_status"]
 
 
+def test_expect_100_continue_is_answered_and_an_oversized_one_refused_first():
+    server = MockLLMServer(latency=0.0, max_body_bytes=10_000)
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    with running(server) as url:
+        host, port = url[len("http://"):].split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                         b"application/json\r\nexpect: 100-continue\r\ncontent-length: "
+                         + str(len(body)).encode() + b"\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(body)
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 OK")
+        big = _raw(url, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                   b"application/json\r\nexpect: 100-continue\r\ncontent-length: 20000\r\n\r\n")
+        assert big.startswith(b"HTTP/1.1 413 ") and b" 100 " not in big.split(b"\r\n")[0]
+
+
 def test_chunked_body_past_the_limit_is_413():
     server = MockLLMServer(latency=0.0, max_body_bytes=1000)
     with running(server) as url, httpx.Client(base_url=url, timeout=5) as client:

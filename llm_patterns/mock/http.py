@@ -265,6 +265,9 @@ class MockHTTPServer:
         async with self._workers:
             self._busy += 1
             try:
+                if conn.they_are_waiting_for_100_continue:  # curl's Expect: 100-continue
+                    writer.write(conn.send(h11.InformationalResponse(
+                        status_code=100, headers=[], reason=b"Continue")))
                 body = bytearray()
                 while True:
                     event = await self._read(conn, reader, self.read_timeout)
