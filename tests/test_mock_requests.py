@@ -169,6 +169,7 @@ OPENAI_REFUSES = [
      "'max_completion_tokens' instead."), "max_tokens", "unsupported_parameter"),
     ("empty messages", oa(messages=[]), "Invalid 'messages': empty array.", "messages",
      "empty_array"),
+    ("empty tools", oa(tools=[]), "Invalid 'tools': empty array.", "tools", "empty_array"),
 ]
 
 

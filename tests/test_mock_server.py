@@ -273,7 +273,7 @@ FAULT_EXPECTATIONS = {
     "rate_limit": (429, "rate_limit_exceeded", 429, "rate_limit_error"),
     "insufficient_quota": (429, "insufficient_quota", 400, "invalid_request_error"),
     "server_error": (500, "server_error", 500, "api_error"),
-    "overloaded": (529, "overloaded_error", 529, "overloaded_error"),
+    "overloaded": (503, "server_is_overloaded", 529, "overloaded_error"),
     "context_length_exceeded": (400, "context_length_exceeded", 400, "invalid_request_error"),
     "auth": (401, "invalid_api_key", 401, "authentication_error"),
 }
@@ -291,7 +291,7 @@ def test_json_faults(api, kind):
     oa_status, oa_code, an_status, an_type = FAULT_EXPECTATIONS[kind]
     assert r.status_code == (an_status if api == "anthropic" else oa_status)
     data = r.json()
-    if api == "anthropic" or kind == "overloaded":
+    if api == "anthropic":
         assert data["type"] == "error" and data["error"]["type"] == an_type
         assert data["error"]["message"]
     else:
@@ -529,7 +529,7 @@ def test_request_events_for_the_dashboard():
         client.post(OPENAI, json=oa("abcd" * 3))
         client.post(OPENAI, json=oa("abcd" * 3))
     assert [(e.source, e.name, e.kind) for e in events] == [("mock", "mock", "request")] * 2
-    assert [e.data["status"] for e in events] == [529, 200]
+    assert [e.data["status"] for e in events] == [503, 200]
     assert [e.data["fault"] for e in events] == ["overloaded", None]
     assert events[1].data["prompt_tokens"] == 3 and events[1].data["path"] == "/v1/chat/completions"
     assert [e.time for e in events] == pytest.approx([0.2, 0.4])

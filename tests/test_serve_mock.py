@@ -156,6 +156,17 @@ def test_cli_help_lists_serve_mock(capsys):
     assert "serve-mock" in capsys.readouterr().out
 
 
+def test_cli_help_lists_every_option_and_fault_kind(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve-mock", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for option in ("--itpm", "--otpm", "--chunk-delay", "--prompt-caching", "--reasoning-tokens",
+                   "--read-timeout", "--workers", "--max-connections", "--max-body-bytes"):
+        assert option in out
+    for kind in ("credit_balance_too_low", "enforced_spend_limit_reached", "stream_drop"):
+        assert kind in out.replace("- ", "-")
+
+
 def test_cli_reports_a_port_in_use(capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -212,13 +213,30 @@ def test_max_connections_closes_the_extra_ones():
 
 def test_listen_backlog_is_at_least_128():
     server = MockLLMServer(latency=0.0)
-    httpd = make_server(server)
+    with pytest.raises(ValueError, match="backlog"):
+        make_server(server, backlog=5)
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("needs ss (iproute2) to read the kernel's backlog")
+    httpd, thread = serve(server)
     try:
-        assert httpd.backlog >= 128
-        with pytest.raises(ValueError, match="backlog"):
-            make_server(server, backlog=5)
+        time.sleep(0.1)  # serving: asyncio has called listen() again by now
+        out = subprocess.run([ss, "-ltn", f"sport = :{httpd.server_port}"], capture_output=True,
+                             text=True, check=True).stdout
+        (line,) = [row for row in out.splitlines() if row.startswith("LISTEN")]
+        backlog = int(line.split()[2])  # Send-Q of a listening socket: its backlog
+        assert backlog >= 128 and backlog == min(httpd.backlog, _somaxconn())
     finally:
+        httpd.shutdown()
         httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _somaxconn() -> int:
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except OSError:
+        return 4096
 
 
 # ---------------------------------------------------------------- hostile requests
@@ -249,6 +267,23 @@ def test_bad_bodies_and_bad_http_are_4xx_never_500():
     assert garbage.startswith(b"HTTP/1.1 400 ")
     assert huge_head.startswith(b"HTTP/1.1 431 ")
     assert 500 not in server.stats["by_status"]
+
+
+def test_expect_100_continue_is_answered_and_an_oversized_one_refused_first():
+    server = MockLLMServer(latency=0.0, max_body_bytes=10_000)
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    with running(server) as url:
+        host, port = url[len("http://"):].split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                         b"application/json\r\nexpect: 100-continue\r\ncontent-length: "
+                         + str(len(body)).encode() + b"\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(body)
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 OK")
+        big = _raw(url, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                   b"application/json\r\nexpect: 100-continue\r\ncontent-length: 20000\r\n\r\n")
+        assert big.startswith(b"HTTP/1.1 413 ") and b" 100 " not in big.split(b"\r\n")[0]
 
 
 def test_chunked_body_past_the_limit_is_413():

@@ -51,7 +51,7 @@ FAULT_KINDS: dict[str, tuple[str, str]] = {
         "429 insufficient_quota/organization_usage_limit_exceeded",
         "429 rate_limit_error, details.error_code contract_spend_limit_reached, no retry-after"),
     "server_error": ("500 server_error", "500 api_error"),
-    "overloaded": ("529 overloaded_error", "529 overloaded_error"),
+    "overloaded": ("503 service_unavailable_error/server_is_overloaded", "529 overloaded_error"),
     "timeout": ("no answer until the client's read timeout", "no answer"),
     "context_length_exceeded": ("400 context_length_exceeded", "400 prompt is too long"),
     "malformed": ("200 of HTML from a proxy", "200 of HTML from a proxy"),
@@ -179,10 +179,12 @@ def fault_answer(kind: str, ctx: FaultContext) -> FaultAnswer:
                    if api == "openai" else "Internal server error")
         return FaultAnswer(500, _err(ctx, 500, message, type="server_error"
                                      if api == "openai" else "api_error"), {})
+    if kind == "overloaded" and api == "openai":  # OpenAI never sends 529
+        return FaultAnswer(503, _err(ctx, 503, "The engine is currently overloaded, please try "
+                                     "again later.", type="service_unavailable_error",
+                                     code="server_is_overloaded"), {})
     if kind in ("overloaded", "stream_error"):
-        return FaultAnswer(529, error_body("anthropic", 529, "Overloaded",
-                                           type="overloaded_error", request_id=ctx.request_id
-                                           if api == "anthropic" else None), {})
+        return FaultAnswer(529, _err(ctx, 529, "Overloaded", type="overloaded_error"), {})
     if kind == "timeout":
         return FaultAnswer(None, b"", {})
     if kind == "stream_drop":

@@ -156,7 +156,8 @@ class MockHTTPServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._workers = asyncio.Semaphore(self.workers)
-        server = await asyncio.start_server(self._accept, sock=self._sock,
+        # asyncio calls listen() again on the socket: pass the backlog, or it falls to 100
+        server = await asyncio.start_server(self._accept, sock=self._sock, backlog=self.backlog,
                                             limit=self.max_header_bytes)
         self._started.set()
         try:
@@ -177,6 +178,9 @@ class MockHTTPServer:
         self._counts["connections_total"] += 1
         if len(self._tasks) >= self.max_connections:
             self._counts["connections_refused"] += 1
+            logger.warning("mock HTTP server: %d connections open (max_connections): closing a "
+                           "new one (%d refused so far)", len(self._tasks),
+                           self._counts["connections_refused"])
             writer.transport.abort()
             return
         task = asyncio.current_task()
@@ -211,6 +215,9 @@ class MockHTTPServer:
                 data = await asyncio.wait_for(reader.read(size), wait)
             except TimeoutError:
                 self._counts["read_timeouts"] += 1
+                logger.debug("mock HTTP server: no complete request within %.1f s: closing "
+                             "(%d read timeouts so far)", self.read_timeout,
+                             self._counts["read_timeouts"])
                 raise _Closed from None
             conn.receive_data(data)
             if not data and conn.their_state is h11.IDLE:
@@ -258,6 +265,9 @@ class MockHTTPServer:
         async with self._workers:
             self._busy += 1
             try:
+                if conn.they_are_waiting_for_100_continue:  # curl's Expect: 100-continue
+                    writer.write(conn.send(h11.InformationalResponse(
+                        status_code=100, headers=[], reason=b"Continue")))
                 body = bytearray()
                 while True:
                     event = await self._read(conn, reader, self.read_timeout)
@@ -310,6 +320,8 @@ class MockHTTPServer:
                          writer: asyncio.StreamWriter, method: str, path: str,
                          length: int) -> None:
         self._counts["too_large"] += 1
+        logger.info("mock HTTP server: %s %s with a %d-byte body over max_body_bytes=%d: 413, "
+                    "body not read", method, path, length, self.mock.max_body_bytes)
         plan = self.mock.refuse_oversized(method, path, length)
         self.mock.settle(plan)
         content = plan.content()

@@ -205,6 +205,9 @@ def _oa_content(content: Any, where: str) -> str:
 def _oa_tools(tools: Any) -> tuple[ToolSpec, ...]:
     if not isinstance(tools, list):
         raise _oa_type("tools", "an array", tools)
+    if not tools:
+        raise _oa_bad("Invalid 'tools': empty array. Expected an array with minimum length 1, "
+                      "but got an empty array instead.", "tools", "empty_array")
     specs = []
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):

@@ -71,9 +71,16 @@ _UNSET: Any = object()
 
 @dataclass(frozen=True)
 class _Fault:
+    """A queued ``fail_next`` fault and its options."""
+
     kind: str
     status: int | None
     should_retry: bool | None
+
+    def mark(self, headers: dict[str, str]) -> None:
+        """Add the server's word on retrying, when the fault has one."""
+        if self.should_retry is not None:
+            headers["x-should-retry"] = "true" if self.should_retry else "false"
 
 
 @dataclass
@@ -496,8 +503,7 @@ class MockLLMServer(Observable):
                 headers.update(answer.headers)
                 if status is not None and queued.status is not None:
                     status = queued.status
-                if queued.should_retry is not None:
-                    headers["x-should-retry"] = "true" if queued.should_retry else "false"
+                queued.mark(headers)
                 if status is None and not dropped:
                     delay = self._timeout_delay(read_timeout, delay)
                 elif dropped:
@@ -525,8 +531,7 @@ class MockLLMServer(Observable):
                 )
                 if head is not None and fault == head.kind:  # the fault changed this answer
                     self._faults.popleft()
-                    if head.should_retry is not None:
-                        headers["x-should-retry"] = "true" if head.should_retry else "false"
+                    head.mark(headers)
             if status == 429:
                 delay = 0.0  # providers refuse before doing any work
             if api == "anthropic":
