@@ -42,7 +42,10 @@ _EXPORTS: dict[str, str] = {
     "ContextWindowExceeded": "errors", "ContentFilterError": "errors",
     "MalformedResponse": "errors", "BudgetExceeded": "errors", "CircuitOpenError": "errors",
     "RateLimitTimeout": "errors", "AllProvidersFailed": "errors",
-    "is_retryable": "errors", "retry_after_from_headers": "errors",
+    "ModelNotFoundError": "errors", "ConnectionPoolTimeout": "errors",
+    "is_retryable": "errors", "retry_after_from_headers": "errors", "is_outage": "errors",
+    "stops_chain": "errors", "describe": "errors", "redact": "errors",
+    "Request": "request",
     # task 1
     "TokenBucket": "rate_limit", "RateLimiter": "rate_limit",
     # task 2
@@ -56,7 +59,6 @@ _EXPORTS: dict[str, str] = {
     "OpenAIProvider": "providers", "AnthropicProvider": "providers",
     # task 5
     "CircuitBreaker": "circuit_breaker", "CircuitState": "circuit_breaker",
-    "is_outage": "circuit_breaker",
     # together
     # shared state across processes and hosts (Airflow workers)
     "SharedRateLimiter": "state", "SharedCircuitBreaker": "state",
@@ -86,7 +88,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .backoff import BackoffPolicy  # noqa: F401
     from .chunking import chunk_spans, chunk_text, map_reduce_summarize  # noqa: F401
-    from .circuit_breaker import CircuitBreaker, CircuitState, is_outage  # noqa: F401
+    from .circuit_breaker import CircuitBreaker, CircuitState  # noqa: F401
     from .client import GuardedProvider, ResilientClient  # noqa: F401
     from .clock import Clock, ScaledClock, SystemClock, VirtualClock  # noqa: F401
     from .context import (  # noqa: F401
@@ -102,18 +104,24 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         BudgetExceeded,
         CircuitOpenError,
         ConnectionFailed,
+        ConnectionPoolTimeout,
         ContentFilterError,
         ContextWindowExceeded,
         InvalidRequestError,
         LLMError,
         MalformedResponse,
+        ModelNotFoundError,
         ProviderTimeout,
         QuotaExceededError,
         RateLimitError,
         RateLimitTimeout,
         ServerError,
+        describe,
+        is_outage,
         is_retryable,
+        redact,
         retry_after_from_headers,
+        stops_chain,
     )
     from .events import Event, Observable  # noqa: F401
     from .fallback import FallbackChain  # noqa: F401
@@ -122,6 +130,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .pricing import PriceTable, Pricing, UnknownModelError  # noqa: F401
     from .providers import AnthropicProvider, OpenAIProvider  # noqa: F401
     from .rate_limit import RateLimiter, TokenBucket  # noqa: F401
+    from .request import Request  # noqa: F401
     from .response import LLMResponse, Provider, Usage, prompt_text, to_messages  # noqa: F401
     from .retry import RetryPolicy, current_attempt  # noqa: F401
     from .state import SharedCircuitBreaker, SharedRateLimiter  # noqa: F401

@@ -29,13 +29,7 @@ import httpx
 
 from ._decorate import decorate
 from .clock import Clock, SystemClock
-from .errors import (
-    CircuitOpenError,
-    ConnectionFailed,
-    MalformedResponse,
-    ProviderTimeout,
-    ServerError,
-)
+from .errors import CircuitOpenError, is_outage
 from .events import Observable
 
 __all__ = ["CircuitBreaker", "CircuitState", "is_outage"]
@@ -45,17 +39,6 @@ logger = logging.getLogger("llm_patterns.circuit_breaker")
 T = TypeVar("T")
 StateListener = Callable[["CircuitBreaker", "CircuitState", "CircuitState"], None]
 
-_OUTAGE_TYPES: tuple[type[BaseException], ...] = (
-    ServerError,
-    ProviderTimeout,
-    ConnectionFailed,
-    MalformedResponse,
-    httpx.TimeoutException,
-    httpx.NetworkError,
-    httpx.RemoteProtocolError,
-    TimeoutError,
-    ConnectionError,
-)
 _MIN_RETRY_AFTER = 0.001  # a busy half-open breaker never tells callers "retry in 0 s"
 _REPR_LIMIT = 200
 
@@ -69,23 +52,6 @@ class CircuitState(str, Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-def is_outage(error: BaseException | None) -> bool:
-    """The default ``is_failure``: does this error say the provider is down?
-
-    True for ``ServerError``, ``ProviderTimeout``, ``ConnectionFailed``, ``MalformedResponse``,
-    raw httpx timeouts / network / protocol errors, an ``httpx.HTTPStatusError`` with a 5xx or
-    529, ``TimeoutError`` and ``ConnectionError``; and for ``None`` (a failure with no detail).
-    False for 429s, bad requests, auth errors and everything else: they say nothing about an outage.
-    """
-    if error is None:
-        return True
-    if isinstance(error, _OUTAGE_TYPES):
-        return True
-    if isinstance(error, httpx.HTTPStatusError):
-        return 500 <= error.response.status_code < 600
-    return False
 
 
 class _Token:

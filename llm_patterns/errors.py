@@ -1,58 +1,104 @@
 """The error taxonomy: one class per thing that goes wrong with an LLM API, and what to do.
 
-| error                   | status           | retry? | breaker counts it? | fall back? |
-|-------------------------|------------------|--------|--------------------|------------|
-| RateLimitError          | 429              | yes    | no                 | yes        |
-| QuotaExceededError      | 429 insufficient_quota | NO | no              | yes        |
-| ServerError             | 500/502/503/504/529 | yes | yes                | yes        |
-| ProviderTimeout         | timeout          | yes    | yes                | yes        |
-| ConnectionFailed        | network          | yes    | yes                | yes        |
-| AuthenticationError     | 401/403          | no     | no                 | yes        |
-| InvalidRequestError     | 400/404/422      | no     | no                 | NO         |
-| ContextWindowExceeded   | 400 context_length_exceeded | no | no        | to a larger window |
-| ContentFilterError      | 400 content filter | no   | no                 | yes        |
-| MalformedResponse       | 2xx, not a completion | yes | yes             | yes        |
-| BudgetExceeded          | (ours)           | no     | no                 | NO         |
-| CircuitOpenError        | (ours)           | no     | no                 | yes        |
-| RateLimitTimeout        | (ours)           | no     | no                 | yes        |
+Each class carries its answers as data, and everything that decides reads them:
+``is_retryable`` (the retry policy), ``is_outage`` (the circuit breakers) and ``stops_chain``
+(the fallback chain). The table below IS the class attributes (a test checks it):
+
+| error                 | raised for                              | retry | outage | falls back |
+|-----------------------|-----------------------------------------|-------|--------|------------|
+| RateLimitError        | 429                                     | yes   | no     | yes        |
+| QuotaExceededError    | billing: 402, quota/spend-limit codes   | NO    | no     | yes        |
+| ServerError           | 5xx, 529, 409                           | yes   | yes    | yes        |
+| ProviderTimeout       | connect/read/write timeout, 408         | yes   | yes    | yes        |
+| ConnectionPoolTimeout | our own connection pool ran dry (local) | yes   | NO     | yes        |
+| ConnectionFailed      | DNS, refused, reset, protocol error     | yes   | yes    | yes        |
+| AuthenticationError   | 401, 403                                | no    | no     | yes        |
+| ModelNotFoundError    | 404 (model_not_found, not_found_error)  | no    | no     | yes        |
+| InvalidRequestError   | other 4xx (400, 413, 422 ...)           | no    | no     | NO         |
+| ContextWindowExceeded | 400 context_length_exceeded             | no    | no     | yes (1)    |
+| ContentFilterError    | 400 content filter, a refusal           | no    | no     | yes        |
+| MalformedResponse     | a 2xx/3xx that is not a completion      | yes   | yes    | yes        |
+| BudgetExceeded        | ours: a hard budget                     | no    | no     | NO         |
+| CircuitOpenError      | ours: the breaker is open               | no    | no     | yes        |
+| RateLimitTimeout      | ours: the limiter would wait too long   | no    | no     | yes        |
+| AllProvidersFailed    | ours: every provider failed             | no    | no     | yes        |
+
+(1) a model with a larger window may answer.
+
+A server's ``x-should-retry: true|false`` header overrides ``retryable`` on that error (as both
+official SDKs obey it), except for billing: a ``QuotaExceededError`` is never retried.
+
+``error_from_response`` maps an HTTP answer onto the table (one rule for both APIs; the
+``_RULES`` below, first match wins); ``is_retryable`` on a raw ``httpx.Response`` runs the same
+rules, so the raw and the mapped answer always agree. ``ValueError``/``TypeError`` are the
+caller's own mistakes (a bad ``max_tokens``, no prompt, an unsupported content part): raised as
+themselves before any request, they stop a fallback chain too.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from . import _validate
+from ._secret import redact
+
 __all__ = [
-    "LLMError",
-    "RateLimitError",
-    "QuotaExceededError",
-    "ServerError",
-    "ProviderTimeout",
-    "ConnectionFailed",
+    "BILLING_CODES",
+    "AllProvidersFailed",
     "AuthenticationError",
-    "InvalidRequestError",
-    "ContextWindowExceeded",
-    "ContentFilterError",
-    "MalformedResponse",
     "BudgetExceeded",
     "CircuitOpenError",
+    "ConnectionFailed",
+    "ConnectionPoolTimeout",
+    "ContentFilterError",
+    "ContextWindowExceeded",
+    "InvalidRequestError",
+    "LLMError",
+    "MalformedResponse",
+    "ModelNotFoundError",
+    "ProviderTimeout",
+    "QuotaExceededError",
+    "RateLimitError",
     "RateLimitTimeout",
-    "AllProvidersFailed",
-    "is_retryable",
-    "retry_after_from_headers",
+    "ServerError",
     "add_note",
+    "describe",
+    "error_from_answer",
+    "error_from_exception",
+    "error_from_response",
+    "is_outage",
+    "is_retryable",
+    "redact",
+    "request_id_from_headers",
+    "retry_after_from_headers",
+    "stops_chain",
 ]
+
+MAX_MESSAGE_CHARS = 200
 
 
 class LLMError(Exception):
-    """Base of every error this library raises about an LLM call."""
+    """Base of every error this library raises about an LLM call.
+
+    ``retryable``, ``outage`` and ``falls_back`` are the class's row of the table above; a
+    server's ``x-should-retry`` header may override ``retryable`` on one instance.
+    ``request_id`` is the provider's id of the failed request (quote it to their support);
+    ``code`` the provider's own error code or type (``insufficient_quota``, ``rate_limit_error``).
+    """
 
     retryable: bool = False
+    outage: bool = False
+    falls_back: bool = True
+    request_id: str | None = None
+    code: str | None = None
 
     def __init__(
         self,
@@ -61,12 +107,19 @@ class LLMError(Exception):
         provider: str | None = None,
         status_code: int | None = None,
         retry_after: float | None = None,
+        request_id: str | None = None,
+        code: str | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.provider = provider
         self.status_code = status_code
         self.retry_after = retry_after
+        self.request_id = request_id
+        self.code = code
+        if retryable is not None:
+            self.retryable = retryable
 
     def __str__(self) -> str:
         parts = []
@@ -77,21 +130,23 @@ class LLMError(Exception):
         parts.append(self.message or type(self).__name__)
         if self.retry_after is not None:
             parts.append(f"(retry after {self.retry_after:g} s)")
+        if self.request_id:
+            parts.append(f"(request id {self.request_id})")
         return " ".join(parts)
 
     def __repr__(self) -> str:
         args = [repr(self.message)]
-        for key in ("provider", "status_code", "retry_after"):
-            value = getattr(self, key)
+        for key in ("provider", "status_code", "retry_after", "request_id", "code"):
+            value = getattr(self, key, None)
             if value is not None:
                 args.append(f"{key}={value!r}")
         return f"{type(self).__name__}({', '.join(args)})"
 
-    def __reduce__(self):  # picklable across processes (Airflow, multiprocessing)
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes (Airflow)
         return (_rebuild, (type(self), self.message, self.__dict__.copy()))
 
 
-def _rebuild(cls: type, message: str, state: dict[str, Any]) -> LLMError:
+def _rebuild(cls: type[LLMError], message: str, state: dict[str, Any]) -> LLMError:
     err = cls.__new__(cls)
     Exception.__init__(err, message)
     err.__dict__.update(state)
@@ -105,35 +160,56 @@ class RateLimitError(LLMError):
 
 
 class QuotaExceededError(RateLimitError):
-    """429 ``insufficient_quota``: the account is out of credit. Retrying cannot help."""
+    """Billing: out of credit, or over a spend limit (OpenAI ``insufficient_quota`` and the other
+    billing codes, Anthropic "credit balance is too low" and spend limits, any 402). Retrying
+    cannot help, whatever the status or ``x-should-retry`` say; another provider may answer."""
 
     retryable = False
 
 
 class ServerError(LLMError):
-    """5xx or 529 overloaded: the provider is unwell. Retry with backoff; counts as an outage."""
+    """5xx or 529 overloaded (or 409, a conflict the SDKs retry): the provider is unwell."""
 
     retryable = True
+    outage = True
 
 
 class ProviderTimeout(LLMError):
-    """The provider did not answer in time."""
+    """The provider did not answer in time (connect, read or write timeout, 408, or the whole
+    response took longer than its deadline)."""
+
+    retryable = True
+    outage = True
+
+
+class ConnectionPoolTimeout(LLMError):
+    """Our own connection pool had no free connection in time: a local shortage, not the
+    provider's fault, so no breaker counts it. Retryable (connections free up)."""
 
     retryable = True
 
 
 class ConnectionFailed(LLMError):
-    """The provider could not be reached (DNS, refused, reset)."""
+    """The provider could not be reached (DNS, refused, reset, a broken HTTP exchange)."""
 
     retryable = True
+    outage = True
 
 
 class AuthenticationError(LLMError):
-    """401/403: the key is wrong or lacks permission."""
+    """401/403: the key is wrong or lacks permission. Another provider has another key."""
+
+
+class ModelNotFoundError(LLMError):
+    """404: this provider has no such model (OpenAI ``model_not_found``, Anthropic
+    ``not_found_error``) or no such endpoint (a wrong ``base_url``). Not an
+    ``InvalidRequestError``: another provider, with another model, may answer."""
 
 
 class InvalidRequestError(LLMError):
-    """400/404/422: the request itself is wrong; any provider would refuse it the same way."""
+    """400/413/422: the request itself is wrong; any provider would refuse it the same way."""
+
+    falls_back = False
 
 
 class ContextWindowExceeded(LLMError):
@@ -145,13 +221,17 @@ class ContentFilterError(LLMError):
 
 
 class MalformedResponse(LLMError):
-    """A 2xx answer that is not a completion (HTML from a proxy, empty body, no usage)."""
+    """A 2xx answer that is not a completion (HTML from a proxy, empty body, no usage), a
+    redirect, or a body over the size cap."""
 
     retryable = True
+    outage = True
 
 
 class BudgetExceeded(LLMError):
     """The call would take spending past a hard budget. Never retried, never sent elsewhere."""
+
+    falls_back = False
 
 
 class CircuitOpenError(LLMError):
@@ -173,46 +253,300 @@ class AllProvidersFailed(LLMError):
         super().__init__(message)
 
 
-_RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+# ---------------------------------------------------------------------------------------------
+# The three questions, asked of any exception
+# ---------------------------------------------------------------------------------------------
 
 
 def is_retryable(error: BaseException | httpx.Response) -> bool:
     """Whether trying the same call again could succeed.
 
-    True for 408, 409, 429 (but not ``insufficient_quota``), 5xx, 529, timeouts and connection
-    failures; accepts our errors, raw httpx exceptions and ``httpx.Response`` objects.
+    Our errors answer with their ``retryable`` (see the table; ``x-should-retry`` may have set it
+    on the instance). A raw ``httpx.Response`` or ``httpx.HTTPStatusError`` goes through the same
+    rules as ``error_from_response``; raw timeouts and connection errors are retryable.
     """
     if isinstance(error, LLMError):
-        return type(error).retryable
+        return error.retryable
     if isinstance(error, httpx.Response):
-        return _status_retryable(error.status_code) and not _is_quota_body(error)
+        return not error.is_success and error_from_response(error).retryable
     if isinstance(error, httpx.HTTPStatusError):
         return is_retryable(error.response)
-    if isinstance(error, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
+    return isinstance(error, (httpx.TimeoutException, httpx.NetworkError,
+                              httpx.RemoteProtocolError, TimeoutError, ConnectionError))
+
+
+def is_outage(error: BaseException | None) -> bool:
+    """Whether this error says the provider is down: the circuit breakers' default ``is_failure``.
+
+    Our errors answer with their ``outage``. Raw httpx timeouts (but not ``PoolTimeout``: our own
+    pool ran dry), network and protocol errors, an ``HTTPStatusError`` with a 5xx, ``TimeoutError``
+    and ``ConnectionError`` are outages; so is ``None`` (a failure reported with no detail). A 429,
+    a bad request or an auth error says nothing about an outage.
+    """
+    if error is None:
         return True
-    if isinstance(error, (TimeoutError, ConnectionError)):
-        return True
-    return False
-
-
-def _status_retryable(status: int) -> bool:
-    return status in _RETRYABLE_STATUS or 500 <= status < 600
-
-
-def _is_quota_body(response: httpx.Response) -> bool:
-    if response.status_code != 429:
+    if isinstance(error, LLMError):
+        return error.outage
+    if isinstance(error, httpx.PoolTimeout):
         return False
-    try:
-        body = response.json()
-    except Exception:
+    if isinstance(error, httpx.HTTPStatusError):
+        return error_from_response(error.response).outage
+    return isinstance(error, (httpx.TimeoutException, httpx.NetworkError,
+                              httpx.RemoteProtocolError, TimeoutError, ConnectionError))
+
+
+def stops_chain(error: BaseException) -> bool:
+    """Whether a fallback chain must raise ``error`` at once instead of trying the next provider.
+
+    Our errors answer with ``not falls_back`` (``BudgetExceeded``, ``InvalidRequestError``).
+    ``ValueError``/``TypeError`` are the caller's own mistakes (or a bug): every provider would
+    refuse them the same way, so they stop the chain and surface as themselves. Anything else
+    (an outage, a provider raising a plain ``Exception``) moves on; ``BaseException`` that is not
+    an ``Exception`` (Ctrl-C, cancellation) is never caught by a chain at all.
+    """
+    if isinstance(error, LLMError):
+        return not error.falls_back
+    return isinstance(error, (ValueError, TypeError)) or not isinstance(error, Exception)
+
+
+def describe(error: BaseException | None, limit: int = 300, *, brief: bool = False) -> str:
+    """One line about ``error`` for a log line, an event or a note, credentials masked.
+
+    ``brief``: ``ServerError 503 from openai`` (what a breaker or a task log needs); otherwise
+    ``ServerError: [openai] HTTP 503: server error: ... (request id req_1)``, cut at ``limit``.
+    """
+    _validate.integer("limit", limit, minimum=4)
+    if error is None:
+        return "no error given"
+    name = type(error).__name__
+    if brief:
+        status = getattr(error, "status_code", None)
+        if status is None and isinstance(error, httpx.HTTPStatusError):
+            status = error.response.status_code
+        provider = getattr(error, "provider", None)
+        text = name + (f" {status}" if status is not None else "")
+        text += f" from {provider}" if isinstance(provider, str) and provider else ""
+    else:
         try:
-            return "insufficient_quota" in response.text
+            detail = str(error)
         except Exception:
-            return False
+            detail = "<unprintable>"
+        text = f"{name}: {detail}" if detail else name
+    text = redact(" ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP answers onto the table
+# ---------------------------------------------------------------------------------------------
+
+BILLING_CODES = frozenset({
+    # OpenAI error.code / error.type, whatever the status (429, 402 or 400)
+    "insufficient_quota",
+    "billing_hard_limit_reached",
+    "credit_balance_exhausted",
+    "organization_spend_limit_exceeded",
+    "project_spend_limit_exceeded",
+    "organization_usage_limit_exceeded",
+    # Anthropic: error.type on a 402, and error.details.error_code on a 429 or a 402
+    "billing_error",
+    "enforced_spend_limit_reached",
+    "contract_spend_limit_reached",
+    "linked_organization_billing_unavailable",
+    "linked_organization_spend_limit_reached",
+})
+"""Error codes and types that mean "out of credit or over a spend limit" (QuotaExceededError)."""
+
+_BILLING_MESSAGES = ("your credit balance is too low",)  # Anthropic's 400 invalid_request_error
+_CONTEXT_PATTERNS = (
+    "context_length_exceeded",
+    "prompt is too long",
+    "maximum context length",
+    "context window",
+    "context length",
+    "context limit",
+)
+_CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What the rules read from one HTTP answer (every field present, possibly empty)."""
+
+    status: int
+    message: str
+    type: str
+    code: str
+    error_code: str
+    request_id: str | None
+
+    @property
+    def codes(self) -> frozenset[str]:
+        return frozenset(c.lower() for c in (self.type, self.code, self.error_code) if c)
+
+    @property
+    def client_error(self) -> bool:
+        return 400 <= self.status < 500
+
+
+def _billing(a: _Answer) -> bool:
+    if not a.client_error:
+        return False
+    lowered = a.message.lower()
+    return (a.status == 402 or bool(a.codes & BILLING_CODES)
+            or lowered.lstrip().startswith(_BILLING_MESSAGES)
+            or any(code in lowered for code in BILLING_CODES))  # a non-JSON body naming one
+
+
+def _context(a: _Answer) -> bool:
+    lowered = a.message.lower()
+    return a.client_error and ("context_length_exceeded" in a.codes
+                               or any(p in lowered for p in _CONTEXT_PATTERNS))
+
+
+# First match wins. Each rule: (applies?, class, what the message says it is).
+_RULES: tuple[tuple[Callable[[_Answer], bool], type[LLMError], str], ...] = (
+    (_billing, QuotaExceededError, "billing: out of credit or over a spend limit"),
+    (lambda a: a.status == 429, RateLimitError, "rate limited"),
+    (lambda a: a.status in (401, 403), AuthenticationError, "authentication failed"),
+    (lambda a: a.status == 404, ModelNotFoundError, "model or endpoint not found"),
+    (lambda a: a.status == 408, ProviderTimeout, "the server timed out waiting for the request"),
+    (lambda a: a.status == 409, ServerError, "conflict"),
+    (_context, ContextWindowExceeded, "context window exceeded"),
+    (lambda a: a.client_error and bool(a.codes & _CONTENT_FILTER_CODES), ContentFilterError,
+     "refused by the content filter"),
+    (lambda a: a.client_error, InvalidRequestError, "invalid request"),
+    (lambda a: a.status == 529, ServerError, "overloaded"),
+    (lambda a: a.status >= 500, ServerError, "server error"),
+    (lambda a: True, MalformedResponse, "expected a completion, got a {status} answer"),
+)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _read(status: int, headers: Mapping[str, str], content: bytes) -> _Answer:
+    """The fields of an OpenAI- or Anthropic-style error body; the raw text when it is not one.
+    Never raises, whatever the body."""
+    request_id = request_id_from_headers(headers)
+    text = content.decode("utf-8", "replace")
+    try:
+        body = json.loads(text) if text.strip() else None
+    except (ValueError, RecursionError):
+        body = None
+    if body is None:
+        return _Answer(status, text.strip() or "(empty body)", "", "", "", request_id)
+    if isinstance(body, dict) and request_id is None:
+        request_id = _text(body.get("request_id")) or None  # Anthropic repeats it in the body
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
-        return "insufficient_quota" in (str(err.get("code")), str(err.get("type")))
-    return False
+        details = err.get("details")
+        error_code = _text(details.get("error_code")) if isinstance(details, dict) else ""
+        message = err.get("message")
+        code = err.get("code")
+        return _Answer(
+            status,
+            message if isinstance(message, str) else json.dumps(err)[:MAX_MESSAGE_CHARS],
+            _text(err.get("type")),
+            str(code) if isinstance(code, (str, int)) and not isinstance(code, bool) else "",
+            error_code,
+            request_id,
+        )
+    if isinstance(err, str):
+        return _Answer(status, err, "", "", "", request_id)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return _Answer(status, body["message"], _text(body.get("type")), _text(body.get("code")),
+                       "", request_id)
+    return _Answer(status, json.dumps(body)[: MAX_MESSAGE_CHARS * 2], "", "", "", request_id)
+
+
+def _truncate(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _should_retry(headers: Mapping[str, str]) -> bool | None:
+    value = headers.get("x-should-retry")
+    return {"true": True, "false": False}.get(value) if isinstance(value, str) else None
+
+
+def error_from_answer(
+    status: int, headers: Mapping[str, str], content: bytes, *, provider: str | None = None
+) -> LLMError:
+    """The error for one HTTP answer that is not a completion: status, headers and raw body.
+
+    Billing codes and messages (``BILLING_CODES``) are a ``QuotaExceededError`` whatever the
+    status; ``x-should-retry`` overrides ``retryable`` (never for billing); ``request_id`` comes
+    from ``x-request-id`` (OpenAI), ``request-id`` (Anthropic) or the body. The message carries
+    the provider's own words, truncated, with credentials masked.
+    """
+    if not isinstance(headers, httpx.Headers):
+        headers = httpx.Headers(headers)
+    answer = _read(status, headers, content)
+    cls, what = next((cls, what) for applies, cls, what in _RULES if applies(answer))
+    if cls is MalformedResponse:
+        location = headers.get("location")
+        what = what.format(status=status) + (
+            f" to {_truncate(redact(location), 120)}" if location else "")
+    detail = _truncate(redact(answer.message))
+    tags = ", ".join(f"{k} {v}" for k, v in (("type", answer.type), ("code", answer.code),
+                                             ("error_code", answer.error_code)) if v)
+    if tags:
+        detail = f"{detail} ({redact(tags)})"
+    code = answer.error_code or answer.code or answer.type
+    return cls(
+        f"{what}: {detail}",
+        provider=provider,
+        status_code=status,
+        retry_after=retry_after_from_headers(headers),
+        request_id=_truncate(redact(answer.request_id), 120) if answer.request_id else None,
+        code=_truncate(redact(code), 120) if code else None,
+        retryable=None if cls is QuotaExceededError else _should_retry(headers),
+    )
+
+
+def error_from_response(response: httpx.Response, *, provider: str | None = None) -> LLMError:
+    """``error_from_answer`` for an ``httpx.Response`` (an unread streamed body counts as empty)."""
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        content = b""
+    return error_from_answer(response.status_code, response.headers, content, provider=provider)
+
+
+def error_from_exception(exc: Exception, *, provider: str | None = None) -> LLMError:
+    """The error for an httpx transport exception, with a scrubbed copy as its ``__cause__``.
+
+    The copy keeps the exception's type and (redacted) message but not its ``request``, whose
+    headers hold the key, nor its traceback, whose frames' locals do. Raise the result outside
+    the ``except`` block that caught ``exc``, so ``__context__`` does not reach it either.
+    """
+    name = type(exc).__name__
+    text = _truncate(redact(str(exc) or name))
+    error: LLMError
+    if isinstance(exc, httpx.PoolTimeout):
+        error = ConnectionPoolTimeout(
+            f"no free connection in our own pool in time ({name}): {text}", provider=provider)
+    elif isinstance(exc, httpx.TimeoutException):
+        error = ProviderTimeout(f"timed out ({name}): {text}", provider=provider)
+    else:
+        error = ConnectionFailed(f"connection failed ({name}): {text}", provider=provider)
+    try:
+        cause: BaseException | None = type(exc)(redact(str(exc)))
+    except Exception:
+        cause = None
+    error.__cause__ = cause
+    error.__suppress_context__ = True
+    return error
+
+
+def request_id_from_headers(headers: Mapping[str, str] | None) -> str | None:
+    """The provider's request id: ``x-request-id`` (OpenAI) or ``request-id`` (Anthropic)."""
+    if not headers:
+        return None
+    value = headers.get("x-request-id") or headers.get("request-id")
+    return value if isinstance(value, str) and value else None
 
 
 def retry_after_from_headers(
@@ -241,8 +575,6 @@ def retry_after_from_headers(
         when = email.utils.parsedate_to_datetime(raw.strip())
     except (TypeError, ValueError, IndexError):
         return None
-    if when is None:
-        return None
     delta = when.timestamp() - (time.time() if now is None else now)
     return max(0.0, delta)
 
@@ -256,12 +588,5 @@ def _finite(text: str) -> float | None:
 
 
 def add_note(error: BaseException, note: str) -> None:
-    """``BaseException.add_note`` on Python 3.11+, the same ``__notes__`` list on 3.10."""
-    if hasattr(error, "add_note"):
-        error.add_note(note)
-    else:  # pragma: no cover - Python 3.10
-        notes = getattr(error, "__notes__", None)
-        if notes is None:
-            notes = []
-            error.__notes__ = notes
-        notes.append(note)
+    """``BaseException.add_note`` (kept as a function for the callers written for Python 3.10)."""
+    error.add_note(note)

@@ -1,21 +1,39 @@
 """One answer format whichever provider answered: ``Usage``, ``LLMResponse``, ``Provider``.
 
-``Usage`` follows OpenAI's convention: ``prompt_tokens`` INCLUDES ``cached_tokens``. Anthropic
-reports ``input_tokens`` WITHOUT the cache reads and cache writes, so ``Usage.from_anthropic``
-adds them back; mixing the two conventions up is the classic double-counting bug in cost code.
+``Usage`` follows OpenAI's convention: ``prompt_tokens`` INCLUDES ``cached_tokens`` (cache
+reads) and ``cache_write_tokens`` (Anthropic's cache creation). Anthropic reports
+``input_tokens`` WITHOUT the cache reads and writes, so ``Usage.from_anthropic`` adds them back;
+mixing the two conventions up is the classic double-counting bug in cost code.
 
-``to_messages`` and ``prompt_text`` are the one place that turns a call's ``prompt``/``messages``
-into chat messages and into the text that token estimates are taken from, so the client-side
-rate limiter and the mock server count the same prompt the same way.
+``finish_reason`` is one vocabulary for both APIs (``normalize_finish_reason``): ``"stop"``,
+``"length"`` (truncated at ``max_tokens``), ``"tool_calls"``, ``"content_filter"``, else the
+provider's raw value.
+
+``to_messages``, ``prompt_text`` and ``content_text`` live in ``llm_patterns.request`` (with the
+``Request`` built from them) and are re-exported here for the callers that import them from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["LLMResponse", "Provider", "Usage", "prompt_text", "to_messages"]
+from .request import Request, content_text, prompt_text, to_messages
+
+__all__ = [
+    "FINISH_REASONS",
+    "LLMResponse",
+    "Provider",
+    "Sender",
+    "Usage",
+    "asend",
+    "content_text",
+    "normalize_finish_reason",
+    "prompt_text",
+    "send",
+    "to_messages",
+]
 
 
 def _count(name: str, value: Any) -> int:
@@ -31,23 +49,55 @@ def _field(usage: Mapping[str, Any], key: str) -> int:
     return 0 if value is None else _count(key, value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Usage:
-    """Token counts of one call. ``prompt_tokens`` includes ``cached_tokens`` (OpenAI style)."""
+    """Token counts of one call, as billed.
+
+    ``prompt_tokens`` includes ``cached_tokens`` (cache reads, billed at the cached price) and
+    ``cache_write_tokens`` (Anthropic cache creation, billed at the cache-write price);
+    ``cache_write_1h_tokens`` is the part of the writes made with a 1-hour TTL (billed at the
+    1-hour price). ``completion_tokens`` includes ``reasoning_tokens`` (billed as output).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def __post_init__(self) -> None:
         _count("prompt_tokens", self.prompt_tokens)
         _count("completion_tokens", self.completion_tokens)
         _count("cached_tokens", self.cached_tokens)
-        if self.cached_tokens > self.prompt_tokens:
+        _count("cache_write_tokens", self.cache_write_tokens)
+        _count("cache_write_1h_tokens", self.cache_write_1h_tokens)
+        _count("reasoning_tokens", self.reasoning_tokens)
+        if self.cached_tokens + self.cache_write_tokens > self.prompt_tokens:
             raise ValueError(
-                f"cached_tokens ({self.cached_tokens}) cannot exceed prompt_tokens "
-                f"({self.prompt_tokens}): prompt_tokens includes the cached tokens"
+                f"cached_tokens ({self.cached_tokens}) + cache_write_tokens "
+                f"({self.cache_write_tokens}) cannot exceed prompt_tokens ({self.prompt_tokens}): "
+                f"prompt_tokens includes the cache reads and writes"
             )
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValueError(
+                f"cache_write_1h_tokens ({self.cache_write_1h_tokens}) cannot exceed "
+                f"cache_write_tokens ({self.cache_write_tokens}): they are part of them"
+            )
+        if self.reasoning_tokens > self.completion_tokens:
+            raise ValueError(
+                f"reasoning_tokens ({self.reasoning_tokens}) cannot exceed completion_tokens "
+                f"({self.completion_tokens}): completion_tokens includes them"
+            )
+
+    def __repr__(self) -> str:
+        # the three classic counts always; cache writes and reasoning only when there are any
+        extra = "".join(f", {name}={getattr(self, name)}" for name in (
+            "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")
+            if getattr(self, name))
+        return (f"Usage(prompt_tokens={self.prompt_tokens}, "
+                f"completion_tokens={self.completion_tokens}, "
+                f"cached_tokens={self.cached_tokens}{extra})")
 
     @property
     def total_tokens(self) -> int:
@@ -55,43 +105,53 @@ class Usage:
 
     @property
     def uncached_prompt_tokens(self) -> int:
-        """Prompt tokens billed at the full input price."""
-        return self.prompt_tokens - self.cached_tokens
+        """Prompt tokens billed at the full input price: neither cache reads nor cache writes."""
+        return self.prompt_tokens - self.cached_tokens - self.cache_write_tokens
+
+    @property
+    def cache_write_5m_tokens(self) -> int:
+        """Cache writes with the default 5-minute TTL."""
+        return self.cache_write_tokens - self.cache_write_1h_tokens
 
     @classmethod
     def from_openai(cls, usage: Mapping[str, Any]) -> Usage:
         """From OpenAI's ``usage``: ``prompt_tokens``, ``completion_tokens``,
-        ``prompt_tokens_details.cached_tokens`` (missing or null counts are 0)."""
+        ``prompt_tokens_details.cached_tokens``, ``completion_tokens_details.reasoning_tokens``
+        (missing or null counts are 0)."""
         if not isinstance(usage, Mapping):
             raise TypeError(f"usage must be a mapping, got {type(usage).__name__}")
-        details = usage.get("prompt_tokens_details") or {}
-        if not isinstance(details, Mapping):
-            raise TypeError(
-                f"prompt_tokens_details must be a mapping, got {type(details).__name__}"
-            )
         return cls(
             prompt_tokens=_field(usage, "prompt_tokens"),
             completion_tokens=_field(usage, "completion_tokens"),
-            cached_tokens=_field(details, "cached_tokens"),
+            cached_tokens=_field(_details(usage, "prompt_tokens_details"), "cached_tokens"),
+            reasoning_tokens=_field(_details(usage, "completion_tokens_details"),
+                                    "reasoning_tokens"),
         )
 
     @classmethod
     def from_anthropic(cls, usage: Mapping[str, Any]) -> Usage:
         """From Anthropic's ``usage``, whose ``input_tokens`` EXCLUDES cache reads and writes:
-        prompt = input + cache_read + cache_creation, cached = cache_read."""
+        prompt = input + cache_read + cache_creation, cached = cache_read, cache_write =
+        cache_creation (its 1-hour part from ``cache_creation.ephemeral_1h_input_tokens``)."""
         if not isinstance(usage, Mapping):
             raise TypeError(f"usage must be a mapping, got {type(usage).__name__}")
         cache_read = _field(usage, "cache_read_input_tokens")
         cache_write = _field(usage, "cache_creation_input_tokens")
+        split = _details(usage, "cache_creation")
+        write_1h = _field(split, "ephemeral_1h_input_tokens")
+        if split and not cache_write:  # only the split given: the total is its sum
+            cache_write = write_1h + _field(split, "ephemeral_5m_input_tokens")
         return cls(
             prompt_tokens=_field(usage, "input_tokens") + cache_read + cache_write,
             completion_tokens=_field(usage, "output_tokens"),
             cached_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            cache_write_1h_tokens=min(write_1h, cache_write),
         )
 
     @classmethod
     def parse(cls, usage: Usage | Mapping[str, Any]) -> Usage:
-        """A ``Usage``, an OpenAI usage dict or an Anthropic usage dict, told apart by their keys."""
+        """A ``Usage``, an OpenAI usage dict or an Anthropic usage dict, told apart by keys."""
         if isinstance(usage, Usage):
             return usage
         if not isinstance(usage, Mapping):
@@ -114,6 +174,9 @@ class Usage:
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
     def __radd__(self, other: object) -> Usage:
@@ -122,12 +185,37 @@ class Usage:
         return NotImplemented
 
 
+def _details(usage: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    details = usage.get(key) or {}
+    if not isinstance(details, Mapping):
+        raise TypeError(f"{key} must be a mapping, got {type(details).__name__}")
+    return details
+
+
+FINISH_REASONS: Mapping[str, str] = {
+    "stop": "stop", "end_turn": "stop", "stop_sequence": "stop",
+    "length": "length", "max_tokens": "length",
+    "tool_calls": "tool_calls", "function_call": "tool_calls", "tool_use": "tool_calls",
+    "content_filter": "content_filter", "refusal": "content_filter",
+}
+"""OpenAI ``finish_reason`` and Anthropic ``stop_reason`` values onto one vocabulary."""
+
+
+def normalize_finish_reason(raw: Any) -> str | None:
+    """``"stop"``, ``"length"``, ``"tool_calls"``, ``"content_filter"``, else the raw value
+    (e.g. Anthropic's ``pause_turn``); None when the provider gave none."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    return FINISH_REASONS.get(raw, raw)
+
+
 @dataclass
 class LLMResponse:
     """A completion, the same shape whichever provider answered.
 
     ``raw`` is the provider's parsed JSON and ``headers`` the HTTP response headers (so a client
     can re-sync its rate limiter from ``x-ratelimit-*``); both are left out of the repr.
+    ``finish_reason`` says why the answer ended (``"length"``: cut at ``max_tokens``).
     """
 
     text: str
@@ -139,18 +227,23 @@ class LLMResponse:
     fallback_used: bool = False
     raw: Any = field(default=None, repr=False)
     headers: Mapping[str, str] | None = field(default=None, repr=False)
+    finish_reason: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise TypeError(f"text must be a str, got {type(self.text).__name__}")
         if not isinstance(self.usage, Usage):
             raise TypeError(
-                f"usage must be a Usage (use Usage.parse for a dict), got {type(self.usage).__name__}"
+                f"usage must be a Usage (use Usage.parse for a dict), "
+                f"got {type(self.usage).__name__}"
             )
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+        attempts = self.attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts must be an int >= 1, got {self.attempts!r}")
         if not self.latency_s >= 0:
             raise ValueError(f"latency_s must be >= 0, got {self.latency_s!r}")
+        if self.finish_reason is not None and not isinstance(self.finish_reason, str):
+            raise TypeError(f"finish_reason must be a str or None, got {self.finish_reason!r}")
 
 
 @runtime_checkable
@@ -179,83 +272,33 @@ class Provider(Protocol):
     ) -> LLMResponse: ...
 
 
-def to_messages(
-    prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None
-) -> list[dict[str, Any]]:
-    """Chat messages from exactly one of ``prompt`` (one user message) or ``messages``.
+@runtime_checkable
+class Sender(Protocol):
+    """A provider (or a layer wrapping one) that takes a built ``Request``: the HTTP providers,
+    and every layer of the client. ``time_left`` caps the attempt in seconds (a retry deadline)."""
 
-    Each message needs a str ``role`` and a ``content``; the dicts are copied, not shared.
-    """
-    if (prompt is None) == (messages is None):
-        raise ValueError(
-            "give exactly one of prompt or messages, got "
-            + ("both" if prompt is not None else "neither")
-        )
-    if prompt is not None:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-        return [{"role": "user", "content": prompt}]
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise TypeError(
-            f"messages must be a list of message dicts, got {type(messages).__name__}"
-        )
-    if not messages:
-        raise ValueError("messages must not be empty")
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise TypeError(f"messages[{i}] must be a dict, got {type(message).__name__}")
-        role = message.get("role")
-        if not isinstance(role, str) or not role:
-            raise ValueError(f"messages[{i}] needs a non-empty str 'role', got {role!r}")
-        if "content" not in message:
-            raise ValueError(f"messages[{i}] (role {role!r}) has no 'content'")
-        out.append(dict(message))
-    return out
+    name: str
+
+    def send(self, request: Request, *, time_left: float | None = None) -> LLMResponse: ...
+
+    async def asend(self, request: Request, *, time_left: float | None = None) -> LLMResponse: ...
 
 
-def content_text(content: Any, where: str = "content") -> str:
-    """The text of one message's content: a str, None (a tool-call turn: ""), or a list of
-    ``{"type": "text", "text": ...}`` parts joined by newlines. Any other part is refused."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence) and not isinstance(content, (bytes, Mapping)):
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, Mapping):
-                raise ValueError(  # noqa: TRY004 - a bad message shape is a bad value
-                    f"{where}[{j}] must be a dict part, got {type(part).__name__}"
-                )
-            kind = part.get("type")
-            if kind != "text":
-                raise ValueError(
-                    f"{where}[{j}] is a {kind!r} part; only 'text' parts can be counted as "
-                    f"prompt text (refusing rather than silently dropping it)"
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise ValueError(  # noqa: TRY004 - a bad message shape is a bad value
-                    f"{where}[{j}] text part needs a str 'text', got {text!r}"
-                )
-            texts.append(text)
-        return "\n".join(texts)
-    raise ValueError(
-        f"{where} must be a str or a list of parts, got {type(content).__name__}"
-    )
+def send(provider: Provider | Sender, request: Request, *,
+         time_left: float | None = None) -> LLMResponse:
+    """``provider.send(request)``, or for a provider with only ``complete()`` (a test double, a
+    user's own class) ``provider.complete(**request.complete_kwargs())`` (which cannot honour
+    ``time_left``)."""
+    method = getattr(provider, "send", None)  # (a runtime Protocol check costs microseconds)
+    if method is not None:
+        return method(request, time_left=time_left)  # type: ignore[no-any-return]
+    return provider.complete(**request.complete_kwargs())  # type: ignore[union-attr]
 
 
-def prompt_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    """The prompt as one text: every message's content joined by newlines (text parts of a
-    list content joined by newlines too). Token estimates (limiter, mock) are taken from this."""
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of message dicts, got {type(messages).__name__}")
-    texts = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise TypeError(f"messages[{i}] must be a dict, got {type(message).__name__}")
-        if "content" not in message:
-            raise ValueError(f"messages[{i}] has no 'content' (None is allowed for a tool-call turn)")
-        texts.append(content_text(message["content"], f"messages[{i}].content"))
-    return "\n".join(texts)
+async def asend(provider: Provider | Sender, request: Request, *,
+                time_left: float | None = None) -> LLMResponse:
+    """``send`` for async callers (``asend`` or ``acomplete``)."""
+    method = getattr(provider, "asend", None)
+    if method is not None:
+        return await method(request, time_left=time_left)  # type: ignore[no-any-return]
+    return await provider.acomplete(**request.complete_kwargs())  # type: ignore[union-attr]

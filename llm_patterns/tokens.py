@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["estimate_tokens", "CHARS_PER_TOKEN"]
+__all__ = ["CHARS_PER_TOKEN", "estimate_tokens"]
 
 CHARS_PER_TOKEN = 4
 

@@ -76,7 +76,7 @@ def test_direct_provider_matches_http_sync(api: str) -> None:
         if transport == "http":
             provider = cls("p", "gpt-4o-mini" if api == "openai" else "claude-haiku-4-5",
                            base_url=server.base_url, api_key="mock-direct-key",
-                           client=server.client(timeout=30.0), clock=clock)
+                           client=server.client(), timeout=30.0, clock=clock)
         else:
             provider = server.provider("p", "gpt-4o-mini" if api == "openai" else
                                        "claude-haiku-4-5", api=api, timeout=30.0)

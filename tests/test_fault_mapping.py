@@ -6,11 +6,15 @@ mapping: the same path a production call takes, minus the network.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from llm_patterns import (
     AnthropicProvider,
     AuthenticationError,
+    ConnectionFailed,
+    ContentFilterError,
     ContextWindowExceeded,
     MalformedResponse,
     MockLLMServer,
@@ -22,17 +26,31 @@ from llm_patterns import (
     VirtualClock,
     is_retryable,
 )
+from llm_patterns.errors import ModelNotFoundError, is_outage, stops_chain
 from llm_patterns.mock.server import FAULT_KINDS
 
+# kind: (error, status on the OpenAI endpoint, status on the Anthropic endpoint, retryable)
 EXPECTED = {
-    "rate_limit": (RateLimitError, 429, True),
-    "insufficient_quota": (QuotaExceededError, 429, False),
-    "server_error": (ServerError, 500, True),
-    "overloaded": (ServerError, 529, True),
-    "timeout": (ProviderTimeout, None, True),
-    "context_length_exceeded": (ContextWindowExceeded, 400, False),
-    "malformed": (MalformedResponse, 200, True),
-    "auth": (AuthenticationError, 401, False),
+    "rate_limit": (RateLimitError, 429, 429, True),
+    "insufficient_quota": (QuotaExceededError, 429, 400, False),  # Anthropic: credit too low
+    "billing_hard_limit_reached": (QuotaExceededError, 400, 400, False),
+    "credit_balance_exhausted": (QuotaExceededError, 429, 400, False),
+    "organization_spend_limit_exceeded": (QuotaExceededError, 429, 429, False),
+    "project_spend_limit_exceeded": (QuotaExceededError, 429, 429, False),
+    "organization_usage_limit_exceeded": (QuotaExceededError, 429, 429, False),
+    "credit_balance_too_low": (QuotaExceededError, 429, 400, False),
+    "enforced_spend_limit_reached": (QuotaExceededError, 429, 429, False),
+    "contract_spend_limit_reached": (QuotaExceededError, 429, 429, False),
+    "server_error": (ServerError, 500, 500, True),
+    "overloaded": (ServerError, 503, 529, True),
+    "timeout": (ProviderTimeout, None, None, True),
+    "context_length_exceeded": (ContextWindowExceeded, 400, 400, False),
+    "malformed": (MalformedResponse, 200, 200, True),
+    "auth": (AuthenticationError, 401, 401, False),
+    "model_not_found": (ModelNotFoundError, 404, 404, False),
+    "content_filter": (ContentFilterError, 200, 200, False),
+    "stream_error": (ServerError, 500, 529, True),  # on a request that does not stream
+    "stream_drop": (ConnectionFailed, None, None, True),
 }
 
 
@@ -50,17 +68,24 @@ def _provider(api: str, mock: MockLLMServer, clock):
                              async_client=mock.async_client(), clock=clock, timeout=5.0)
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("api", ["openai", "anthropic"])
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
-def test_fault_maps_to_its_error(api, kind):
-    cls, status, retryable = EXPECTED[kind]
+def test_fault_maps_to_its_error(api, kind, mode):
+    cls, openai_status, anthropic_status, retryable = EXPECTED[kind]
+    status = openai_status if api == "openai" else anthropic_status
     clock = VirtualClock()
     mock = MockLLMServer(clock=clock, seed=0, api=api)
     provider = _provider(api, mock, clock)
     mock.fail_next(kind)
     with pytest.raises(cls) as info:
-        provider.complete("hello", max_tokens=16)
+        if mode == "sync":
+            provider.complete("hello", max_tokens=16)
+        else:
+            asyncio.run(provider.acomplete("hello", max_tokens=16))
     err = info.value
+    assert type(err) is cls
+    assert is_outage(err) is cls.outage  # the taxonomy's row, read by every breaker
     if kind == "insufficient_quota":
         assert isinstance(err, RateLimitError)  # a 429 by status, never retried by class
     if kind == "context_length_exceeded":
@@ -68,6 +93,11 @@ def test_fault_maps_to_its_error(api, kind):
     assert err.provider == "p"
     assert err.status_code == status
     assert is_retryable(err) is retryable
+    assert not stops_chain(err)  # SPEC §9: none of these stops a fallback chain
+    if cls is QuotaExceededError or cls is ModelNotFoundError:
+        assert not is_outage(err)  # the provider is up: billing and models are not outages
+    if status is not None:
+        assert err.request_id and err.request_id in str(err)
     if kind == "rate_limit":
         assert err.retry_after is not None and err.retry_after > 0
     # the fault was used up: the next call succeeds

@@ -63,7 +63,9 @@ def test_openai_body_shape_and_usage():
     assert usage["prompt_tokens"] == estimate_tokens(prompt)
     assert usage["completion_tokens"] == estimate_tokens(text) <= 50
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0, "audio_tokens": 0}
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 0
+    assert r.headers["x-request-id"].startswith("req_") and len(r.headers["x-request-id"]) == 36
     assert clock.now() == pytest.approx(10.25)  # the latency passed on the virtual clock
 
 
@@ -108,8 +110,10 @@ def test_completion_never_exceeds_max_tokens():
 def test_model_echo_override_and_default():
     with mock().client() as client:
         assert client.post(OPENAI, json=oa()).json()["model"] == "gpt-4o-mini"
-        no_model = {"messages": [{"role": "user", "content": "hi"}]}
-        assert client.post(OPENAI, json=no_model).json()["model"] == "gpt-4o-mini"
+        no_model = {"messages": [{"role": "user", "content": "hi"}]}  # the real API refuses it
+        refused = client.post(OPENAI, json=no_model)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == "you must provide a model parameter"
     with mock(model="gpt-mock").client() as client:
         assert client.post(OPENAI, json=oa()).json()["model"] == "gpt-mock"
 
@@ -236,7 +240,10 @@ def test_anthropic_ratelimit_headers_and_error_envelope():
     assert ok.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
     assert r.status_code == 429
     assert r.json()["type"] == "error" and r.json()["error"]["type"] == "rate_limit_error"
-    assert r.headers["retry-after-ms"] == "1000"
+    assert r.json()["request_id"] == r.headers["request-id"]
+    assert "requests per minute" in r.json()["error"]["message"]
+    assert r.headers["retry-after"] == "1" and "retry-after-ms" not in r.headers  # as Anthropic
+    assert not [k for k in r.headers if k.startswith("x-ratelimit")]  # OpenAI's, not sent
 
 
 def test_tpm_multiplier_counts_more_than_the_estimate():
@@ -262,13 +269,13 @@ def test_openai_duration_format():
 
 
 FAULT_EXPECTATIONS = {
-    # kind: (status, openai error code or type, anthropic error type)
-    "rate_limit": (429, "rate_limit_exceeded", "rate_limit_error"),
-    "insufficient_quota": (429, "insufficient_quota", "insufficient_quota"),
-    "server_error": (500, "server_error", "api_error"),
-    "overloaded": (529, "overloaded_error", "overloaded_error"),
-    "context_length_exceeded": (400, "context_length_exceeded", "invalid_request_error"),
-    "auth": (401, "invalid_api_key", "authentication_error"),
+    # kind: (openai status, openai error code or type, anthropic status, anthropic error type)
+    "rate_limit": (429, "rate_limit_exceeded", 429, "rate_limit_error"),
+    "insufficient_quota": (429, "insufficient_quota", 400, "invalid_request_error"),
+    "server_error": (500, "server_error", 500, "api_error"),
+    "overloaded": (503, "server_is_overloaded", 529, "overloaded_error"),
+    "context_length_exceeded": (400, "context_length_exceeded", 400, "invalid_request_error"),
+    "auth": (401, "invalid_api_key", 401, "authentication_error"),
 }
 
 
@@ -281,10 +288,10 @@ def test_json_faults(api, kind):
     with server.client() as client:
         r = client.post(path, json=body)
         after = client.post(path, json=body)
-    status, oa_code, an_type = FAULT_EXPECTATIONS[kind]
-    assert r.status_code == status
+    oa_status, oa_code, an_status, an_type = FAULT_EXPECTATIONS[kind]
+    assert r.status_code == (an_status if api == "anthropic" else oa_status)
     data = r.json()
-    if api == "anthropic" or kind == "overloaded":
+    if api == "anthropic":
         assert data["type"] == "error" and data["error"]["type"] == an_type
         assert data["error"]["message"]
     else:
@@ -293,7 +300,8 @@ def test_json_faults(api, kind):
     assert after.status_code == 200  # count=1: only the next request
     assert server.stats["by_fault"] == {kind: 1}
     expected_retryable = kind in ("rate_limit", "server_error", "overloaded")
-    assert is_retryable(r) is expected_retryable
+    if not (kind == "insufficient_quota" and api == "anthropic"):  # a 400: core-http's call
+        assert is_retryable(r) is expected_retryable
 
 
 def test_fault_details_match_the_providers():
@@ -372,9 +380,16 @@ def test_fail_next_rejects_bad_arguments():
         server.fail_next("explode")
     assert "explode" in str(info.value)
     assert all(kind in str(info.value) for kind in FAULT_KINDS)
-    for bad in (0, -1, 1.5, True):
+    for bad in (0, -1):
         with pytest.raises(ValueError, match="count"):
             server.fail_next("server_error", count=bad)
+    for bad in (1.5, True, "2"):
+        with pytest.raises(TypeError, match="count"):
+            server.fail_next("server_error", count=bad)
+    with pytest.raises(ValueError, match="status"):
+        server.fail_next("server_error", status=200)
+    with pytest.raises(TypeError, match="should_retry"):
+        server.fail_next("server_error", should_retry="no")
     assert server.pending_faults == []
 
 
@@ -514,7 +529,7 @@ def test_request_events_for_the_dashboard():
         client.post(OPENAI, json=oa("abcd" * 3))
         client.post(OPENAI, json=oa("abcd" * 3))
     assert [(e.source, e.name, e.kind) for e in events] == [("mock", "mock", "request")] * 2
-    assert [e.data["status"] for e in events] == [529, 200]
+    assert [e.data["status"] for e in events] == [503, 200]
     assert [e.data["fault"] for e in events] == ["overloaded", None]
     assert events[1].data["prompt_tokens"] == 3 and events[1].data["path"] == "/v1/chat/completions"
     assert [e.time for e in events] == pytest.approx([0.2, 0.4])
@@ -622,15 +637,20 @@ def test_threads_never_overspend_the_bucket():
     (b"not json", "openai", "JSON"),
     (b"[1, 2]", "openai", "object"),
     (b'{"model": "m"}', "openai", "messages"),
-    (b'{"messages": []}', "openai", "messages"),
-    (b'{"messages": ["hi"]}', "openai", "messages[0]"),
-    (b'{"messages": [{"role": "user", "content": 5}]}', "openai", "content"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "openai", "max_tokens"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}', "openai",
+    (b'{"model": "m", "messages": []}', "openai", "messages"),
+    (b'{"model": "m", "messages": ["hi"]}', "openai", "messages[0]"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "openai", "content"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
+     "openai", "max_tokens"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}',
+     "openai", "max_tokens"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream_options": {}}',
+     "openai", "stream"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', "anthropic",
      "max_tokens"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true}', "openai", "stream"),
-    (b'{"messages": [{"role": "user", "content": "hi"}]}', "anthropic", "max_tokens"),
     (b'\xff\xfe', "anthropic", "JSON"),
+    (b"[" * 100_000, "openai", "JSON"),  # nested too deeply: a 400, never a crash
+    (b"[" * 100_000, "anthropic", "JSON"),
 ])
 def test_bad_bodies_answer_400(content, api, word):
     server = mock(api=api, tpm=1000)
@@ -668,9 +688,9 @@ def test_both_endpoints_answer_whatever_the_api():
     ({"latency": -0.1}, "latency"),
     ({"latency": float("nan")}, "latency"),
     ({"error_rate": 1.1}, "error_rate"),
-    ({"rpm": 0}, "requests"),
+    ({"rpm": 0}, "rpm"),
     ({"rpm": 30, "burst_seconds": 1.0}, "burst_seconds"),
-    ({"tpm": -5}, "tokens"),
+    ({"tpm": -5}, "tpm"),
     ({"burst_seconds": 0}, "burst_seconds"),
     ({"tpm_multiplier": 0}, "tpm_multiplier"),
     ({"context_window": 0}, "context_window"),

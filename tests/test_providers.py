@@ -15,17 +15,19 @@ from llm_patterns.clock import VirtualClock
 from llm_patterns.errors import (
     AuthenticationError,
     ConnectionFailed,
+    ConnectionPoolTimeout,
     ContentFilterError,
     ContextWindowExceeded,
     InvalidRequestError,
     LLMError,
     MalformedResponse,
+    ModelNotFoundError,
     ProviderTimeout,
     QuotaExceededError,
     RateLimitError,
     ServerError,
 )
-from llm_patterns.providers import AnthropicProvider, OpenAIProvider, _http
+from llm_patterns.providers import AnthropicProvider, HTTPProvider, OpenAIProvider
 from llm_patterns.response import LLMResponse, Provider, Usage
 
 KEY = "sk-proj-TESTKEYabcdefghijklmnopqrstuvwxyz0123456789"
@@ -67,7 +69,8 @@ def anthropic_ok(blocks=None, stop="end_turn"):
         "type": "message",
         "role": "assistant",
         "model": "claude-sonnet-4-5-20250929",
-        "content": blocks if blocks is not None else [{"type": "text", "text": "Hi! How can I help?"}],
+        "content": (blocks if blocks is not None
+                    else [{"type": "text", "text": "Hi! How can I help?"}]),
         "stop_reason": stop,
         "stop_sequence": None,
         "usage": {
@@ -151,7 +154,8 @@ def test_openai_request_url_auth_and_body():
     assert str(req.url) == "https://gateway.example/v1/chat/completions"
     assert req.headers["authorization"] == f"Bearer {KEY}"
     assert req.headers["content-type"] == "application/json"
-    assert rec.last_body == {"model": "gpt-4o", "messages": msgs, "max_tokens": 77, "temperature": 0.2}
+    assert rec.last_body == {"model": "gpt-4o", "messages": msgs, "max_tokens": 77,
+                             "temperature": 0.2}
 
 
 def test_openai_default_base_url_and_prompt_becomes_user_message():
@@ -198,7 +202,8 @@ def test_anthropic_success_joins_text_blocks_and_counts_cache():
     r = p.complete("hi")
     assert r.text == "Part one. Part two."
     assert r.model == "claude-sonnet-4-5-20250929"
-    assert r.usage == Usage(prompt_tokens=1350, completion_tokens=200, cached_tokens=1000)
+    assert r.usage == Usage(prompt_tokens=1350, completion_tokens=200, cached_tokens=1000,
+                           cache_write_tokens=300)
     assert r.provider == "anthropic-primary"
 
 
@@ -291,8 +296,9 @@ def test_anthropic_refusal_stop_reason():
 OPENAI_CASES = [
     (429, openai_error("Rate limit reached for gpt-4o in organization org-x on tokens per min.",
                        "tokens", "rate_limit_exceeded"), RateLimitError),
-    (429, openai_error("You exceeded your current quota, please check your plan and billing details.",
-                       "insufficient_quota", "insufficient_quota"), QuotaExceededError),
+    (429, openai_error("You exceeded your current quota, please check your plan and billing "
+                       "details.", "insufficient_quota", "insufficient_quota"),
+     QuotaExceededError),
     (401, openai_error("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
      AuthenticationError),
     (403, openai_error("Country, region, or territory not supported", "request_forbidden",
@@ -305,7 +311,7 @@ OPENAI_CASES = [
     (400, openai_error("'messages' must contain at least one message.", "invalid_request_error"),
      InvalidRequestError),
     (404, openai_error("The model `gpt-9` does not exist or you do not have access to it.",
-                       "invalid_request_error", "model_not_found"), InvalidRequestError),
+                       "invalid_request_error", "model_not_found"), ModelNotFoundError),
     (422, openai_error("Unprocessable entity"), InvalidRequestError),
     (408, openai_error("Request timed out."), ProviderTimeout),
     (409, openai_error("Conflict"), ServerError),
@@ -331,7 +337,7 @@ ANTHROPIC_CASES = [
                           "200000", "invalid_request_error"), ContextWindowExceeded),
     (400, anthropic_error("messages: roles must alternate between \"user\" and \"assistant\"",
                           "invalid_request_error"), InvalidRequestError),
-    (404, anthropic_error("model: claude-9", "not_found_error"), InvalidRequestError),
+    (404, anthropic_error("model: claude-9", "not_found_error"), ModelNotFoundError),
     (413, anthropic_error("Request exceeds the maximum allowed number of bytes.",
                           "request_too_large"), InvalidRequestError),
     (500, anthropic_error("Internal server error", "api_error"), ServerError),
@@ -417,7 +423,8 @@ def test_retry_after_parsed(kind, headers, expected):
 
 
 def test_overloaded_529_carries_retry_after():
-    rec = reply(529, anthropic_error("Overloaded", "overloaded_error"), headers={"retry-after": "12"})
+    rec = reply(529, anthropic_error("Overloaded", "overloaded_error"),
+                headers={"retry-after": "12"})
     with pytest.raises(ServerError) as info:
         make("anthropic", rec).complete("x")
     assert info.value.retry_after == 12.0 and "retry after 12 s" in str(info.value)
@@ -432,7 +439,8 @@ MALFORMED_OPENAI = {
     "json-list": {"body": [1, 2]},
     "no-usage": {"body": {k: v for k, v in openai_ok().items() if k != "usage"}},
     "usage-missing-field": {"body": {**openai_ok(), "usage": {"prompt_tokens": 3}}},
-    "negative-usage": {"body": {**openai_ok(), "usage": {"prompt_tokens": -3, "completion_tokens": 1}}},
+    "negative-usage": {"body": {**openai_ok(),
+                                "usage": {"prompt_tokens": -3, "completion_tokens": 1}}},
     "no-choices": {"body": {**openai_ok(), "choices": []}},
     "choices-not-list": {"body": {**openai_ok(), "choices": "nope"}},
     "no-message": {"body": {**openai_ok(), "choices": [{"index": 0}]}},
@@ -471,13 +479,15 @@ def test_anthropic_malformed_2xx(case):
 
 
 def test_malformed_html_names_content_type():
-    rec = reply(200, content=b"<html>login</html>", headers={"content-type": "text/html; charset=utf-8"})
+    rec = reply(200, content=b"<html>login</html>",
+                headers={"content-type": "text/html; charset=utf-8"})
     with pytest.raises(MalformedResponse, match="text/html"):
         make("openai", rec).complete("x")
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-5, 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3)
     | st.dictionaries(st.sampled_from(["choices", "message", "content", "usage", "prompt_tokens",
                                        "completion_tokens", "text", "type", "input_tokens",
@@ -515,7 +525,7 @@ def raising(exc_type, message="boom"):
 @pytest.mark.parametrize(
     "exc, cls",
     [(httpx.ReadTimeout, ProviderTimeout), (httpx.ConnectTimeout, ProviderTimeout),
-     (httpx.WriteTimeout, ProviderTimeout), (httpx.PoolTimeout, ProviderTimeout),
+     (httpx.WriteTimeout, ProviderTimeout), (httpx.PoolTimeout, ConnectionPoolTimeout),
      (httpx.ConnectError, ConnectionFailed), (httpx.ReadError, ConnectionFailed),
      (httpx.RemoteProtocolError, ConnectionFailed)],
 )
@@ -566,16 +576,21 @@ def test_async_handler_coroutine_and_latency():
     assert asyncio.run(p.acomplete("x")).latency_s == pytest.approx(0.5)
 
 
-def test_owned_async_client_is_per_event_loop(monkeypatch):
+def _counting_clients(monkeypatch, body):
     made = []
 
-    def fake_build(timeout):
+    def factory(self):
         client = httpx.AsyncClient(transport=httpx.MockTransport(
-            lambda request: httpx.Response(200, json=openai_ok())))
+            lambda request: httpx.Response(200, json=body)))
         made.append(client)
         return client
 
-    monkeypatch.setattr(_http, "build_async_client", fake_build)
+    monkeypatch.setattr(HTTPProvider, "_new_async_client", factory)
+    return made
+
+
+def test_owned_async_client_is_per_event_loop_and_closed_with_it(monkeypatch):
+    made = _counting_clients(monkeypatch, openai_ok())
     p = OpenAIProvider("a", "gpt-4o", api_key=KEY)
 
     async def twice():
@@ -584,25 +599,66 @@ def test_owned_async_client_is_per_event_loop(monkeypatch):
 
     asyncio.run(twice())
     assert len(made) == 1  # reused within one loop
+    assert made[0].is_closed  # and closed when that loop shut down
     asyncio.run(p.acomplete("z"))
-    assert len(made) == 2  # a new loop gets a new client
-    asyncio.run(p.aclose())
+    assert len(made) == 2 and made[1].is_closed  # a new loop got (and closed) its own
+
+
+def test_no_client_left_open_after_many_asyncio_runs(monkeypatch):
+    made = _counting_clients(monkeypatch, anthropic_ok())
+    p = AnthropicProvider("b", "claude", api_key=KEY)
+    for i in range(25):
+        asyncio.run(p.acomplete(f"call {i}"))
+    assert len(made) == 25 and all(c.is_closed for c in made)
+
+
+def test_aclose_closes_this_loops_client_at_once(monkeypatch):
+    made = _counting_clients(monkeypatch, openai_ok())
+    p = OpenAIProvider("a", "gpt-4o", api_key=KEY)
+
+    async def run():
+        await p.acomplete("x")
+        assert not made[0].is_closed
+        await p.aclose()
+        assert made[0].is_closed
+        await p.acomplete("again")  # usable after aclose: a fresh client
+        assert len(made) == 2 and not made[1].is_closed
+
+    asyncio.run(run())
     assert made[1].is_closed
 
 
-# -- clients and lifecycle ------------------------------------------------------------------------
-def test_owned_sync_client_created_lazily_and_closed():
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_owned_clients_have_the_sdk_pool_and_close(mode, monkeypatch):
+    made = []
+    cls = httpx.Client if mode == "sync" else httpx.AsyncClient
+
+    class Recording(cls):  # the real client, recording what it was built with
+        def __init__(self, **kwargs):
+            made.append((self, kwargs))
+            super().__init__(transport=httpx.MockTransport(
+                lambda r: httpx.Response(200, json=openai_ok())), **kwargs)
+
+    monkeypatch.setattr(httpx, "Client" if mode == "sync" else "AsyncClient", Recording)
     p = OpenAIProvider("a", "gpt-4o", api_key=KEY, timeout=5.0)
-    assert p._client is None
-    client = p._sync_client()
-    assert client.timeout.read == 5.0
-    with p:
-        pass
+    if mode == "sync":
+        with p:
+            p.complete("x")
+    else:
+        async def run():
+            async with p:
+                await p.acomplete("x")
+
+        asyncio.run(run())
+    (client, kwargs), = made
+    limits = kwargs["limits"]
+    assert (limits.max_connections, limits.max_keepalive_connections) == (1000, 100)
     assert client.is_closed
 
 
 def test_given_client_is_not_closed():
-    client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, json=openai_ok())))
+    client = httpx.Client(transport=httpx.MockTransport(
+        lambda r: httpx.Response(200, json=openai_ok())))
     with OpenAIProvider("a", "gpt-4o", api_key=KEY, client=client) as p:
         p.complete("x")
     assert not client.is_closed
@@ -610,17 +666,15 @@ def test_given_client_is_not_closed():
 
 
 def test_async_context_manager_closes_owned_clients(monkeypatch):
-    made = []
-    monkeypatch.setattr(_http, "build_async_client", lambda timeout: made.append(
-        httpx.AsyncClient(transport=httpx.MockTransport(
-            lambda r: httpx.Response(200, json=anthropic_ok())))) or made[-1])
+    made = _counting_clients(monkeypatch, anthropic_ok())
 
     async def run():
         async with AnthropicProvider("b", "claude", api_key=KEY) as p:
             await p.acomplete("x")
+            assert not made[0].is_closed
+        assert made[0].is_closed
 
     asyncio.run(run())
-    assert made and made[0].is_closed
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -639,10 +693,12 @@ def test_argument_validation(cls):
 
 
 @pytest.mark.parametrize("cls", [OpenAIProvider, AnthropicProvider])
-@pytest.mark.parametrize("bad", ["", 12345, b"sk-bytes-key-1234567890", KEY + "\n", " " + KEY])
-def test_bad_api_key_never_echoed(cls, bad, monkeypatch):
+@pytest.mark.parametrize("bad, exc", [("", ValueError), (12345, TypeError),
+                                      (b"sk-bytes-key-1234567890", TypeError),
+                                      (KEY + "\n", ValueError), (" " + KEY, ValueError)])
+def test_bad_api_key_never_echoed(cls, bad, exc, monkeypatch):
     monkeypatch.delenv(cls.env_var, raising=False)
-    with pytest.raises(ValueError, match="api_key") as info:
+    with pytest.raises(exc, match="api_key") as info:
         cls("n", "m", api_key=bad)
     text = str(info.value) + repr(info.value)
     assert KEY not in text and "sk-bytes" not in text and "12345" not in text
@@ -731,9 +787,11 @@ def test_api_key_never_in_repr_errors_or_logs(kind, caplog):
 
 
 def test_redact_helper():
-    assert _http.redact(f"key={KEY}!", KEY) == "key=***!"
-    assert "ABCDEFGH" not in _http.redact("header sk-ant-ABCDEFGHIJKLMN leaked")
-    assert _http.redact("no secrets here") == "no secrets here"
+    from llm_patterns.errors import redact
+
+    assert redact(f"key {KEY}!", KEY) == "key ***!"
+    assert "ABCDEFGH" not in redact("header sk-ant-ABCDEFGHIJKLMN leaked")
+    assert redact("no secrets here") == "no secrets here"
 
 
 def test_providers_log_each_call_at_debug(caplog):
@@ -741,3 +799,45 @@ def test_providers_log_each_call_at_debug(caplog):
     make("openai", reply(body=openai_ok())).complete("x")
     lines = [r.getMessage() for r in caplog.records if r.name == "llm_patterns.providers"]
     assert any("openai-primary" in m and "200" in m and "2006 prompt" in m for m in lines)
+
+
+# -- every constructor argument: one rule (wrong type -> TypeError, wrong value -> ValueError) -----
+BAD_ARGUMENTS = [
+    ("name", "", ValueError), ("name", None, TypeError), ("name", 5, TypeError),
+    ("model", "  ", ValueError), ("model", True, TypeError),
+    ("base_url", "ftp://x", ValueError), ("base_url", "http://", ValueError),
+    ("base_url", b"http://x", TypeError), ("base_url", 3.0, TypeError),
+    ("timeout", 0, ValueError), ("timeout", -1, ValueError), ("timeout", float("nan"), ValueError),
+    ("timeout", float("inf"), ValueError), ("timeout", "30", TypeError),
+    ("timeout", True, TypeError),
+    ("max_response_bytes", 0, ValueError), ("max_response_bytes", -5, ValueError),
+    ("max_response_bytes", 1.5e6, TypeError), ("max_response_bytes", None, TypeError),
+    ("default_headers", ["x"], TypeError), ("default_headers", {"a": 1}, TypeError),
+    ("client", httpx.AsyncClient(), TypeError), ("async_client", httpx.Client(), TypeError),
+    ("clock", "now", TypeError),
+]
+
+
+@pytest.mark.parametrize("cls", [OpenAIProvider, AnthropicProvider])
+@pytest.mark.parametrize("param, value, exc", BAD_ARGUMENTS,
+                         ids=[f"{p}={v!r}" for p, v, _ in BAD_ARGUMENTS])
+def test_every_bad_argument_names_itself(cls, param, value, exc):
+    kwargs = {"name": "n", "model": "m", "api_key": KEY, param: value}
+    with pytest.raises(exc, match=param) as info:
+        cls(kwargs.pop("name"), kwargs.pop("model"), **kwargs)
+    assert type(info.value) is exc
+
+
+def test_openai_max_tokens_param_is_a_choice():
+    with pytest.raises(ValueError, match="max_tokens_param"):
+        OpenAIProvider("n", "m", api_key=KEY, max_tokens_param="max_output_tokens")
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_errors_after_a_2xx_carry_the_request_id(kind):
+    for content in (b"<html>proxy login</html>", b'{"choices": []}', b""):
+        rec = reply(200, content=content, headers={"x-request-id": "req_2xx",
+                                                   "request-id": "req_2xx"})
+        with pytest.raises(MalformedResponse) as info:
+            make(kind, rec).complete("x")
+        assert info.value.request_id == "req_2xx" and "req_2xx" in str(info.value)

@@ -73,8 +73,9 @@ def test_from_anthropic_adds_cache_reads_and_writes_to_prompt():
         "cache_creation_input_tokens": 300,
     }
     u = Usage.from_anthropic(usage)
-    assert u == Usage(prompt_tokens=1350, completion_tokens=200, cached_tokens=1000)
-    assert u.uncached_prompt_tokens == 350
+    assert u == Usage(prompt_tokens=1350, completion_tokens=200, cached_tokens=1000,
+                      cache_write_tokens=300)
+    assert u.uncached_prompt_tokens == 50  # reads and writes have their own prices
 
 
 def test_from_anthropic_without_cache_fields():
@@ -91,7 +92,8 @@ def test_from_anthropic_negative_raises():
 
 def test_parse_tells_the_conventions_apart():
     assert Usage.parse({"prompt_tokens": 10, "completion_tokens": 2}) == Usage(10, 2, 0)
-    assert Usage.parse({"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 5}) == Usage(15, 2, 5)
+    anthropic = {"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 5}
+    assert Usage.parse(anthropic) == Usage(15, 2, 5)
     u = Usage(1, 1, 0)
     assert Usage.parse(u) is u
     with pytest.raises(ValueError, match="neither"):
@@ -230,7 +232,78 @@ def test_prompt_text_names_the_position_of_the_bad_part():
 def test_prompt_text_rejects_odd_content():
     with pytest.raises(ValueError, match="content"):
         prompt_text([{"role": "user"}])
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         prompt_text([{"role": "user", "content": 42}])
     with pytest.raises(TypeError):
         prompt_text("not a list")  # type: ignore[arg-type]
+
+
+# -- usage as billed: cache writes (5 min / 1 h), reasoning ---------------------------------------
+def test_from_anthropic_keeps_cache_writes_and_their_one_hour_part():
+    usage = {
+        "input_tokens": 20, "output_tokens": 7, "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 100_000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 40_000,
+                           "ephemeral_1h_input_tokens": 60_000},
+    }
+    u = Usage.from_anthropic(usage)
+    assert (u.prompt_tokens, u.cached_tokens, u.cache_write_tokens) == (101_020, 1000, 100_000)
+    assert (u.cache_write_1h_tokens, u.cache_write_5m_tokens) == (60_000, 40_000)
+    assert u.uncached_prompt_tokens == 20
+
+
+def test_from_anthropic_split_without_total_sums_the_split():
+    u = Usage.from_anthropic({"input_tokens": 1, "output_tokens": 1, "cache_creation": {
+        "ephemeral_5m_input_tokens": 3, "ephemeral_1h_input_tokens": 4}})
+    assert (u.cache_write_tokens, u.cache_write_1h_tokens, u.prompt_tokens) == (7, 4, 8)
+
+
+def test_from_openai_reads_reasoning_tokens():
+    u = Usage.from_openai({"prompt_tokens": 10, "completion_tokens": 500,
+                           "completion_tokens_details": {"reasoning_tokens": 448}})
+    assert (u.reasoning_tokens, u.completion_tokens) == (448, 500)
+    assert Usage.from_openai({"prompt_tokens": 1, "completion_tokens": 1,
+                              "completion_tokens_details": None}).reasoning_tokens == 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"prompt_tokens": 10, "cached_tokens": 6, "cache_write_tokens": 5}, "cannot exceed"),
+    ({"prompt_tokens": 10, "cache_write_tokens": 2, "cache_write_1h_tokens": 3}, "part of them"),
+    ({"completion_tokens": 2, "reasoning_tokens": 3}, "includes them"),
+    ({"reasoning_tokens": -1}, "reasoning_tokens"),
+])
+def test_usage_rejects_inconsistent_counts(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Usage(**kwargs)
+
+
+def test_usage_add_sums_every_field():
+    a = Usage(10, 5, 1, 4, 2, 3)
+    assert a + a == Usage(20, 10, 2, 8, 4, 6)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("stop", "stop"), ("end_turn", "stop"), ("stop_sequence", "stop"),
+    ("length", "length"), ("max_tokens", "length"),
+    ("tool_calls", "tool_calls"), ("tool_use", "tool_calls"), ("function_call", "tool_calls"),
+    ("content_filter", "content_filter"), ("refusal", "content_filter"),
+    ("pause_turn", "pause_turn"), (None, None), ("", None), (3, None),
+])
+def test_finish_reason_in_one_vocabulary(raw, expected):
+    from llm_patterns.response import normalize_finish_reason
+
+    assert normalize_finish_reason(raw) == expected
+
+
+def test_llmresponse_finish_reason_is_a_str_or_none():
+    assert LLMResponse("x", "m", "p", Usage(), finish_reason="length").finish_reason == "length"
+    with pytest.raises(TypeError, match="finish_reason"):
+        LLMResponse("x", "m", "p", Usage(), finish_reason=1)  # type: ignore[arg-type]
+
+
+def test_usage_repr_shows_cache_writes_and_reasoning_only_when_present():
+    assert repr(Usage(9, 12)) == "Usage(prompt_tokens=9, completion_tokens=12, cached_tokens=0)"
+    assert repr(Usage(9, 12, 1, 4, 0, 3)) == (
+        "Usage(prompt_tokens=9, completion_tokens=12, cached_tokens=1, cache_write_tokens=4, "
+        "reasoning_tokens=3)")
+    assert eval(repr(Usage(9, 12, 1, 4, 2, 3)), {"Usage": Usage}) == Usage(9, 12, 1, 4, 2, 3)

@@ -22,6 +22,7 @@ from llm_patterns.mock.http import make_server
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "user", "content": "Explain exponential backoff briefly"}]
+PLAIN = {"model": "gpt-4o-mini", "messages": MESSAGES}
 
 
 def real_mock(**kw):
@@ -101,8 +102,8 @@ def test_timeout_fault_hangs_up_without_answering():
     server.fail_next("timeout")
     with running(server) as url, httpx.Client(base_url=url, timeout=5) as client:
         with pytest.raises(httpx.RemoteProtocolError):
-            client.post("/v1/chat/completions", json={"messages": MESSAGES})
-        assert client.post("/v1/chat/completions", json={"messages": MESSAGES}).status_code == 200
+            client.post("/v1/chat/completions", json=PLAIN)
+        assert client.post("/v1/chat/completions", json=PLAIN).status_code == 200
     assert server.stats["timeouts"] == 1
 
 
@@ -110,7 +111,7 @@ def test_malformed_fault_over_loopback_is_html():
     server = real_mock()
     server.fail_next("malformed")
     with running(server) as url, httpx.Client(base_url=url, timeout=5) as client:
-        r = client.post("/v1/chat/completions", json={"messages": MESSAGES})
+        r = client.post("/v1/chat/completions", json=PLAIN)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert r.text == "<html>502 Bad Gateway</html>"
 
@@ -155,6 +156,17 @@ def test_cli_help_lists_serve_mock(capsys):
     assert "serve-mock" in capsys.readouterr().out
 
 
+def test_cli_help_lists_every_option_and_fault_kind(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve-mock", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for option in ("--itpm", "--otpm", "--chunk-delay", "--prompt-caching", "--reasoning-tokens",
+                   "--read-timeout", "--workers", "--max-connections", "--max-body-bytes"):
+        assert option in out
+    for kind in ("credit_balance_too_low", "enforced_spend_limit_reached", "stream_drop"):
+        assert kind in out.replace("- ", "-")
+
+
 def test_cli_reports_a_port_in_use(capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -182,7 +194,7 @@ def test_cli_serve_mock_subprocess():
         with httpx.Client(base_url=url, timeout=2) as client:
             while len(statuses) < 2:
                 try:
-                    r = client.post("/chat/completions", json={"messages": MESSAGES})
+                    r = client.post("/chat/completions", json=PLAIN)
                 except httpx.TransportError:
                     assert time.monotonic() < deadline, "serve-mock never answered"
                     time.sleep(0.05)

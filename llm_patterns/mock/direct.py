@@ -7,17 +7,18 @@ and encoding and decoding JSON cost far more than the patterns being simulated.
 It behaves as the HTTP provider of the same ``api`` wired to ``server.client()`` does, because
 it reuses that provider's own code at both ends:
 
-- the request is built and validated by ``OpenAIProvider`` / ``AnthropicProvider``
-  (``_prepare``: same ``ValueError`` for bad arguments) and read by the server's own parser
-  (``wire.parse_body``, the step after JSON decoding);
-- the server decides the answer with the same code (``_decide``: faults, outages, buckets,
-  seeded errors, latency, request ids, stats, the "request" event after the latency);
-- a completion is read by the provider's own ``_parse``; anything else (an error status, a
-  timeout, a malformed body) goes through the provider's HTTP error mapping on a real
-  ``httpx.Response``, so errors, messages and ``retry_after`` are the HTTP path's.
+- the request is built and validated by ``Request`` and encoded by ``OpenAIProvider`` /
+  ``AnthropicProvider`` (``encode``: same errors for bad arguments) and read by the server's
+  own parser (``request.parse_body``, the step after JSON decoding);
+- the server decides the answer with the same code (``decide``: faults, outages, buckets,
+  seeded errors, latency, request ids, stats; ``settle`` after the latency);
+- a completion is read by the provider's own ``decode``; anything else (an error status, a
+  timeout, a malformed body) goes through the provider's HTTP answer mapping (``answer``), so
+  errors, messages and ``retry_after`` are the HTTP path's.
 
-Differences: ``LLMResponse.headers`` has no ``content-length`` (nothing was serialized), and a
-request body that JSON could not encode is not refused here.
+Differences: ``LLMResponse.headers`` has no ``content-length`` (nothing was serialized), a
+request body that JSON could not encode is not refused here, and there is no streaming (use the
+HTTP path, ``server.client()``, for streams).
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..clock import Clock
-from ..providers._http import HTTPProvider, error_from_exception
+from ..errors import error_from_exception
+from ..providers import DEFAULT_TIMEOUT, HTTPProvider
+from ..request import Request
 from ..response import LLMResponse
-from . import wire
+from .apis import APIS, BASE_URLS, DEFAULT_MODELS, api_for_path
+from .request import BadRequest, ChatRequest, parse_body
 
 if TYPE_CHECKING:
-    from .server import MockLLMServer, _Plan
+    from .server import MockLLMServer, Plan
 
 __all__ = ["DirectProvider"]
 
@@ -43,29 +47,21 @@ logger = logging.getLogger("llm_patterns.providers")
 _MOCK_KEY = "mock-direct-key"  # the mock checks no key; a placeholder, never a real one
 
 
-class _Status:
-    """What a provider's ``_parse`` reads from the response: its status code."""
-
-    __slots__ = ("status_code",)
-
-    def __init__(self, status_code: int) -> None:
-        self.status_code = status_code
-
-
 class DirectProvider:
     """``name``, ``model``, ``complete`` / ``acomplete``: the provider protocol, in process."""
 
     def __init__(self, server: MockLLMServer, name: str, model: str | None = None, *,
-                 api: str = "openai", timeout: float = 30.0, clock: Clock | None = None) -> None:
+                 api: str = "openai", timeout: float | httpx.Timeout | None = None,
+                 clock: Clock | None = None) -> None:
         from ..providers import AnthropicProvider, OpenAIProvider
-        from .server import APIS, BASE_URLS
 
         if api not in APIS:
             raise ValueError(f"api must be one of {APIS}, got {api!r}")
-        model = model or server.model or wire.DEFAULT_MODELS[api]
+        model = model or server.model or DEFAULT_MODELS[api]
         cls = OpenAIProvider if api == "openai" else AnthropicProvider
-        self._wire: HTTPProvider = cls(name, model, base_url=BASE_URLS[api], api_key=_MOCK_KEY,
-                                       timeout=timeout, clock=clock or server.clock)
+        self._wire: HTTPProvider = cls(
+            name, model, base_url=BASE_URLS[api], api_key=_MOCK_KEY,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout, clock=clock or server.clock)
         self.server = server
         self.api = api
         self.name = self._wire.name
@@ -80,29 +76,36 @@ class DirectProvider:
                 f"server={self.server.name!r})")
 
     def _send(self, prompt: str | None, messages: Any, max_tokens: int,
-              kw: dict[str, Any]) -> tuple[str, _Plan]:
-        url, _, body = self._wire._prepare(prompt, messages, max_tokens, kw)
+              kw: dict[str, Any]) -> tuple[str, Plan]:
+        body = self._wire.encode(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
+        url = self._wire.base_url + self._wire.path
         path = url[len(self._origin):]
-        route = wire.api_for_path(path)
-        parsed: wire.ChatRequest | None = None
-        bad: wire.BadRequest | None = None
+        route = api_for_path(path)
+        parsed: ChatRequest | None = None
+        bad: BadRequest | None = None
         if route is not None:
+            if body.get("stream"):
+                raise ValueError("a direct mock provider does not stream: use the HTTP path "
+                                 "(server.client()) for streams")
             try:
-                parsed = wire.parse_body(route, body)
-            except wire.BadRequest as exc:
+                parsed = parse_body(route, body)
+            except BadRequest as exc:
                 bad = exc
-        return url, self.server._decide(route, "POST", path, parsed, bad, self._read_timeout)
+        return url, self.server.decide(route, "POST", path, parsed, bad, self._read_timeout)
 
-    def _result(self, url: str, plan: _Plan, started: float) -> LLMResponse:
-        self.server._answered(plan)
+    def _result(self, url: str, plan: Plan, started: float) -> LLMResponse:
+        self.server.settle(plan)
         if plan.status is None:
-            exc = httpx.ReadTimeout(f"mock timeout: no answer after {plan.delay:g} s")
-            raise error_from_exception(exc, self.name, secret=self._wire._api_key) from exc
+            exc: httpx.TransportError = (
+                httpx.RemoteProtocolError("Server disconnected without sending a response.")
+                if plan.dropped else
+                httpx.ReadTimeout(f"mock timeout: no answer after {plan.delay:g} s"))
+            raise error_from_exception(exc, provider=self.name)
         body = plan.body
         if plan.status == 200 and type(body) is dict:  # a completion: read it as it is
             try:
-                text, model, usage = self._wire._parse(body, _Status(200))  # type: ignore[arg-type]
-            except Exception:  # noqa: BLE001, S110 - let the HTTP path map it exactly
+                text, model, usage, finish = self._wire.decode(body, 200)
+            except Exception:  # let the HTTP path map it exactly
                 pass
             else:
                 latency = max(0.0, self.clock.now() - started)
@@ -113,10 +116,10 @@ class DirectProvider:
                         usage.completion_tokens,
                     )
                 return LLMResponse(text=text, model=model, provider=self.name, usage=usage,
-                                   latency_s=latency, raw=body, headers=dict(plan.headers))
-        response = httpx.Response(plan.status, headers=plan.headers, content=plan.content(),
-                                  request=httpx.Request("POST", url))
-        return self._wire._finish(response, started)
+                                   latency_s=latency, raw=body, headers=dict(plan.headers),
+                                   finish_reason=finish)
+        latency = max(0.0, self.clock.now() - started)
+        return self._wire.answer(plan.status, plan.headers, plan.content(), latency=latency)
 
     def complete(self, prompt: str | None = None, *, messages: Any = None,
                  max_tokens: int = 256, **kw: Any) -> LLMResponse:

@@ -1,208 +1,141 @@
-"""What the mock reads and writes on the wire: request parsing and OpenAI / Anthropic body shapes.
+"""How each API spells an answer: completion bodies, usage, error envelopes, ids.
 
 Pure functions, no state: the server (server.py) decides *what* to answer, this module knows
-*how* each API spells it. Shapes follow the public API references of both providers, so the
-official SDKs and our own providers parse the mock's answers as they parse the real ones.
+*how* each API writes it. The shapes are those of the official SDKs' response types
+(``openai.types.chat.ChatCompletion`` / ``CompletionUsage``, ``anthropic.types.Message`` /
+``Usage`` with ``cache_creation``), so the SDKs and our providers parse the mock's answers as
+they parse the real ones.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..tokens import CHARS_PER_TOKEN
+from .replies import FINISH, Reply
 
 __all__ = [
-    "ANTHROPIC_PATH",
-    "DEFAULT_MAX_TOKENS",
-    "DEFAULT_MODELS",
-    "OPENAI_PATH",
-    "BadRequest",
-    "ChatRequest",
-    "api_for_path",
-    "completion_text",
+    "Usage",
     "dumps",
     "error_body",
-    "parse_body",
-    "parse_request",
+    "message_id",
+    "request_id",
     "success_body",
+    "usage_body",
 ]
 
-OPENAI_PATH = "/v1/chat/completions"
-ANTHROPIC_PATH = "/v1/messages"
-
-# Charged when an OpenAI request names no max_tokens: the library's providers default to 256,
-# so the client limiter and the mock agree. (Anthropic requires max_tokens.)
-DEFAULT_MAX_TOKENS = 256
-
-DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+# base64url digits that are not base58 ("0OIl-_+/") replaced by ones that are
+_TO_B58 = bytes.maketrans(b"0OIl-_", b"abcdef")
 
 # error "type" per status, for bodies that are not one of the named faults
 _OPENAI_TYPES = {403: "permission_error", 409: "conflict_error", 429: "requests"}
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                    429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
-
-_TEMPLATES = ("Summary: {}", "In short: {}", "Key point: {}", "Answer: {}")
-
-
-class BadRequest(Exception):
-    """The request body is not a chat request this API accepts (answered 400, never a crash)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+                    402: "billing_error", 403: "permission_error", 404: "not_found_error",
+                    413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                    504: "timeout_error", 529: "overloaded_error"}
 
 
-@dataclass(frozen=True)
-class ChatRequest:
-    """The parts of a chat request the mock needs."""
+@dataclass(slots=True)  # not frozen: built once per request, on the hot path (read-only)
+class Usage:
+    """Tokens as billed. ``input_tokens`` is every prompt token (cache reads and writes
+    included); each API's body spells it its own way (Anthropic's ``input_tokens`` leaves the
+    cached parts out, OpenAI's ``prompt_tokens`` keeps them in)."""
 
-    model: str | None
-    prompt: str  # every message content (Anthropic: the system prompt first), joined by "\n"
-    last_message: str
-    max_tokens: int
+    input_tokens: int
+    output_tokens: int
+    cache_read: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    reasoning: int = 0
 
-
-def api_for_path(path: str) -> str | None:
-    """"openai" for the chat-completions path, "anthropic" for the messages path, else None."""
-    path = path.rstrip("/")
-    if path == OPENAI_PATH:
-        return "openai"
-    if path == ANTHROPIC_PATH:
-        return "anthropic"
-    return None
+    @property
+    def uncached_input(self) -> int:
+        return self.input_tokens - self.cache_read - self.cache_write_5m - self.cache_write_1h
 
 
-def _text(content: Any, where: str) -> str:
-    """A message content as text: a string, null, or a list of text parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for i, part in enumerate(content):
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict):
-                text = part.get("text", "")
-                if not isinstance(text, str):
-                    raise BadRequest(f"{where}[{i}].text must be a string", f"{where}[{i}].text")
-                parts.append(text)
-            else:
-                raise BadRequest(f"{where}[{i}] must be an object", f"{where}[{i}]")
-        return "\n".join(parts)
-    raise BadRequest(f"{where} must be a string or a list of content parts", where)
-
-
-def parse_request(api: str, content: bytes) -> ChatRequest:
-    """Parse a chat request of ``api``; raises ``BadRequest`` naming what is wrong."""
-    try:
-        body = json.loads(content.decode("utf-8")) if content else None
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("the request body is not valid JSON") from None
-    return parse_body(api, body)
-
-
-def parse_body(api: str, body: Any) -> ChatRequest:
-    """``parse_request`` on a body already decoded from JSON (the in-process direct path)."""
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty array", "messages")
-    if body.get("stream"):
-        raise BadRequest("the mock does not stream: send 'stream': false", "stream")
-    texts: list[str] = []
+def request_id(api: str, rng: random.Random) -> str:
+    """``x-request-id`` (OpenAI: ``req_`` + 32 hex) / ``request-id`` (Anthropic: ``req_011C``
+    + 20 base58 characters), from the server's seeded id generator."""
     if api == "anthropic":
-        system = body.get("system")
-        if system is not None:
-            system_text = _text(system, "system")
-            if system_text:
-                texts.append(system_text)
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest(f"messages[{i}] must be an object", f"messages[{i}]")
-        texts.append(_text(message.get("content"), f"messages[{i}].content"))
-    if api == "anthropic":
-        if "max_tokens" not in body:
-            raise BadRequest("max_tokens: Field required", "max_tokens")
-        max_tokens = body["max_tokens"]
-    else:
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        if max_tokens is None:
-            max_tokens = DEFAULT_MAX_TOKENS
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise BadRequest(f"max_tokens must be an integer >= 1, got {max_tokens!r}", "max_tokens")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest(f"model must be a string, got {model!r}", "model")
-    return ChatRequest(model, "\n".join(texts), texts[-1], max_tokens)
+        raw = base64.urlsafe_b64encode(rng.getrandbits(120).to_bytes(15, "big"))
+        return "req_011C" + raw.translate(_TO_B58).decode("ascii")
+    return f"req_{rng.getrandbits(128):032x}"
 
 
-def completion_text(seed: int, request: ChatRequest) -> tuple[str, bool]:
-    """A deterministic answer for (seed, prompt), cut to fit ``max_tokens``; (text, truncated)."""
-    pick = random.Random(f"{seed}|{request.prompt}")
-    n = pick.randint(6, 12)
-    words = request.last_message.split(maxsplit=n)[:n]  # the first n words (no full split)
-    text = pick.choice(_TEMPLATES).format(" ".join(words) or "(empty prompt)")
-    limit = request.max_tokens * CHARS_PER_TOKEN  # so that estimate_tokens(text) <= max_tokens
-    if len(text) > limit:
-        return text[:limit], True
-    return text, False
+def message_id(api: str, request_ident: str) -> str:
+    """The completion's id, derived from its request id (so no extra randomness is drawn)."""
+    tail = request_ident[4:]
+    return f"msg_{tail}" if api == "anthropic" else f"chatcmpl-{tail[:29]}"
 
 
-def success_body(
-    api: str,
-    *,
-    ident: str,
-    created: int,
-    model: str,
-    text: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    truncated: bool,
-) -> dict[str, Any]:
-    """A completed chat answer in ``api``'s shape."""
+def usage_body(api: str, usage: Usage) -> dict[str, Any]:
+    """The ``usage`` object of ``api``."""
     if api == "anthropic":
         return {
-            "id": f"msg_{ident}",
+            "input_tokens": usage.uncached_input,
+            "cache_creation_input_tokens": usage.cache_write_5m + usage.cache_write_1h,
+            "cache_read_input_tokens": usage.cache_read,
+            "cache_creation": {"ephemeral_5m_input_tokens": usage.cache_write_5m,
+                               "ephemeral_1h_input_tokens": usage.cache_write_1h},
+            "output_tokens": usage.output_tokens,
+            "service_tier": "standard",
+        }
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
+    }
+
+
+def openai_tool_calls(reply: Reply) -> list[dict[str, Any]]:
+    return [{"id": f"call_{c.id}", "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments_json}}
+            for c in reply.tool_calls]
+
+
+def anthropic_content(reply: Reply) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
+    blocks.extend({"type": "tool_use", "id": f"toolu_{c.id}", "name": c.name,
+                   "input": c.arguments} for c in reply.tool_calls)
+    return blocks
+
+
+def success_body(api: str, *, ident: str, created: int, model: str, reply: Reply,
+                 usage: Usage) -> dict[str, Any]:
+    """A completed chat answer in ``api``'s shape."""
+    finish = FINISH[api][reply.finish]
+    if api == "anthropic":
+        return {
+            "id": message_id(api, ident),
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "max_tokens" if truncated else "end_turn",
+            "content": anthropic_content(reply),
+            "stop_reason": finish,
             "stop_sequence": None,
-            "usage": {
-                "input_tokens": prompt_tokens,
-                "output_tokens": completion_tokens,
-                "cache_read_input_tokens": 0,
-                "cache_creation_input_tokens": 0,
-            },
+            "usage": usage_body(api, usage),
         }
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": reply.text if reply.text or not reply.tool_calls
+                               else None,
+                               "refusal": None, "annotations": []}
+    if reply.tool_calls:
+        message["tool_calls"] = openai_tool_calls(reply)
     return {
-        "id": f"chatcmpl-{ident}",
+        "id": message_id(api, ident),
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": "length" if truncated else "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
-        },
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": usage_body(api, usage),
+        "service_tier": "default",
         "system_fingerprint": "fp_mock",
     }
 
@@ -215,13 +148,22 @@ def error_body(
     type: str | None = None,
     code: str | None = None,
     param: str | None = None,
+    request_id: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An error answer in ``api``'s envelope; ``type`` defaults from the status."""
+    """An error answer in ``api``'s envelope; ``type`` defaults from the status. Anthropic's
+    carries the request id in the body too (``request_id``), as the real API does."""
     if api == "anthropic":
         kind = type or _ANTHROPIC_TYPES.get(
             status, "api_error" if status >= 500 else "invalid_request_error"
         )
-        return {"type": "error", "error": {"type": kind, "message": message}}
+        error: dict[str, Any] = {"type": kind, "message": message}
+        if details is not None:
+            error["details"] = details
+        body: dict[str, Any] = {"type": "error", "error": error}
+        if request_id is not None:
+            body["request_id"] = request_id
+        return body
     kind = type or _OPENAI_TYPES.get(
         status, "server_error" if status >= 500 else "invalid_request_error"
     )

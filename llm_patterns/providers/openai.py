@@ -1,8 +1,9 @@
 """``OpenAIProvider``: the OpenAI Chat Completions API (and OpenAI-compatible servers) over httpx.
 
 ``POST {base_url}/chat/completions`` with ``Authorization: Bearer <key>``; ``base_url`` includes
-``/v1``, as the official SDK takes it. ``finish_reason == "content_filter"`` (or a ``refusal``
-in place of content) raises ContentFilterError: a refusal is never returned as an answer.
+``/v1``, as the official SDK takes it. The request's messages are already in this API's format.
+``finish_reason == "content_filter"`` (or a ``refusal`` in place of content) raises
+ContentFilterError: a refusal is never returned as an answer.
 """
 
 from __future__ import annotations
@@ -12,10 +13,19 @@ from typing import Any
 
 import httpx
 
+from .. import _validate
+from .._secret import Secret
 from ..clock import Clock
 from ..errors import ContentFilterError, MalformedResponse
-from ..response import Usage
-from ._http import HTTPProvider, require_int, truncate
+from ..request import Request
+from ..response import Usage, normalize_finish_reason
+from ._base import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TIMEOUT,
+    Completion,
+    HTTPProvider,
+    require_int,
+)
 
 __all__ = ["OpenAIProvider"]
 
@@ -32,6 +42,7 @@ class OpenAIProvider(HTTPProvider):
     api = "openai"
     env_var = "OPENAI_API_KEY"
     default_base_url = "https://api.openai.com/v1"
+    path = "/chat/completions"
 
     def __init__(
         self,
@@ -39,44 +50,36 @@ class OpenAIProvider(HTTPProvider):
         model: str,
         *,
         base_url: str = "https://api.openai.com/v1",
-        api_key: str | None = None,
+        api_key: str | Secret | None = None,
         client: httpx.Client | None = None,
         async_client: httpx.AsyncClient | None = None,
-        timeout: float | httpx.Timeout = 30.0,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         default_headers: Mapping[str, str] | None = None,
         clock: Clock | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_tokens_param: str = "max_tokens",
     ) -> None:
-        if max_tokens_param not in _TOKEN_PARAMS:
-            raise ValueError(
-                f"max_tokens_param must be one of {_TOKEN_PARAMS}, got {max_tokens_param!r}"
-            )
-        self.max_tokens_param = max_tokens_param
+        self.max_tokens_param = _validate.choice("max_tokens_param", max_tokens_param,
+                                                 _TOKEN_PARAMS)
         super().__init__(
             name, model, base_url=base_url, api_key=api_key, client=client,
             async_client=async_client, timeout=timeout, default_headers=default_headers,
-            clock=clock,
+            clock=clock, max_response_bytes=max_response_bytes,
         )
 
-    def _request(
-        self, messages: list[dict[str, Any]], max_tokens: int, kw: dict[str, Any]
-    ) -> tuple[str, dict[str, str], dict[str, Any]]:
-        other = next(p for p in _TOKEN_PARAMS if p != self.max_tokens_param)
-        if other in kw:
-            raise ValueError(
-                f"{other} cannot be passed per call: pass max_tokens= (sent as "
-                f"{self.max_tokens_param!r} by this provider)"
-            )
-        body = {"model": self.model, "messages": messages, self.max_tokens_param: max_tokens, **kw}
-        headers = self._headers({"authorization": f"Bearer {self._api_key}"})
-        return "/chat/completions", headers, body
+    def _auth(self, key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
 
-    def _parse(self, body: dict[str, Any], response: httpx.Response) -> tuple[str, str, Usage]:
+    def encode(self, request: Request) -> dict[str, Any]:
+        """The chat completions body: the messages as they are."""
+        return {"model": self.model, "messages": list(request.messages),
+                self.max_tokens_param: request.max_tokens, **request.extra}
+
+    def decode(self, body: dict[str, Any], status: int = 200) -> Completion:
         def bad(what: str) -> MalformedResponse:
             hint = body.get("error")
-            extra = f"; body has error {truncate(str(hint), 120)!r}" if hint else ""
-            return MalformedResponse(f"{what}{extra}", provider=self.name,
-                                     status_code=response.status_code)
+            extra = f"; body has error {str(hint)[:120]!r}" if hint else ""
+            return MalformedResponse(f"{what}{extra}", provider=self.name, status_code=status)
 
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -89,10 +92,10 @@ class OpenAIProvider(HTTPProvider):
         content = message.get("content")
         refusal = message.get("refusal")
         if finish == "content_filter" or (content is None and isinstance(refusal, str) and refusal):
-            reason = f": {truncate(refusal)}" if isinstance(refusal, str) and refusal else ""
+            reason = f": {refusal[:200]}" if isinstance(refusal, str) and refusal else ""
             raise ContentFilterError(
                 f"completion refused by the content filter (finish_reason={finish!r}){reason}",
-                provider=self.name, status_code=response.status_code,
+                provider=self.name, status_code=status, code="content_filter",
             )
         if content is None and message.get("tool_calls"):
             content = ""  # a tool-call turn: the calls are in .raw
@@ -104,4 +107,5 @@ class OpenAIProvider(HTTPProvider):
         require_int(usage, "prompt_tokens", "usage")
         require_int(usage, "completion_tokens", "usage")
         model = body.get("model")
-        return content, model if isinstance(model, str) and model else self.model, Usage.from_openai(usage)
+        return Completion(content, model if isinstance(model, str) and model else self.model,
+                          Usage.from_openai(usage), normalize_finish_reason(finish))
