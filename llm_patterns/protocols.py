@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ._validate import integer, real
+
 if TYPE_CHECKING:
     from .circuit_breaker import CircuitState
     from .response import Usage
@@ -40,6 +42,12 @@ class Demand:
     input_tokens: float = 0
     output_tokens: float = 0
     requests: int = 1
+
+    def __post_init__(self) -> None:
+        """Checked once, here: a limiter can trust any ``Demand`` it is given."""
+        real("input_tokens", self.input_tokens, minimum=0.0)
+        real("output_tokens", self.output_tokens, minimum=0.0)
+        integer("requests", self.requests, minimum=0)
 
     @property
     def tokens(self) -> float:

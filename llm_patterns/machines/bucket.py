@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from types import MethodType
 from typing import Any
 
-from .._validate import integer, real
+from .._validate import real
 from ..protocols import Demand
 
 __all__ = [
@@ -141,26 +141,18 @@ def limits_for(per_minute: Mapping[str, float | None], burst_seconds: float | No
 
 
 def as_demand(value: Any, name: str = "demand") -> tuple[float, float, float]:
-    """``(requests, input, output)`` of a ``Demand`` or a token count (a total with no split:
-    all of it counted as input); TypeError/ValueError naming ``name`` for anything else."""
+    """``(requests, input, output)`` of a ``Demand`` (checked when it was made) or a token
+    count (a total with no split: all of it counted as input); TypeError/ValueError naming
+    ``name`` for anything else."""
     cls = value.__class__
     if cls is int or cls is float:
         if 0 <= value < math.inf:
-            return 1.0, float(value), 0.0
+            return 1.0, value, 0.0
         real(name, value, minimum=0.0)  # raises: NaN, inf or negative
-    if cls is Demand:
-        req, inp, out = value.requests, value.input_tokens, value.output_tokens
-        if not (inp.__class__ in (int, float) and out.__class__ in (int, float)
-                and req.__class__ is int and 0 <= inp < math.inf and 0 <= out < math.inf
-                and req >= 0):
-            integer(f"{name}.requests", req, minimum=0)
-            real(f"{name}.input_tokens", inp, minimum=0.0)
-            real(f"{name}.output_tokens", out, minimum=0.0)
-        return float(req), float(inp), float(out)
-    if isinstance(value, bool) or not isinstance(value, (int, float, Demand)):
+    if isinstance(value, Demand):
+        return value.requests, value.input_tokens, value.output_tokens
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a Demand or a number of tokens, got {value!r}")
-    if isinstance(value, Demand):  # a subclass
-        return as_demand(Demand(value.input_tokens, value.output_tokens, value.requests), name)
     return 1.0, real(name, value, minimum=0.0), 0.0
 
 
@@ -213,10 +205,19 @@ def _cost(code: int, req: float, scaled_in: float, out: float) -> float:
 # --------------------------------------------------------------------------- the machine
 
 
-# The hot path of every admission (``Buckets.admit``) is compiled once per shape from this
-# template: one block per bucket with its constants inlined. It is the one definition of
-# refill + cost + check + pay; a loop over the buckets costs twice as much per call
-# (benchmarks/overhead.py, "RateLimiter.acquire": 0.96 vs 0.66 us with two buckets).
+# The hot paths (``Buckets.admit``, run on every acquire, and ``Buckets.settle``, on every
+# answer) are compiled once per shape from these templates: one block per bucket with its
+# constants inlined; ``_REFILL`` is the one definition of the refill both share. A loop over the
+# buckets costs about twice as much per call (benchmarks/overhead.py "RateLimiter.acquire":
+# 0.96 vs 0.70 us with two buckets; settle 3.5 vs 0.8 us).
+_REFILL = """\
+    # bucket {i}: {kind}, capacity {capacity!r}, refill {rate!r} per second
+    level = levels[{i}]
+    if dt > 0.0:
+        level += dt * {rate!r}
+        if level > {capacity!r}:
+            level = {capacity!r}
+"""
 _ADMIT = """\
 def admit(m, req, inp, out, now, pay=True):
     levels = m.levels
@@ -231,14 +232,9 @@ def admit(m, req, inp, out, now, pay=True):
 {pays}
     return wait
 """
-_ADMIT_BUCKET = """\
-    # bucket {i}: {kind}, capacity {capacity!r}, refill {rate!r} per second
-    level = levels[{i}]
-    if dt > 0.0:
-        level += dt * {rate!r}
-        if level > {capacity!r}:
-            level = {capacity!r}
+_ADMIT_BUCKET = _REFILL + """\
         levels[{i}] = level
+    level{i} = level
     cost{i} = {cost}
     need = cost{i} if cost{i} < {capacity!r} else {capacity!r}
     if need - level > {eps!r}:
@@ -246,27 +242,70 @@ _ADMIT_BUCKET = """\
         if need > wait:
             wait = need
 """
+_DERIVE = """\
+    # the charged ratio: the decayed mean plus its mean deviation, in [1, MAX_RATIO]
+    if m.est_sum <= 0.0:
+        m.ratio = 1.0
+    else:
+        r = (m.act_sum + m.dev_sum) / m.est_sum
+        m.ratio = {max_ratio!r} if r > {max_ratio!r} else r if r > 1.0 else 1.0
+"""
+_SETTLE = """\
+def settle(m, estimated, actual, now, ratio=1.0):
+    req_e, in_e, out_e = estimated
+    req_a, in_a, out_a = actual
+    levels = m.levels
+    dt = now - m.last
+    m.last = now
+    scaled = in_e * ratio
+{buckets}
+    # learn the input ratio from this call (decayed sums)
+    if in_e < {min_sample!r} or in_a <= 0.0:
+        return
+    est = m.est_sum = {decay!r} * m.est_sum + in_e
+    act = m.act_sum = {decay!r} * m.act_sum + in_a
+    dev = in_a / in_e - act / est
+    m.dev_sum = {decay!r} * m.dev_sum + in_e * (dev if dev > 0.0 else -dev)
+{derive}
+def derive_ratio(m):
+{derive}
+"""
+_SETTLE_BUCKET = _REFILL + """\
+    delta = ({cost}) - ({used})
+    level += delta
+    if delta > 0.0 and level > {capacity!r}:
+        level = {capacity!r}
+    levels[{i}] = level
+"""
 _COST_EXPR = {REQUESTS: "req", TOKENS: "scaled + out", INPUT: "scaled", OUTPUT: "out"}
-_COMPILED: dict[tuple[Limit, ...], Any] = {}
+_CHARGED_EXPR = {REQUESTS: "req_e", TOKENS: "scaled + out_e", INPUT: "scaled", OUTPUT: "out_e"}
+_USED_EXPR = {REQUESTS: "req_a", TOKENS: "in_a + out_a", INPUT: "in_a", OUTPUT: "out_a"}
+_COMPILED: dict[tuple[Limit, ...], tuple[Any, Any, Any]] = {}
 
 
-def _compile_admit(limits: tuple[Limit, ...]) -> Any:
-    fn = _COMPILED.get(limits)
-    if fn is None:
-        blocks = "".join(_ADMIT_BUCKET.format(i=i, kind=lim.kind, capacity=lim.capacity,
-                                              rate=lim.rate, eps=lim.capacity * REL_EPS,
-                                              cost=_COST_EXPR[lim.kind])
-                         for i, lim in enumerate(limits))
-        pays = "".join(f"        levels[{i}] = levels[{i}] - cost{i}\n"
+def _compile(limits: tuple[Limit, ...]) -> tuple[Any, Any, Any]:
+    """``(admit, settle, derive_ratio)`` for this shape (cached)."""
+    fns = _COMPILED.get(limits)
+    if fns is None:
+        def blocks(template: str, **exprs: dict[str, str]) -> str:
+            return "".join(template.format(
+                i=i, kind=lim.kind, capacity=lim.capacity, rate=lim.rate,
+                eps=lim.capacity * REL_EPS, **{k: e[lim.kind] for k, e in exprs.items()})
+                for i, lim in enumerate(limits))
+        pays = "".join(f"        levels[{i}] = level{i} - cost{i}\n"
                        for i in range(len(limits)))
+        source = (_ADMIT.format(buckets=blocks(_ADMIT_BUCKET, cost=_COST_EXPR), pays=pays)
+                  + _SETTLE.format(buckets=blocks(_SETTLE_BUCKET, cost=_CHARGED_EXPR,
+                                                  used=_USED_EXPR),
+                                   min_sample=MIN_SAMPLE, decay=RATIO_DECAY,
+                                   derive=_DERIVE.format(max_ratio=MAX_RATIO)))
         namespace: dict[str, Any] = {}
-        exec(compile(_ADMIT.format(buckets=blocks, pays=pays),
-                     f"<bucket admit {'/'.join(lim.kind for lim in limits)}>", "exec"),
-             namespace)
-        fn = namespace["admit"]
+        exec(compile(source, f"<bucket machine {'/'.join(lim.kind for lim in limits)}>",
+                     "exec"), namespace)
+        fns = (namespace["admit"], namespace["settle"], namespace["derive_ratio"])
         if len(_COMPILED) < 256:  # shapes are few; never an unbounded cache
-            _COMPILED[limits] = fn
-    return fn
+            _COMPILED[limits] = fns
+    return fns
 
 
 class Buckets:
@@ -278,10 +317,20 @@ class Buckets:
     to ``now``, cost the demand (the learned ratio applied to input) and -- all or nothing --
     pay it if every bucket can (``pay``): 0.0 when it can, else the seconds until it could (the
     pause included), nothing taken. A cost above a bucket's capacity (an overdraft) needs that
-    bucket full. It is compiled per shape from ``_ADMIT`` and bound to the instance."""
+    bucket full.
 
-    __slots__ = ("act_sum", "admit", "caps", "dev_sum", "eps", "est_sum", "last", "levels",
-                 "limits", "n", "pause_until", "rates", "ratio")
+    ``settle(estimated, actual, now, ratio=1.0)``: a call's real usage is known (demands as
+    ``(requests, input, output)``): charge each bucket the excess over what ``estimated`` cost
+    it when it was admitted with ``ratio`` (the learned ratio then; 1.0 when unknown: the safe
+    side, it may over-charge but never under-charges while the ratio grows), or give back the
+    unused part (never above capacity); then learn the input ratio from it: decayed sums of the
+    estimated and actual input tokens and of their deviation (an estimate under ``MIN_SAMPLE``
+    teaches nothing). ``derive_ratio()``: the charged ratio from the sums.
+
+    These three are compiled per shape from ``_ADMIT``/``_SETTLE`` and bound to the instance."""
+
+    __slots__ = ("act_sum", "admit", "caps", "derive_ratio", "dev_sum", "eps", "est_sum", "last",
+                 "levels", "limits", "n", "pause_until", "rates", "ratio", "settle")
 
     def __init__(self, limits: Sequence[Limit], now: float) -> None:
         self.limits = tuple(limits)
@@ -294,7 +343,10 @@ class Buckets:
         self.pause_until = -math.inf
         self.est_sum = self.act_sum = self.dev_sum = 0.0
         self.ratio = 1.0  # what input estimates are multiplied by (derived from the sums)
-        self.admit: Callable[..., float] = MethodType(_compile_admit(self.limits), self)
+        admit, settle, derive = _compile(self.limits)
+        self.admit: Callable[..., float] = MethodType(admit, self)
+        self.settle: Callable[..., None] = MethodType(settle, self)
+        self.derive_ratio: Callable[[], None] = MethodType(derive, self)
 
     # -- costs
     def costs(self, req: float, inp: float, out: float) -> list[float]:
@@ -338,38 +390,6 @@ class Buckets:
         if until > self.pause_until:
             self.pause_until = until
         return max(0.0, self.pause_until - now)
-
-    def settle(self, estimated: tuple[float, float, float], actual: tuple[float, float, float],
-               now: float, ratio: float = 1.0) -> None:
-        """A call's real usage is known: charge each bucket the excess over what
-        ``estimated`` cost it when it was admitted with ``ratio`` (the learned ratio then; 1.0
-        when unknown: the safe side, it may over-charge but never under-charges while the
-        ratio grows), or give back the unused part; then learn the input ratio."""
-        (req_e, in_e, out_e), (req_a, in_a, out_a) = estimated, actual
-        charged = costs_of(self.limits, req_e, in_e, out_e, ratio)
-        used = costs_of(self.limits, req_a, in_a, out_a, 1.0)
-        self.add([c - u for c, u in zip(charged, used, strict=True)], now)
-        self.learn(in_e, in_a)
-
-    def learn(self, estimated_input: float, actual_input: float) -> None:
-        """Feed one call's estimated and actual input tokens to the learned ratio."""
-        if estimated_input < MIN_SAMPLE or actual_input <= 0.0:
-            return
-        sample = actual_input / estimated_input
-        d = RATIO_DECAY
-        self.est_sum = d * self.est_sum + estimated_input
-        self.act_sum = d * self.act_sum + actual_input
-        mean = self.act_sum / self.est_sum
-        self.dev_sum = d * self.dev_sum + estimated_input * abs(sample - mean)
-        self._derive_ratio()
-
-    def _derive_ratio(self) -> None:
-        """The charged ratio: the decayed mean plus its mean deviation, in [1, MAX_RATIO]."""
-        if self.est_sum <= 0.0:
-            self.ratio = 1.0
-        else:
-            ratio = (self.act_sum + self.dev_sum) / self.est_sum
-            self.ratio = min(MAX_RATIO, max(1.0, ratio))
 
     # -- reading
     def levels_by_kind(self) -> dict[str, float]:
@@ -425,7 +445,7 @@ class Buckets:
         self.pause_until = -math.inf if pause is None else float(pause)
         sums = record.get("ratio") or (0.0, 0.0, 0.0)
         self.est_sum, self.act_sum, self.dev_sum = (float(x) for x in sums)
-        self._derive_ratio()
+        self.derive_ratio()
 
     def save(self, record: dict[str, Any]) -> None:
         """Write the state into ``record`` (buckets of other shapes in it are kept)."""
@@ -499,27 +519,28 @@ def queue_leave(record: dict[str, Any], ticket: str) -> None:
 
 class GrantLog:
     """What a limiter granted recently, so a provider's header can be aged: a header written
-    when the server received request R cannot count what was granted after R was sent."""
+    when the server received request R cannot count what was granted after R was sent.
+    Entries are ``(time, requests, input, output, ratio)``: costed only when read."""
 
     __slots__ = ("_log", "horizon")
 
     def __init__(self, horizon: float = 120.0, size: int = 10_000) -> None:
         self.horizon = horizon
-        self._log: deque[tuple[float, list[float]]] = deque(maxlen=size)
+        self._log: deque[tuple[float, float, float, float, float]] = deque(maxlen=size)
 
-    def add(self, now: float, costs: list[float]) -> None:
-        self._log.append((now, costs))
+    def add(self, grant: tuple[float, float, float, float, float]) -> None:
+        self._log.append(grant)
 
-    def since(self, t: float, n: int, now: float) -> list[float]:
-        """Per bucket, the total granted strictly after time ``t`` (entries older than the
-        horizon are dropped first)."""
+    def since(self, t: float, limits: Sequence[Limit], now: float) -> list[float]:
+        """Per bucket of ``limits``, the total granted strictly after time ``t`` (entries
+        older than the horizon are dropped first)."""
         log = self._log
         while log and log[0][0] < now - self.horizon:
             log.popleft()
-        total = [0.0] * n
-        for at, costs in reversed(log):
+        total = [0.0] * len(limits)
+        for at, req, inp, out, ratio in reversed(log):
             if at <= t:
                 break
-            for i in range(n):
-                total[i] += costs[i]
+            for i, cost in enumerate(costs_of(limits, req, inp, out, ratio)):
+                total[i] += cost
         return total

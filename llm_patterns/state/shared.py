@@ -173,7 +173,7 @@ class SharedRateLimiter(LimiterConfig):
             if ticket is not None and not granted:
                 self._leave(ticket)
         now = self.clock.now()
-        if self._grants is not None:
+        if self._remember:
             with self._lock:
                 self._record(d, now, grant.ratio)
         waited = now - start if ticket is not None else 0.0
@@ -212,7 +212,7 @@ class SharedRateLimiter(LimiterConfig):
         grant = self.store.limiter_acquire(self.key, self.limits, d, max_wait=0.0)
         if grant.wait != 0.0:
             return False
-        if self._grants is not None:
+        if self._remember:
             with self._lock:
                 self._record(d, self.clock.now(), grant.ratio)
         self._emit("acquire", self.clock.now(), tokens=d[1] + d[2], waited=0.0)
@@ -236,8 +236,7 @@ class SharedRateLimiter(LimiterConfig):
         ``RateLimiter.settle``)."""
         est, act = as_demand(estimated, "estimated"), as_demand(actual, "actual")
         last = self._last_grant()
-        with self._lock:
-            self._track()
+        self._remember = True
 
         def settle() -> None:
             self.store.limiter_settle(self.key, self.limits, est, act,
