@@ -40,7 +40,6 @@ from .machines.bucket import (
     Limit,
     as_demand,
     check_fits,
-    costs_of,
     limits_for,
 )
 from .protocols import Demand
@@ -661,8 +660,9 @@ class RateLimiter(LimiterConfig):
         given back the unused part (never above capacity); the input-token estimate ratio is
         learned from it. Numbers are token totals (all counted as input)."""
         # token counts, the common case, are read inline (a call each costs 8% of a settle)
-        if (estimated.__class__ is int and actual.__class__ is int
-                and estimated >= 0 and actual >= 0):
+        cls_e: type = estimated.__class__
+        cls_a: type = actual.__class__
+        if cls_e is int and cls_a is int and estimated >= 0 and actual >= 0:
             est: tuple[float, float, float] = (1.0, estimated, 0.0)
             act: tuple[float, float, float] = (1.0, actual, 0.0)
         else:
