@@ -662,7 +662,7 @@ class RateLimiter(LimiterConfig):
         # token counts, the common case, are read inline (a call each costs 8% of a settle)
         cls_e: type = estimated.__class__
         cls_a: type = actual.__class__
-        if cls_e is int and cls_a is int and estimated >= 0 and actual >= 0:
+        if cls_e is int and cls_a is int and estimated >= 0 and actual >= 0:  # type: ignore[operator]
             est: tuple[float, float, float] = (1.0, estimated, 0.0)
             act: tuple[float, float, float] = (1.0, actual, 0.0)
         else:
