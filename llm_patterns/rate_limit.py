@@ -660,11 +660,11 @@ class RateLimiter(LimiterConfig):
         given back the unused part (never above capacity); the input-token estimate ratio is
         learned from it. Numbers are token totals (all counted as input)."""
         # token counts, the common case, are read inline (a call each costs 8% of a settle)
-        cls_e: type = estimated.__class__
-        cls_a: type = actual.__class__
-        if cls_e is int and cls_a is int and estimated >= 0 and actual >= 0:  # type: ignore[operator]
-            est: tuple[float, float, float] = (1.0, estimated, 0.0)
-            act: tuple[float, float, float] = (1.0, actual, 0.0)
+        e: Any = estimated
+        a: Any = actual
+        if e.__class__ is int and a.__class__ is int and e >= 0 and a >= 0:
+            est: tuple[float, float, float] = (1.0, e, 0.0)
+            act: tuple[float, float, float] = (1.0, a, 0.0)
         else:
             est, act = as_demand(estimated, "estimated"), as_demand(actual, "actual")
         last = _LAST_GRANT.get()
