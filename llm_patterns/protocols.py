@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from .circuit_breaker import CircuitState
     from .response import Usage
 
-__all__ = ["Breaker", "CostGate", "Demand", "Hold", "Limiter", "Permit"]
+__all__ = ["MAX_COUNT", "Breaker", "CostGate", "Demand", "Hold", "Limiter", "Permit"]
+
+MAX_COUNT = 1e15  # the most tokens or requests one demand may count
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +46,11 @@ class Demand:
     requests: int = 1
 
     def __post_init__(self) -> None:
-        """Checked once, here: a limiter can trust any ``Demand`` it is given."""
-        real("input_tokens", self.input_tokens, minimum=0.0)
-        real("output_tokens", self.output_tokens, minimum=0.0)
-        integer("requests", self.requests, minimum=0)
+        """Checked once, here: a limiter can trust any ``Demand`` it is given (counts above
+        ``MAX_COUNT`` are a bug, not a workload)."""
+        real("input_tokens", self.input_tokens, minimum=0.0, maximum=MAX_COUNT)
+        real("output_tokens", self.output_tokens, minimum=0.0, maximum=MAX_COUNT)
+        integer("requests", self.requests, minimum=0, maximum=int(MAX_COUNT))
 
     @property
     def tokens(self) -> float:

@@ -32,6 +32,7 @@ from .events import Observable
 from .machines.bucket import (
     INPUT,
     KINDS,
+    MAX_PAUSE,
     OUTPUT,
     REQUESTS,
     TOKENS,
@@ -42,7 +43,7 @@ from .machines.bucket import (
     check_fits,
     limits_for,
 )
-from .protocols import Demand
+from .protocols import MAX_COUNT, Demand
 from .rate_headers import RateHeaders, parse_rate_headers
 
 __all__ = ["LimiterConfig", "RateLimiter", "TokenBucket"]
@@ -188,7 +189,8 @@ class LimiterConfig(Observable):
                                         strict_min=True, maximum=MAX_BURST)
         self.headroom = v.real("headroom", headroom, minimum=0.0, maximum=MAX_BURST)
         self.max_wait = v.optional(v.real, "max_wait", max_wait, minimum=0.0)
-        self.max_retry_after = v.real("max_retry_after", max_retry_after, minimum=0.0)
+        self.max_retry_after = v.real("max_retry_after", max_retry_after, minimum=0.0,
+                                      maximum=MAX_PAUSE)
         self.name = v.text("name", name, empty=True)
         self.limits = limits_for(limits, self.burst_seconds, self.headroom)
         self._has_tokens = any(lim.kind != REQUESTS for lim in self.limits)
@@ -662,7 +664,8 @@ class RateLimiter(LimiterConfig):
         # token counts, the common case, are read inline (a call each costs 8% of a settle)
         e: Any = estimated
         a: Any = actual
-        if e.__class__ is int and a.__class__ is int and e >= 0 and a >= 0:
+        if (e.__class__ is int and a.__class__ is int
+                and 0 <= e <= MAX_COUNT and 0 <= a <= MAX_COUNT):
             est: tuple[float, float, float] = (1.0, e, 0.0)
             act: tuple[float, float, float] = (1.0, a, 0.0)
         else:

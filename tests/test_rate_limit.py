@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from llm_patterns.clock import SystemClock, VirtualClock
 from llm_patterns.errors import RateLimitTimeout
+from llm_patterns.protocols import Demand, Limiter
 from llm_patterns.rate_headers import parse_duration as _parse_duration
 from llm_patterns.rate_limit import RateLimiter, TokenBucket
 
@@ -261,7 +262,7 @@ def test_impossible_request_raises_value_error_naming_both_numbers(call):
             asyncio.run(fn(11))
         else:
             fn(11)
-    with pytest.raises(ValueError, match="demand must be a finite number >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"demand must be a finite number >= 0 and <= 1e\+15, got -1"):
         fn(-1) if call != "acquire_async" else asyncio.run(fn(-1))
     with pytest.raises(TypeError, match="demand must be a Demand or a number of tokens, got True"):
         fn(True) if call != "acquire_async" else asyncio.run(fn(True))
@@ -784,3 +785,258 @@ def test_thread_queues_behind_an_earlier_waiting_thread():
     lim.acquire(1)  # 5 tokens are there, but the earlier big request goes first
     big.join(timeout=10)
     assert order == [5, 10, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic's separate limits: Demand, itpm / otpm, all or nothing across every bucket
+
+
+def test_itpm_otpm_charge_input_and_output_separately():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=600, itpm=6000, otpm=1200, clock=clock, burst_seconds=1.0)
+    # buckets of 10 requests, 100 input and 20 output tokens
+    assert lim.acquire(Demand(input_tokens=80, output_tokens=20)) == 0.0
+    st = lim.status()
+    assert (st["requests_available"], st["input_tokens_available"],
+            st["output_tokens_available"]) == (9, 20, 0)
+    assert st["tokens_available"] is None and st["itpm"] == 6000 and st["otpm"] == 1200
+    # the output bucket refuses: nothing is taken from the others (all or nothing)
+    assert not lim.try_acquire(Demand(input_tokens=10, output_tokens=5))
+    assert lim.status()["input_tokens_available"] == 20
+    # the call used 8 of its 20 max_tokens: the output bucket gets 12 back
+    lim.settle(Demand(80, 20), Demand(80, 8))
+    assert lim.status()["output_tokens_available"] == pytest.approx(12)
+    assert lim.acquire(Demand(input_tokens=10, output_tokens=5)) == 0.0
+    # a request waits for the slowest of its buckets
+    assert lim.acquire(Demand(input_tokens=50, output_tokens=0)) == pytest.approx(0.4)
+    assert lim.bucket("output_tokens").capacity == 20
+    with pytest.raises(ValueError, match="kind must be one of"):
+        lim.bucket("bytes")
+
+
+def test_fifo_across_every_bucket_a_big_output_request_is_not_starved():
+    clock = VirtualClock()
+    lim = RateLimiter(itpm=600, otpm=600, clock=clock, burst_seconds=1.0)  # 10 and 10
+    lim.acquire(Demand(10, 10))
+    arrivals = [("big-out", 0.0, Demand(0, 10))]
+    arrivals += [(f"in{i}", 0.01 * (i + 1), Demand(2, 0)) for i in range(5)]
+    granted, errors = run_arrivals(lim, clock, arrivals)
+    assert not errors
+    assert [label for label, _ in granted] == [a[0] for a in arrivals]  # first come first served
+    assert dict(granted)["big-out"] == pytest.approx(1.0)
+
+
+def test_a_demand_too_big_for_a_bucket_names_both_numbers():
+    lim = RateLimiter(itpm=600, otpm=60, clock=VirtualClock(), burst_seconds=1.0)
+    with pytest.raises(ValueError, match=r"demand=Demand\(.*output_tokens bucket.*need 5 .*"
+                                         r"most it admits is 1 \(= otpm 60"):
+        lim.acquire(Demand(input_tokens=3, output_tokens=5))
+    with pytest.raises(ValueError, match=r"input_tokens must be a finite number >= 0 and <= 1e\+15, got -1"):
+        Demand(input_tokens=-1)
+    with pytest.raises(TypeError, match="requests must be an int, got 1.5"):
+        Demand(requests=1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the default: one-second slices, with an overdraft for a request larger than a slice
+
+
+def test_default_buckets_hold_a_one_second_slice():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=600, tpm=60_000, clock=clock)
+    st = lim.status()
+    assert (st["requests_capacity"], st["tokens_capacity"], st["burst_seconds"]) == (10, 1000, 1)
+    log = grant_log(lim)
+    for _ in range(200):  # a cold client with a backlog
+        lim.acquire(50)
+    # never more than a one-second slice in any window (plus refill over its length)
+    assert window_violation([(t, 1) for t, _ in log], 10, 10.0) is None
+    assert window_violation(log, 1000, 1000.0) is None
+    assert max(sum(1 for s, _ in log if t <= s < t + 1.0) for t, _ in log) <= 10 + 10
+
+
+def test_a_cold_default_limiter_never_sends_more_than_a_second_of_rpm():
+    """The issue's case: with 60 s buckets a cold client sends a minute's budget at once."""
+    def first_second(lim, clock):
+        sent = 0
+        while clock.now() < 1.0:
+            lim.acquire()
+            sent += clock.now() < 1.0
+        return sent
+    clock = VirtualClock()
+    assert first_second(RateLimiter(rpm=60_000, clock=clock), clock) <= 1000 + 1000
+    clock = VirtualClock()
+    assert first_second(RateLimiter(rpm=60_000, clock=clock, burst_seconds=60), clock) > 60_000
+
+
+def test_a_request_larger_than_a_slice_passes_alone_when_the_bucket_is_full():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=600, clock=clock)  # a slice of 10 tokens, a minute of 600
+    assert lim.acquire(5) == 0.0
+    assert lim.acquire(300) == pytest.approx(0.5)  # waits for a full bucket, not for 300
+    assert lim.status()["tokens_available"] == pytest.approx(-290)  # a debt
+    assert lim.acquire(1) == pytest.approx(29.1)  # paid off before anything else
+    with pytest.raises(ValueError, match=r"demand=601 .*most it admits is 600 \(tpm 600: one "
+                                         r"minute's limit"):
+        lim.acquire(601)  # more than a whole minute: never served by the provider either
+    # small limits work: rpm=2 is one request every 30 s
+    clock = VirtualClock()
+    slow = RateLimiter(rpm=2, clock=clock)
+    assert [slow.acquire() for _ in range(3)] == [0.0, pytest.approx(30.0), pytest.approx(30.0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# learning the estimate error
+
+
+def test_settle_learns_the_ratio_of_actual_to_estimated_input():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=60_000, clock=clock, burst_seconds=60)
+    for _ in range(10):
+        lim.acquire(Demand(100, 50))
+        lim.settle(Demand(100, 50), Demand(120, 50))  # the provider counts 20% more input
+    assert lim.status()["estimate_ratio"] == pytest.approx(1.2)
+    before = lim.status()["tokens_available"]
+    lim.acquire(Demand(100, 50))  # charged 100 x 1.2 + 50
+    assert before - lim.status()["tokens_available"] == pytest.approx(170)
+    lim.settle(Demand(100, 50), Demand(120, 50))  # exactly what was charged: no change
+    assert before - lim.status()["tokens_available"] == pytest.approx(170)
+
+
+def test_settle_uses_the_ratio_the_request_was_charged_with():
+    """A request acquired before the ratio was learned is settled with the ratio then (1.0),
+    not the one learned meanwhile: otherwise its 20% would never be charged."""
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=60_000, clock=clock, burst_seconds=60)
+    lim.settle(Demand(100), Demand(120))  # learned: 1.2 (lim remembers grants from now on)
+    results = {}
+
+    async def early():  # acquired at ratio 1.2 ... (its own task: its own last grant)
+        await lim.acquire_async(Demand(100))
+        await clock.asleep(1)
+        results["early"] = lim.status()["tokens_available"]
+        lim.settle(Demand(100), Demand(120))
+        results["after"] = lim.status()["tokens_available"]
+
+    async def teach():  # ... while another task's answer teaches it 1.5
+        await clock.asleep(0.5)
+        for _ in range(20):
+            lim.settle(Demand(100), Demand(150))
+
+    async def main():
+        await asyncio.gather(early(), teach())
+
+    asyncio.run(main())
+    assert lim.status()["estimate_ratio"] > 1.4
+    # early was charged 120 and used 120: settling it changes nothing
+    assert results["after"] == pytest.approx(results["early"])
+
+
+def test_the_learned_ratio_never_discounts_and_is_capped():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=60_000, clock=clock)
+    lim.settle(Demand(100), Demand(50))  # the provider counted fewer: no discount
+    assert lim.status()["estimate_ratio"] == 1.0
+    for _ in range(20):
+        lim.settle(Demand(10), Demand(1000))  # absurd: capped
+    assert lim.status()["estimate_ratio"] == 4.0
+    lim2 = RateLimiter(tpm=60_000, clock=clock)
+    lim2.settle(Demand(0.5), Demand(1000))  # an estimate under 1 token teaches nothing
+    assert lim2.status()["estimate_ratio"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# headers: Anthropic's, aged for what was sent since, bad input
+
+
+def test_anthropic_headers_lower_each_bucket_and_report_rfc3339_resets():
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=50, itpm=40_000, otpm=8_000, clock=clock, name="claude",
+                      burst_seconds=60)
+    events = []
+    lim.subscribe(events.append)
+    lim.update_from_headers({
+        "anthropic-ratelimit-requests-limit": "50",
+        "anthropic-ratelimit-requests-remaining": "49",
+        "anthropic-ratelimit-requests-reset": "2026-12-05T04:52:01Z",
+        "anthropic-ratelimit-input-tokens-remaining": "39000",
+        "anthropic-ratelimit-input-tokens-reset": "2026-12-05T04:52:00.5Z",
+        "anthropic-ratelimit-output-tokens-remaining": "7000",
+        "anthropic-ratelimit-output-tokens-reset": "not a time",
+    })
+    st = lim.status()
+    assert (st["requests_available"], st["input_tokens_available"],
+            st["output_tokens_available"]) == (49, 39_000, 7_000)
+    sync = events[-1].data
+    assert sync["remaining_input_tokens"] == 39_000 and sync["remaining_output_tokens"] == 7000
+    assert sync["reset_requests_at"] == pytest.approx(1796446321.0)
+    assert sync["reset_input_tokens_at"] == pytest.approx(1796446320.5)
+    assert "reset_output_tokens_at" not in sync  # unreadable: ignored
+
+
+def test_a_stale_header_is_aged_by_what_was_granted_since_its_request():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=60_000, clock=clock, burst_seconds=60)
+    lim.update_from_headers({})  # syncing from now on: grants are remembered
+    lim.acquire(1000)  # this thread's request; its answer carries the header below
+    clock.advance(0.1)
+    other = threading.Thread(target=lambda: [lim.acquire(500) for _ in range(4)])
+    other.start()
+    other.join()  # 2,000 granted to another thread after ours was sent
+    # the server wrote 59,000 when our request arrived: it cannot know about the 2,000
+    # locally: 60,000 - 1,000 + 100 (0.1 s of refill) - 2,000 = 57,100
+    lim.update_from_headers({"x-ratelimit-remaining-tokens": "59000"})
+    assert lim.status()["tokens_available"] == pytest.approx(57_000)  # 59,000 - 2,000
+    # the same header read as fresh (sent just now) would not have lowered anything
+    lim2 = RateLimiter(tpm=60_000, clock=clock, burst_seconds=60)
+    lim2.acquire(3000)
+    lim2.update_from_headers({"x-ratelimit-remaining-tokens": "59000"}, sent_at=clock.now())
+    assert lim2.status()["tokens_available"] == pytest.approx(57_000)
+
+
+def test_update_from_headers_refuses_what_is_not_a_mapping():
+    lim = RateLimiter(rpm=60, clock=VirtualClock())
+    for bad in (None, [("x-ratelimit-remaining-requests", "1")], "x-ratelimit: 1", 5):
+        with pytest.raises(TypeError, match="headers must be a mapping"):
+            lim.update_from_headers(bad)
+    with pytest.raises(ValueError, match="sent_at must be a finite number, got nan"):
+        lim.update_from_headers({}, sent_at=float("nan"))
+    lim.update_from_headers({"x-ratelimit-remaining-requests": "-3",  # ignored, never raised
+                             "x-ratelimit-limit-requests": "inf",
+                             "x-ratelimit-reset-requests": "1e12s"})
+    assert lim.status()["requests_available"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# bounded waits
+
+
+@pytest.mark.parametrize("seconds", [1e12, 1e308, float("inf")])
+def test_an_absurd_pause_is_logged_once_and_clamped(seconds, caplog):
+    clock = VirtualClock()
+    lim = RateLimiter(rpm=60, clock=clock, name="openai", max_retry_after=120)
+    with caplog.at_level(logging.DEBUG, logger="llm_patterns.rate_limit"):
+        lim.penalize(seconds)
+        lim.penalize(seconds)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "max_retry_after=120" in warnings[0].getMessage()
+    assert lim.status()["penalty_remaining"] == 120
+    assert lim.acquire() == pytest.approx(120)  # slept 120 s, not 31,700 years
+    with pytest.raises(ValueError, match="seconds must be a number >= 0, got nan"):
+        lim.penalize(float("nan"))
+
+
+def test_async_twins_of_the_bookkeeping():
+    clock = VirtualClock()
+    lim = RateLimiter(tpm=6000, clock=clock, burst_seconds=60)
+
+    async def main():
+        await lim.acquire_async(100)
+        await lim.asettle(100, 300)
+        await lim.apenalize(2)
+        await lim.aupdate_from_headers({"x-ratelimit-remaining-tokens": "10"})
+
+    asyncio.run(main())
+    st = lim.status()
+    assert st["tokens_available"] == 10 and st["penalty_remaining"] == 2
+    assert isinstance(lim, Limiter)

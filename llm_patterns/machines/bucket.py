@@ -44,7 +44,7 @@ from types import MethodType
 from typing import Any
 
 from .._validate import real
-from ..protocols import Demand
+from ..protocols import MAX_COUNT, Demand
 
 __all__ = [
     "INPUT",
@@ -146,14 +146,14 @@ def as_demand(value: Any, name: str = "demand") -> tuple[float, float, float]:
     ``name`` for anything else."""
     cls = value.__class__
     if cls is int or cls is float:
-        if 0 <= value < math.inf:
+        if 0 <= value <= MAX_COUNT:
             return 1.0, value, 0.0
-        real(name, value, minimum=0.0)  # raises: NaN, inf or negative
+        real(name, value, minimum=0.0, maximum=MAX_COUNT)  # raises: NaN, inf, <0, huge
     if isinstance(value, Demand):
         return value.requests, value.input_tokens, value.output_tokens
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a Demand or a number of tokens, got {value!r}")
-    return 1.0, real(name, value, minimum=0.0), 0.0
+    return 1.0, real(name, value, minimum=0.0, maximum=MAX_COUNT), 0.0
 
 
 def _describe(kind: str, req: float, inp: float, out: float) -> str:

@@ -164,9 +164,9 @@ class SharedRateLimiter(LimiterConfig):
                                             and elapsed + grant.wait > self.max_wait + 1e-9):
                     raise self._timeout(grant.wait, self.clock.now(), req, inp, out,
                                         kind="shared rate limiter")
-                if ticket is None:
+                if ticket is None:  # queued (``at``: the store's time of it)
                     self._emit("wait", start, tokens=inp + out, seconds=grant.wait,
-                               waiting=grant.waiting)
+                               waiting=grant.waiting, at=grant.at, ticket=grant.ticket)
                 ticket = grant.ticket
                 yield max(_MIN_SLEEP, min(grant.wait, self.poll))
         finally:
@@ -178,7 +178,7 @@ class SharedRateLimiter(LimiterConfig):
                 self._record(d, now, grant.ratio)
         waited = now - start if ticket is not None else 0.0
         self._log_wait(waited, req, inp, out)
-        self._emit("acquire", now, tokens=inp + out, waited=waited)
+        self._emit("acquire", now, tokens=inp + out, waited=waited, at=grant.at)
         return waited
 
     def _leave(self, ticket: str) -> None:
