@@ -125,7 +125,7 @@ SECONDS = {"nan": V, "+inf": OK, "-inf": V, "zero": OK, "negative": V, "huge": O
            "bool": T, "none": T}  # an absurd pause is clamped (max_retry_after), never raised
 SENT_AT = {"nan": V, "+inf": V, "-inf": V, "zero": OK, "negative": OK, "huge": OK, "str": T,
            "bool": T, "none": OK}
-HEADERS = {k: T for k in BAD}
+HEADERS = dict.fromkeys(BAD, T)
 METHODS = [
     ("acquire", "demand", DEMAND, lambda lim, x: lim.acquire(x)),
     ("try_acquire", "demand", DEMAND, lambda lim, x: lim.try_acquire(x)),

@@ -257,12 +257,13 @@ def test_acquire_waits_for_tokens_and_returns_seconds():
 def test_impossible_request_raises_value_error_naming_both_numbers(call):
     lim = RateLimiter(rpm=60, tpm=600, burst_seconds=1.0, clock=VirtualClock())  # 10 tokens max
     fn = getattr(lim, call)
-    with pytest.raises(ValueError, match=r"demand=11 .*the tokens bucket.*need 11 .*most it admits is 10 \(= tpm 600"):
+    with pytest.raises(ValueError, match=r"demand=11 .*the tokens bucket.*need 11 .*most it "
+                                         r"admits is 10 \(= tpm 600"):
         if call == "acquire_async":
             asyncio.run(fn(11))
         else:
             fn(11)
-    with pytest.raises(ValueError, match=r"demand must be a finite number >= 0 and <= 1e\+15, got -1"):
+    with pytest.raises(ValueError, match=r"demand must be a finite number >= 0 .*, got -1"):
         fn(-1) if call != "acquire_async" else asyncio.run(fn(-1))
     with pytest.raises(TypeError, match="demand must be a Demand or a number of tokens, got True"):
         fn(True) if call != "acquire_async" else asyncio.run(fn(True))
@@ -313,7 +314,7 @@ def run_arrivals(lim, clock, arrivals, observers=()):
         await clock.asleep(at - clock.now())
         try:
             await lim.acquire_async(tokens)
-        except Exception as e:  # noqa: BLE001 - recorded for the assertions
+        except Exception as e:
             errors[label] = (e, clock.now())
             return
         granted.append((label, clock.now()))
@@ -492,7 +493,7 @@ def test_penalize_pauses_everyone_and_keeps_the_longest():
     assert lim.acquire() == pytest.approx(5.0)
     assert lim.status()["penalty_remaining"] == 0.0
     assert lim.try_acquire()
-    with pytest.raises(ValueError, match="seconds must be .*>= 0, got -1"):
+    with pytest.raises(ValueError, match=r"seconds must be .*>= 0, got -1"):
         lim.penalize(-1)
 
 
@@ -517,9 +518,10 @@ def test_settle_charges_and_gives_back():
     assert lim.status()["tokens_available"] == pytest.approx(5300)
     lim.settle(estimated=5000, actual=0)  # never above capacity
     assert lim.status()["tokens_available"] == 6000
-    with pytest.raises(ValueError, match="actual must be .* got -3"):
+    with pytest.raises(ValueError, match=r"actual must be .* got -3"):
         lim.settle(10, -3)
-    RateLimiter(rpm=60, clock=clock, burst_seconds=60.0).settle(10, 20)  # no TPM bucket: nothing to settle
+    # no TPM bucket: nothing to settle
+    RateLimiter(rpm=60, clock=clock, burst_seconds=60.0).settle(10, 20)
 
 
 def test_update_from_headers_lowers_but_never_raises():
@@ -619,7 +621,8 @@ def test_status_fields():
         "penalty_remaining": 0.0,
         "estimate_ratio": 1.0,
     }
-    assert RateLimiter(tpm=60, clock=clock, burst_seconds=60.0).status()["requests_available"] is None
+    tokens_only = RateLimiter(tpm=60, clock=clock, burst_seconds=60.0)
+    assert tokens_only.status()["requests_available"] is None
 
 
 def test_events_carry_levels():
@@ -758,7 +761,7 @@ def test_threads_waiting_in_acquire_respect_the_limit():
         try:
             for _ in range(2):
                 lim.acquire(100)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=worker) for _ in range(n_threads)]
@@ -831,9 +834,9 @@ def test_a_demand_too_big_for_a_bucket_names_both_numbers():
     with pytest.raises(ValueError, match=r"demand=Demand\(.*output_tokens bucket.*need 5 .*"
                                          r"most it admits is 1 \(= otpm 60"):
         lim.acquire(Demand(input_tokens=3, output_tokens=5))
-    with pytest.raises(ValueError, match=r"input_tokens must be a finite number >= 0 and <= 1e\+15, got -1"):
+    with pytest.raises(ValueError, match=r"input_tokens must be a finite number >= 0 .*, got -1"):
         Demand(input_tokens=-1)
-    with pytest.raises(TypeError, match="requests must be an int, got 1.5"):
+    with pytest.raises(TypeError, match=r"requests must be an int, got 1\.5"):
         Demand(requests=1.5)
 
 

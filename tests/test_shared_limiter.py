@@ -16,6 +16,7 @@ stall is real time by definition): a few seconds each.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import multiprocessing as mp
 import subprocess
@@ -83,7 +84,7 @@ def _assert_fair_and_fifo(per_proc: list[list[tuple[float, float]]]) -> None:
     # FIFO: ordered by the store time each waiter joined the queue, grants never go backwards
     # (the store reads its clock inside its atomic step: one order for everything)
     waits = sorted((queued, granted) for g in per_proc for queued, granted in g)
-    out_of_order = [(a, b) for a, b in zip(waits, waits[1:]) if b[1] < a[1] - 1e-6]
+    out_of_order = [(a, b) for a, b in itertools.pairwise(waits) if b[1] < a[1] - 1e-6]
     assert not out_of_order, out_of_order[:5]
 
 
