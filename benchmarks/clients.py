@@ -41,7 +41,7 @@ API_KEY = "sk-bench-not-a-real-key"
 class Config:
     rpm: float | None = None
     tpm: float | None = None
-    burst_seconds: float = 1.0
+    burst_seconds: float | None = 1.0  # None: the RateLimiter default
     # RateLimiter(headroom=): seconds of refill held back from our buckets for requests granted
     # but not yet charged by the server (the real-time rows use one server latency; see
     # rate_limit_utilization.measure)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("rate_limit_utilization", "estimate_mismatch", "outage", "overhead",
+SCRIPTS = ("rate_limit_utilization", "estimate_mismatch", "burst_default", "outage", "overhead",
            "simulation_speed", "check_speed", "redis_acquire")
 BUDGET_S = 600.0
 PER_SCRIPT_TIMEOUT_S = 900.0

@@ -69,6 +69,17 @@ def test_estimate_mismatch(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_burst_default(tmp_path: Path) -> None:
+    data = run("burst_default.py", tmp_path)
+    cells = {(c["provider"], c["limiter"]): c for c in data["cells"]}
+    assert len(cells) == 4
+    for cell in cells.values():
+        assert {"http_429", "wall_s", "utilization", "burst_above_pacing",
+                "first_second_requests"} <= set(cell)
+    assert "utilization_cost_vs_per_minute_provider" in data
+
+
+@pytest.mark.slow
 def test_outage(tmp_path: Path) -> None:
     data = run("outage.py", tmp_path)
     rows = data["clients"]
