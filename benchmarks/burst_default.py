@@ -34,8 +34,8 @@ from llm_patterns.clock import VirtualClock
 from llm_patterns.mock import MockLLMServer
 
 NAME = "burst_default"
-FULL = dict(n=1500, concurrency=32, rpm=1200, tpm=600_000, latency=0.05, seed=0)
-QUICK = dict(n=120, concurrency=16, rpm=1200, tpm=600_000, latency=0.05, seed=0)
+FULL = {"n": 1500, "concurrency": 32, "rpm": 1200, "tpm": 600_000, "latency": 0.05, "seed": 0}
+QUICK = {"n": 120, "concurrency": 16, "rpm": 1200, "tpm": 600_000, "latency": 0.05, "seed": 0}
 PROVIDERS = [("per-minute buckets (burst 60 s)", 60.0), ("one-second slices", 1.0)]
 LIMITERS = [("default: one-second slices", None), ("old default: burst_seconds=60", 60.0)]
 
