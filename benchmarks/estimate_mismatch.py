@@ -6,7 +6,7 @@ its estimate over-admits and collects 429s. Ours (``ResilientClient``) settles e
 against the reported usage, and the limiter LEARNS the ratio of actual to estimated tokens from
 those settlements and charges later calls with it (``RateLimiter.settle``, issue 15); it also
 lowers its levels to the ``x-ratelimit-remaining-*`` headers, aged for what was sent since.
-The "plain dual bucket" row is the same RPM+TPM limiter and retry policy wired by hand, with no
+The "ours, plain dual bucket" row is the same RPM+TPM limiter and retry policy wired by hand, with no
 feedback at all. Target (issue 15): utilization >= 0.97 with at most one 429 (the first wave,
 sent before any answer could teach the limiter anything).
 
@@ -23,7 +23,8 @@ from rate_limit_utilization import OURS, run  # type: ignore[import-not-found]
 NAME = "estimate_mismatch"
 CLIENTS: list[tuple[str, C.Factory]] = [
     (OURS, C.ours_client),
-    ("plain dual bucket: RateLimiter + RetryPolicy by hand, no feedback", C.ours_limiter_only),
+    ("ours, plain dual bucket: RateLimiter + RetryPolicy by hand, no feedback",
+     C.ours_limiter_only),
     ("openai SDK (max_retries=10)", C.openai_sdk),
     ("aiolimiter (RPM+TPM) + tenacity", C.aiolimiter_tenacity),
     ("pyrate-limiter (RPM+TPM) + tenacity", C.pyrate_tenacity),
