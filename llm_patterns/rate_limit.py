@@ -236,6 +236,12 @@ class LimiterConfig(Observable):
             check_fits(self.limits, req, inp, out, self._ceiling_text, f"{name}={demand!r}")
         return req, inp, out
 
+    def check(self, demand: Demand | float) -> None:
+        """Raise what ``acquire`` would raise for a demand that can never be admitted
+        (``ValueError`` naming both numbers; ``TypeError`` for a non-demand), without waiting
+        or taking anything: a caller may validate a request once, before trying providers."""
+        self._demand(demand)
+
     def _what(self, req: float, inp: float, out: float) -> str:
         what = "1 request" if req == 1.0 else f"{req:g} requests"
         if not self._has_tokens:

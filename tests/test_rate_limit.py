@@ -831,6 +831,9 @@ def test_fifo_across_every_bucket_a_big_output_request_is_not_starved():
 
 def test_a_demand_too_big_for_a_bucket_names_both_numbers():
     lim = RateLimiter(itpm=600, otpm=60, clock=VirtualClock(), burst_seconds=1.0)
+    with pytest.raises(ValueError, match="output_tokens bucket"):
+        lim.check(Demand(input_tokens=3, output_tokens=5))  # the same, without acquiring
+    lim.check(Demand(input_tokens=3, output_tokens=1))
     with pytest.raises(ValueError, match=r"demand=Demand\(.*output_tokens bucket.*need 5 .*"
                                          r"most it admits is 1 \(= otpm 60"):
         lim.acquire(Demand(input_tokens=3, output_tokens=5))
