@@ -93,6 +93,8 @@ def _live_values() -> list[str]:
 def redact(text: str, *secrets: str | Secret | None) -> str:
     """``text`` with every live ``Secret``, the given ``secrets`` and anything shaped like a
     credential replaced by ``***``."""
+    if not isinstance(text, str):
+        raise TypeError(f"redact() takes a str, got a {type(text).__name__}")
     values = _live_values()
     for s in secrets:
         if isinstance(s, Secret):

@@ -47,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from . import _validate
 from ._secret import redact
 
 __all__ = [
@@ -96,6 +97,8 @@ class LLMError(Exception):
     retryable: bool = False
     outage: bool = False
     falls_back: bool = True
+    request_id: str | None = None
+    code: str | None = None
 
     def __init__(
         self,
@@ -306,12 +309,13 @@ def stops_chain(error: BaseException) -> bool:
     return isinstance(error, (ValueError, TypeError)) or not isinstance(error, Exception)
 
 
-def describe(error: BaseException | None, *, brief: bool = False, limit: int = 300) -> str:
+def describe(error: BaseException | None, limit: int = 300, *, brief: bool = False) -> str:
     """One line about ``error`` for a log line, an event or a note, credentials masked.
 
     ``brief``: ``ServerError 503 from openai`` (what a breaker or a task log needs); otherwise
     ``ServerError: [openai] HTTP 503: server error: ... (request id req_1)``, cut at ``limit``.
     """
+    _validate.integer("limit", limit, minimum=4)
     if error is None:
         return "no error given"
     name = type(error).__name__

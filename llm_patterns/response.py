@@ -49,7 +49,7 @@ def _field(usage: Mapping[str, Any], key: str) -> int:
     return 0 if value is None else _count(key, value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Usage:
     """Token counts of one call, as billed.
 
@@ -89,6 +89,15 @@ class Usage:
                 f"reasoning_tokens ({self.reasoning_tokens}) cannot exceed completion_tokens "
                 f"({self.completion_tokens}): completion_tokens includes them"
             )
+
+    def __repr__(self) -> str:
+        # the three classic counts always; cache writes and reasoning only when there are any
+        extra = "".join(f", {name}={getattr(self, name)}" for name in (
+            "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")
+            if getattr(self, name))
+        return (f"Usage(prompt_tokens={self.prompt_tokens}, "
+                f"completion_tokens={self.completion_tokens}, "
+                f"cached_tokens={self.cached_tokens}{extra})")
 
     @property
     def total_tokens(self) -> int:

@@ -288,21 +288,23 @@ print({who: sum(1 for _, p in answered if p == who) for who in ("openai", "anthr
 # `FallbackChain` moves on after outages, timeouts, 429s, auth errors, even a provider that
 # raises a plain `Exception`. Two errors stop the chain at once:
 #
-# - **`InvalidRequestError`** (400, 404, 422): the request itself is wrong. The next provider
+# - **`InvalidRequestError`** (400, 413, 422): the request itself is wrong. The next provider
 #   would refuse it the same way, after its own round trip, and you would log it as an outage
 #   of *two* providers. Fix the request instead.
 # - **`BudgetExceeded`**: the budget said stop. Falling back would spend the money it forbids.
 #
-# (`ContextWindowExceeded` is the one 400 that *does* move on: a model with a larger window may
-# answer it. That is notebook 07.)
+# (Some 4xx answers *do* move on, because the next provider is different: `ContextWindowExceeded`,
+# as a model with a larger window may answer it (notebook 07); a 404 for a model this provider
+# does not have; and billing, `QuotaExceededError`, when this account is out of credit.)
 #
-# A request with a malformed message (its content is a dict, not text) reaches OpenAI, which
-# answers 400, and the chain stops: Anthropic never sees it.
+# A request with a misspelled parameter (`temprature`) reaches OpenAI, which answers 400, and
+# the chain stops: Anthropic never sees it. A mistake the library can see for itself (a message
+# whose content is a dict, not text) never leaves your machine: it raises `TypeError` at once.
 
 # %%
 before = anthropic_server.stats["requests"]
 try:
-    chain.complete(messages=[{"role": "user", "content": {"text": "Summarize"}}], max_tokens=30)
+    chain.complete("Summarize", max_tokens=30, temprature=0.2)
 except InvalidRequestError as err:
     print(f"{type(err).__name__}: {err}")
 print("requests Anthropic received:", anthropic_server.stats["requests"] - before)

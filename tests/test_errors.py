@@ -358,3 +358,12 @@ def test_no_breaker_counts_a_local_pool_timeout():
     assert breaker.state == "closed"
     breaker.record_failure(E.error_from_exception(httpx.ConnectTimeout("c", request=req)))
     assert breaker.state == "open"  # a remote timeout does count
+
+
+def test_describe_and_redact_check_their_arguments():
+    with pytest.raises(ValueError, match="limit"):
+        E.describe(ValueError("x"), limit=0)
+    with pytest.raises(TypeError, match="limit"):
+        E.describe(ValueError("x"), limit="50")
+    with pytest.raises(TypeError, match="str"):
+        E.redact(b"bytes")

@@ -21,6 +21,7 @@ import pytest
 
 from llm_patterns import Request, VirtualClock
 from llm_patterns.errors import (
+    ConnectionFailed,
     InvalidRequestError,
     MalformedResponse,
     ProviderTimeout,
@@ -298,3 +299,30 @@ def test_max_response_bytes_is_validated(api):
         make(api, Seen(api), max_response_bytes=10)
     with pytest.raises(TypeError, match="max_response_bytes"):
         make(api, Seen(api), max_response_bytes="big")
+
+
+class Breaks(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body that breaks after its first chunk (the connection dropped mid-answer)."""
+
+    def __iter__(self):
+        yield b'{"choices": '
+        raise httpx.ReadError("connection reset by peer")
+
+    async def __aiter__(self):
+        for chunk in self:
+            yield chunk
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("should_retry, retryable", [(None, True), ("false", False)])
+def test_a_body_broken_mid_answer_keeps_the_answers_id_and_x_should_retry(mode, should_retry,
+                                                                          retryable):
+    headers = {"x-request-id": "req_mid"}
+    if should_retry:
+        headers["x-should-retry"] = should_retry
+    p = make("openai", lambda r: httpx.Response(200, headers=headers, stream=Breaks()))
+    with pytest.raises(ConnectionFailed) as info:
+        call(p, mode, "x")
+    err = info.value
+    assert (err.request_id, err.status_code, err.retryable) == ("req_mid", 200, retryable)
+    assert "req_mid" in str(err) and "ReadError" in str(err)

@@ -628,13 +628,31 @@ def test_aclose_closes_this_loops_client_at_once(monkeypatch):
     assert made[1].is_closed
 
 
-def test_owned_sync_client_has_the_sdk_pool_and_closes():
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_owned_clients_have_the_sdk_pool_and_close(mode, monkeypatch):
+    made = []
+    cls = httpx.Client if mode == "sync" else httpx.AsyncClient
+
+    class Recording(cls):  # the real client, recording what it was built with
+        def __init__(self, **kwargs):
+            made.append((self, kwargs))
+            super().__init__(transport=httpx.MockTransport(
+                lambda r: httpx.Response(200, json=openai_ok())), **kwargs)
+
+    monkeypatch.setattr(httpx, "Client" if mode == "sync" else "AsyncClient", Recording)
     p = OpenAIProvider("a", "gpt-4o", api_key=KEY, timeout=5.0)
-    client = p._sync_client()
-    pool = client._transport._pool  # httpx internals, read only by this test
-    assert (pool._max_connections, pool._max_keepalive_connections) == (1000, 100)
-    with p:
-        pass
+    if mode == "sync":
+        with p:
+            p.complete("x")
+    else:
+        async def run():
+            async with p:
+                await p.acomplete("x")
+
+        asyncio.run(run())
+    (client, kwargs), = made
+    limits = kwargs["limits"]
+    assert (limits.max_connections, limits.max_keepalive_connections) == (1000, 100)
     assert client.is_closed
 
 
@@ -783,7 +801,7 @@ def test_providers_log_each_call_at_debug(caplog):
     assert any("openai-primary" in m and "200" in m and "2006 prompt" in m for m in lines)
 
 
-# -- every constructor argument: one rule (wrong type -> TypeError, wrong value -> ValueError) ------
+# -- every constructor argument: one rule (wrong type -> TypeError, wrong value -> ValueError) -----
 BAD_ARGUMENTS = [
     ("name", "", ValueError), ("name", None, TypeError), ("name", 5, TypeError),
     ("model", "  ", ValueError), ("model", True, TypeError),

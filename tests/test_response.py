@@ -299,3 +299,11 @@ def test_llmresponse_finish_reason_is_a_str_or_none():
     assert LLMResponse("x", "m", "p", Usage(), finish_reason="length").finish_reason == "length"
     with pytest.raises(TypeError, match="finish_reason"):
         LLMResponse("x", "m", "p", Usage(), finish_reason=1)  # type: ignore[arg-type]
+
+
+def test_usage_repr_shows_cache_writes_and_reasoning_only_when_present():
+    assert repr(Usage(9, 12)) == "Usage(prompt_tokens=9, completion_tokens=12, cached_tokens=0)"
+    assert repr(Usage(9, 12, 1, 4, 0, 3)) == (
+        "Usage(prompt_tokens=9, completion_tokens=12, cached_tokens=1, cache_write_tokens=4, "
+        "reasoning_tokens=3)")
+    assert eval(repr(Usage(9, 12, 1, 4, 2, 3)), {"Usage": Usage}) == Usage(9, 12, 1, 4, 2, 3)

@@ -178,8 +178,7 @@ class _Attempt:
         self.body = Body(
             response.headers, limit=p.max_response_bytes if ok else ERROR_BODY_BYTES,
             deadline=self.deadline, clock=p.clock, provider=p.name,
-            status=response.status_code, request_id=request_id_from_headers(response.headers),
-            truncate=not ok, decoded=loaded is not None,
+            status=response.status_code, truncate=not ok, decoded=loaded is not None,
         )
         if loaded is not None:
             self.body.feed(loaded)
@@ -200,8 +199,17 @@ class _Attempt:
                 break
 
     def transport_failed(self, exc: Exception) -> None:
-        """An httpx exception: kept as its scrubbed §3 error (see ``error_from_exception``)."""
-        self.error = error_from_exception(exc, provider=self.provider.name)
+        """An httpx exception: kept as its scrubbed §3 error (see ``error_from_exception``).
+        When it broke a response whose headers had arrived, the error carries that response's
+        status and request id, and obeys its ``x-should-retry: false`` (as the SDKs do)."""
+        error = error_from_exception(exc, provider=self.provider.name)
+        if self.response is not None:
+            headers = self.response.headers
+            error.status_code = self.response.status_code
+            error.request_id = request_id_from_headers(headers)
+            if headers.get("x-should-retry") == "false":
+                error.retryable = False
+        self.error = error
         logger.debug("%s: POST %s failed: %s", self.provider.name, self.provider.path,
                      self.error.message)
 

@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Mapping
 
 from ..clock import Clock
-from ..errors import MalformedResponse, ProviderTimeout
+from ..errors import MalformedResponse, ProviderTimeout, request_id_from_headers
 
 __all__ = ["ACCEPT_ENCODING", "Body"]
 
@@ -67,26 +67,26 @@ class Body:
         clock: Clock,
         provider: str,
         status: int,
-        request_id: str | None = None,
         truncate: bool = False,
         decoded: bool = False,
     ) -> None:
+        self.headers = headers
         self.limit = limit
         self.deadline = deadline
         self.clock = clock
         self.provider = provider
         self.status = status
-        self.request_id = request_id
         self.truncate = truncate
         self.full = False
         self._parts: list[bytes] = []
         self._size = 0
-        encoding = "" if decoded else (headers.get("content-encoding") or "").strip().lower()
-        if encoding in _IDENTITY:
-            self._inflate: _Inflate | None = None
-        elif encoding in ("gzip", "x-gzip", "deflate"):
+        self._inflate: _Inflate | None = None
+        if decoded:  # (an httpx header lookup costs microseconds: none on this path)
+            return
+        encoding = (headers.get("content-encoding") or "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
             self._inflate = _Inflate(encoding)
-        else:
+        elif encoding not in _IDENTITY:
             raise self._malformed(
                 f"unsupported content-encoding {encoding[:40]!r} (we asked for {ACCEPT_ENCODING})")
         length = headers.get("content-length")
@@ -96,7 +96,7 @@ class Body:
 
     def _malformed(self, what: str) -> MalformedResponse:
         return MalformedResponse(what, provider=self.provider, status_code=self.status,
-                                 request_id=self.request_id)
+                                 request_id=request_id_from_headers(self.headers))
 
     def _too_large(self, seen: str) -> MalformedResponse:
         return self._malformed(f"response body over the {self.limit}-byte limit ({seen})")
@@ -107,7 +107,8 @@ class Body:
         if self.deadline is not None and self.clock.now() > self.deadline:
             raise ProviderTimeout(
                 f"the response took longer than its deadline ({self._size} bytes read)",
-                provider=self.provider, status_code=self.status, request_id=self.request_id)
+                provider=self.provider, status_code=self.status,
+                request_id=request_id_from_headers(self.headers))
         if self.full or not raw:
             return not self.full
         if self._inflate is None:
