@@ -1,8 +1,7 @@
-"""Every fault the mock can inject reaches the caller as its SPEC §3/§9 error, for both APIs.
+"""Every fault the mock can inject reaches the caller as its SPEC §3 error, for both APIs.
 
 Real httpx requests through the mock's MockTransport and through the real providers' error
-mapping: the same path a production call takes, minus the network. Every kind the mock has
-(``FAULT_KINDS``) is covered, each with the three decisions the taxonomy makes about it.
+mapping: the same path a production call takes, minus the network.
 """
 
 from __future__ import annotations
@@ -19,41 +18,39 @@ from llm_patterns import (
     ContextWindowExceeded,
     MalformedResponse,
     MockLLMServer,
-    ModelNotFoundError,
     OpenAIProvider,
     ProviderTimeout,
     QuotaExceededError,
     RateLimitError,
     ServerError,
     VirtualClock,
-    is_outage,
     is_retryable,
-    stops_chain,
 )
+from llm_patterns.errors import ModelNotFoundError, is_outage, stops_chain
 from llm_patterns.mock.server import FAULT_KINDS
 
-# kind: (error, status on the OpenAI endpoint, status on the Anthropic endpoint)
-EXPECTED: dict[str, tuple[type, int | None, int | None]] = {
-    "rate_limit": (RateLimitError, 429, 429),
-    "insufficient_quota": (QuotaExceededError, 429, 400),  # Anthropic: credit balance too low
-    "billing_hard_limit_reached": (QuotaExceededError, 400, 400),
-    "credit_balance_exhausted": (QuotaExceededError, 429, 400),
-    "organization_spend_limit_exceeded": (QuotaExceededError, 429, 429),
-    "project_spend_limit_exceeded": (QuotaExceededError, 429, 429),
-    "organization_usage_limit_exceeded": (QuotaExceededError, 429, 429),
-    "credit_balance_too_low": (QuotaExceededError, 429, 400),
-    "enforced_spend_limit_reached": (QuotaExceededError, 429, 429),
-    "contract_spend_limit_reached": (QuotaExceededError, 429, 429),
-    "server_error": (ServerError, 500, 500),
-    "overloaded": (ServerError, 503, 529),  # OpenAI's server_is_overloaded, Anthropic's 529
-    "timeout": (ProviderTimeout, None, None),
-    "context_length_exceeded": (ContextWindowExceeded, 400, 400),
-    "malformed": (MalformedResponse, 200, 200),
-    "auth": (AuthenticationError, 401, 401),
-    "model_not_found": (ModelNotFoundError, 404, 404),
-    "content_filter": (ContentFilterError, 200, 200),
-    "stream_error": (ServerError, 500, 529),  # not streaming: the API's error status instead
-    "stream_drop": (ConnectionFailed, None, None),  # not streaming: dropped before the answer
+# kind: (error, status on the OpenAI endpoint, status on the Anthropic endpoint, retryable)
+EXPECTED = {
+    "rate_limit": (RateLimitError, 429, 429, True),
+    "insufficient_quota": (QuotaExceededError, 429, 400, False),  # Anthropic: credit too low
+    "billing_hard_limit_reached": (QuotaExceededError, 400, 400, False),
+    "credit_balance_exhausted": (QuotaExceededError, 429, 400, False),
+    "organization_spend_limit_exceeded": (QuotaExceededError, 429, 429, False),
+    "project_spend_limit_exceeded": (QuotaExceededError, 429, 429, False),
+    "organization_usage_limit_exceeded": (QuotaExceededError, 429, 429, False),
+    "credit_balance_too_low": (QuotaExceededError, 429, 400, False),
+    "enforced_spend_limit_reached": (QuotaExceededError, 429, 429, False),
+    "contract_spend_limit_reached": (QuotaExceededError, 429, 429, False),
+    "server_error": (ServerError, 500, 500, True),
+    "overloaded": (ServerError, 503, 529, True),
+    "timeout": (ProviderTimeout, None, None, True),
+    "context_length_exceeded": (ContextWindowExceeded, 400, 400, False),
+    "malformed": (MalformedResponse, 200, 200, True),
+    "auth": (AuthenticationError, 401, 401, False),
+    "model_not_found": (ModelNotFoundError, 404, 404, False),
+    "content_filter": (ContentFilterError, 200, 200, False),
+    "stream_error": (ServerError, 500, 529, True),  # on a request that does not stream
+    "stream_drop": (ConnectionFailed, None, None, True),
 }
 
 
@@ -75,7 +72,7 @@ def _provider(api: str, mock: MockLLMServer, clock):
 @pytest.mark.parametrize("api", ["openai", "anthropic"])
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
 def test_fault_maps_to_its_error(api, kind, mode):
-    cls, openai_status, anthropic_status = EXPECTED[kind]
+    cls, openai_status, anthropic_status, retryable = EXPECTED[kind]
     status = openai_status if api == "openai" else anthropic_status
     clock = VirtualClock()
     mock = MockLLMServer(clock=clock, seed=0, api=api)
@@ -87,13 +84,19 @@ def test_fault_maps_to_its_error(api, kind, mode):
         else:
             asyncio.run(provider.acomplete("hello", max_tokens=16))
     err = info.value
-    assert type(err) is cls and err.provider == "p"
+    assert type(err) is cls
+    assert is_outage(err) is cls.outage  # the taxonomy's row, read by every breaker
+    if kind == "insufficient_quota":
+        assert isinstance(err, RateLimitError)  # a 429 by status, never retried by class
+    if kind == "context_length_exceeded":
+        assert type(err) is ContextWindowExceeded
+    assert err.provider == "p"
     assert err.status_code == status
-    assert is_retryable(err) is cls.retryable and is_outage(err) is cls.outage
-    assert not stops_chain(err)  # every fault the provider sends lets the next provider try
-    if cls is QuotaExceededError:
-        assert not is_retryable(err)  # billing: never retried, whatever the status
-    if status is not None:  # an answer: the request id the mock sent
+    assert is_retryable(err) is retryable
+    assert not stops_chain(err)  # SPEC §9: none of these stops a fallback chain
+    if cls is QuotaExceededError or cls is ModelNotFoundError:
+        assert not is_outage(err)  # the provider is up: billing and models are not outages
+    if status is not None:
         assert err.request_id and err.request_id in str(err)
     if kind == "rate_limit":
         assert err.retry_after is not None and err.retry_after > 0

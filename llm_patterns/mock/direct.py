@@ -32,7 +32,7 @@ import httpx
 from ..clock import Clock
 from ..errors import error_from_exception
 from ..providers import DEFAULT_TIMEOUT, HTTPProvider
-from ..request import Request as LLMRequest
+from ..request import Request
 from ..response import LLMResponse
 from .apis import APIS, BASE_URLS, DEFAULT_MODELS, api_for_path
 from .request import BadRequest, ChatRequest, parse_body
@@ -77,8 +77,7 @@ class DirectProvider:
 
     def _send(self, prompt: str | None, messages: Any, max_tokens: int,
               kw: dict[str, Any]) -> tuple[str, Plan]:
-        body = self._wire.encode(
-            LLMRequest(prompt, messages=messages, max_tokens=max_tokens, **kw))
+        body = self._wire.encode(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
         url = self._wire.base_url + self._wire.path
         path = url[len(self._origin):]
         route = api_for_path(path)
