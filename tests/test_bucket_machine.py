@@ -69,7 +69,7 @@ class Reference:
             e, a = 0.9 * e + est[1], 0.9 * a + act[1]
             dev = 0.9 * dev + est[1] * abs(act[1] / est[1] - a / e)
             self.sums = [e, a, dev]
-            self.ratio = min(4.0, max(1.0, (a + dev) / e))
+            self.ratio = 1.0 if a <= e else min(4.0, (a + dev) / e)
 
 
 shapes = st.lists(st.sampled_from(KINDS), min_size=1, max_size=4, unique=True).flatmap(

@@ -943,6 +943,9 @@ def test_the_learned_ratio_never_discounts_and_is_capped():
     lim = RateLimiter(tpm=60_000, clock=clock)
     lim.settle(Demand(100), Demand(50))  # the provider counted fewer: no discount
     assert lim.status()["estimate_ratio"] == 1.0
+    for actual in (60, 130, 70, 125, 65, 120):  # fewer on average, widely spread: no cushion
+        lim.settle(Demand(100), Demand(actual))
+    assert lim.status()["estimate_ratio"] == 1.0
     for _ in range(20):
         lim.settle(Demand(10), Demand(1000))  # absurd: capped
     assert lim.status()["estimate_ratio"] == 4.0

@@ -21,10 +21,11 @@ minute's limit).
 
 ``ratio`` is the learned estimate error: the provider may count more input tokens than we
 estimate (another tokenizer, hidden system tokens). ``settle`` feeds each call's estimated and
-actual input tokens to decayed sums; the ratio charged is ``actual / estimated`` over recent
-calls plus their mean deviation from it (a cushion for calls that count more than average),
-clamped to ``[1, MAX_RATIO]``: a provider that counts fewer tokens than we estimate is simply
-over-charged until ``settle`` gives the difference back.
+actual input tokens to decayed sums; once recent calls count more than estimated on average,
+the ratio charged is ``actual / estimated`` over them plus their mean deviation from it (a
+cushion for calls that count more than average), at most ``MAX_RATIO``. It is never below 1: a
+provider that counts fewer tokens than we estimate is simply over-charged until ``settle``
+gives the difference back.
 
 Everything here is pure: state plus transitions, ``now`` passed in, no clock read, no I/O, no
 lock. ``RateLimiter`` runs it under its lock; the memory and SQLite stores run it inside one
@@ -243,12 +244,13 @@ _ADMIT_BUCKET = _REFILL + """\
             wait = need
 """
 _DERIVE = """\
-    # the charged ratio: the decayed mean plus its mean deviation, in [1, MAX_RATIO]
-    if m.est_sum <= 0.0:
+    # the charged ratio: the decayed mean plus its mean deviation (a cushion, only once the
+    # provider counts more than we estimate on average), at most MAX_RATIO
+    if m.act_sum <= m.est_sum:
         m.ratio = 1.0
     else:
         r = (m.act_sum + m.dev_sum) / m.est_sum
-        m.ratio = {max_ratio!r} if r > {max_ratio!r} else r if r > 1.0 else 1.0
+        m.ratio = {max_ratio!r} if r > {max_ratio!r} else r
 """
 _SETTLE = """\
 def settle(m, estimated, actual, now, ratio=1.0):

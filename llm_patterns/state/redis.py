@@ -155,8 +155,8 @@ end
 local pause = tonumber(h['p'])
 local re, ra, rd = tonumber(h['re']) or 0, tonumber(h['ra']) or 0, tonumber(h['rd']) or 0
 local function derive()
-  if re <= 0 then return 1.0 end
-  return math.min(MAX_RATIO, math.max(1.0, (ra + rd) / re))
+  if ra <= re then return 1.0 end
+  return math.min(MAX_RATIO, (ra + rd) / re)
 end
 local ratio = derive()
 local function cost(code, req, scaled, out)
