@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..clock import Clock, SystemClock
+from ..machines import budget as budget_machine
 from . import base
 from .base import Admission, BreakerConfig, BreakerOutcome, Demand3, Grant, Limit
 
@@ -84,6 +85,41 @@ class DictStateStore:
         ls = base.check_limits(limits)
         return self._limiter(key, now, lambda s, t: base.limiter_levels(s, ls, t))
 
+    # -- budgets (``machines.budget``; its record sits in the key's record under "budget")
+    def budget_reserve(self, key: str, reservation: str, amount: int, limit: int, ttl: float,
+                       now: float | None = None) -> budget_machine.Answer:
+        """Atomically: drop expired holds; hold ``amount`` under ``reservation`` for ``ttl`` s
+        if ``spent + held + amount <= limit``. -> (ok, spent, held, in_flight)."""
+        rid = base.check_key(reservation)
+        amount = budget_machine.check_amount("amount", amount)
+        limit = budget_machine.check_amount("limit", limit)
+        ttl = base.check_finite("ttl", ttl, minimum=0.001)
+        return self._limiter(key, now, lambda s, t: budget_machine.reserve(
+            _budget(s), rid, amount, limit, ttl, t))
+
+    def budget_commit(self, key: str, reservation: str | None, actual: int,
+                      now: float | None = None) -> budget_machine.Answer:
+        """Drop ``reservation`` (if still held; None: spend without a hold) and add ``actual``
+        to the spend. -> (was_live, spent, held, in_flight)."""
+        actual = budget_machine.check_amount("actual", actual)
+        rid = reservation or ""
+        return self._limiter(key, now, lambda s, t: budget_machine.settle(
+            _budget(s), rid, actual, t))
+
+    def budget_release(self, key: str, reservation: str,
+                       now: float | None = None) -> budget_machine.Answer:
+        """Give a hold back (the call was not answered)."""
+        rid = base.check_key(reservation)
+        return self._limiter(key, now, lambda s, t: budget_machine.settle(
+            _budget(s), rid, None, t))
+
+    def budget_read(self, key: str, now: float | None = None) -> budget_machine.Answer:
+        return self._limiter(key, now, lambda s, t: budget_machine.read(_budget(s), t))
+
+    def budget_reset(self, key: str) -> None:
+        """Forget the spend and the holds (a new budget period)."""
+        self._limiter(key, None, lambda s, t: budget_machine.reset(_budget(s)))
+
     # -- breakers
     def breaker_admit(self, key: str, config: BreakerConfig,
                       now: float | None = None) -> Admission:
@@ -108,6 +144,14 @@ class DictStateStore:
 
     def close(self) -> None:
         """Release resources (nothing here; kept for the protocol)."""
+
+
+def _budget(record: dict[str, Any]) -> dict[str, Any]:
+    """The budget machine's state inside a key's record."""
+    b = record.get("budget")
+    if b is None:
+        b = record["budget"] = budget_machine.new_budget()
+    return b  # type: ignore[no-any-return]
 
 
 class MemoryStateStore(DictStateStore):
