@@ -623,7 +623,7 @@ class RateLimiter(LimiterConfig):
                     if not w.done:
                         self._drop(w)
         if self._remember:  # in the caller's context (the flow runs there)
-            _LAST_GRANT.set((id(self), w.at, w.ratio))
+            _LAST_GRANT.set((self._id, w.at, w.ratio))
         waited = w.at - w.start
         self._log_wait(waited, *w.demand)
         if self._subscribers:
