@@ -47,7 +47,7 @@ _EXPORTS: dict[str, str] = {
     "stops_chain": "errors", "describe": "errors", "redact": "errors",
     "Request": "request",
     # task 1
-    "TokenBucket": "rate_limit", "RateLimiter": "rate_limit",
+    "TokenBucket": "rate_limit", "RateLimiter": "rate_limit", "Demand": "protocols",
     # task 2
     "BackoffPolicy": "backoff", "RetryPolicy": "retry", "current_attempt": "retry",
     # task 3
@@ -128,6 +128,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .ledger import CostRecord, SQLiteLedger  # noqa: F401
     from .mock import MockLLMServer  # noqa: F401
     from .pricing import PriceTable, Pricing, UnknownModelError  # noqa: F401
+    from .protocols import Demand  # noqa: F401
     from .providers import AnthropicProvider, OpenAIProvider  # noqa: F401
     from .rate_limit import RateLimiter, TokenBucket  # noqa: F401
     from .request import Request  # noqa: F401
