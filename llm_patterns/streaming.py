@@ -306,6 +306,7 @@ class ResilientStream:
         self._flow = _Flow(routes, request, labels, clock)
         self._opened: _Opened | None = None
         self._response: LLMResponse | None = None
+        self._iterator: Iterator[str] | None = None
 
     def __repr__(self) -> str:
         where = self._opened.stream.provider if self._opened is not None else "not open"
@@ -357,6 +358,13 @@ class ResilientStream:
 
     # -- reading --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[str]:
+        """The text deltas (one iterator per stream: a loop broken off and resumed goes on
+        where it stopped)."""
+        if self._iterator is None:
+            self._iterator = self._deltas()
+        return self._iterator
+
+    def _deltas(self) -> Iterator[str]:
         opened = self._opened or self.open()._opened
         assert opened is not None
         yield from opened.stream
@@ -400,6 +408,7 @@ class AsyncResilientStream:
         self._flow = _Flow(routes, request, labels, clock)
         self._opened: _Opened | None = None
         self._response: LLMResponse | None = None
+        self._iterator: AsyncIterator[str] | None = None
 
     def __repr__(self) -> str:
         where = self._opened.stream.provider if self._opened is not None else "not open"
@@ -447,7 +456,13 @@ class AsyncResilientStream:
             return self
         raise flow.exhausted() from flow.errors[-1][1]
 
-    async def __aiter__(self) -> AsyncIterator[str]:
+    def __aiter__(self) -> AsyncIterator[str]:
+        """The text deltas (one iterator per stream)."""
+        if self._iterator is None:
+            self._iterator = self._deltas()
+        return self._iterator
+
+    async def _deltas(self) -> AsyncIterator[str]:
         opened = self._opened or (await self.open())._opened
         assert opened is not None
         async for delta in opened.stream:

@@ -5,6 +5,7 @@ streams for what the mock does not send (stalls, drips, odd line endings, no usa
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 
@@ -507,7 +508,7 @@ def test_breaking_out_ends_the_stream_with_what_arrived(api):
         _ = s.response
 
 
-def test_breaking_out_without_with_closes_the_connection():
+def test_a_loop_broken_off_goes_on_where_it_stopped_and_gc_closes_the_connection():
     closed = []
 
     class Tracked(Chunks):
@@ -522,9 +523,16 @@ def test_breaking_out_without_with_closes_the_connection():
     s = p.stream("x")
     ends = []
     s.on_end(ends.append)
-    for _ in s:
+    for first in s:
         break
-    assert closed and len(ends) == 1 and ends[0].response is None
+    assert first == "a" and not closed and not ends  # a break is not the end: as a file
+    assert list(s) == ["b"] and len(ends) == 1 and ends[0].complete and closed
+    s = p.stream("x")
+    s.on_end(ends.append)
+    next(iter(s))
+    del s  # abandoned without close(): collected, and settled
+    gc.collect()
+    assert len(ends) == 2 and ends[1].response is None and ends[1].delivered
 
 
 def test_async_break_and_cancellation_end_the_stream():

@@ -371,6 +371,7 @@ class Stream(_Shell):
         super().__init__(core, response)
         self._source = source
         self._close = close
+        self._iterator: Iterator[str] | None = None
 
     @classmethod
     def of_response(cls, response: LLMResponse) -> Stream:
@@ -410,6 +411,14 @@ class Stream(_Shell):
         return self
 
     def __iter__(self) -> Iterator[str]:
+        """The text deltas. One iterator per stream (as a file's): breaking out of a loop and
+        looping again goes on where it stopped; the connection is released by ``close()``,
+        the ``with`` block, the end of the stream, or the stream being garbage-collected."""
+        if self._iterator is None:
+            self._iterator = self._deltas()
+        return self._iterator
+
+    def _deltas(self) -> Iterator[str]:
         ready = self._ready()
         try:
             while self._end is None:
@@ -457,6 +466,7 @@ class AsyncStream(_Shell):
         super().__init__(core, response)
         self._source = source
         self._close = close
+        self._iterator: AsyncIterator[str] | None = None
 
     @classmethod
     def of_response(cls, response: LLMResponse) -> AsyncStream:
@@ -493,7 +503,13 @@ class AsyncStream(_Shell):
             raise error  # type: ignore[misc]
         return self
 
-    async def __aiter__(self) -> AsyncIterator[str]:
+    def __aiter__(self) -> AsyncIterator[str]:
+        """The text deltas (one iterator per stream, as ``Stream.__iter__``)."""
+        if self._iterator is None:
+            self._iterator = self._deltas()
+        return self._iterator
+
+    async def _deltas(self) -> AsyncIterator[str]:
         ready = self._ready()
         try:
             while self._end is None:
