@@ -523,7 +523,9 @@ def test_a_loop_broken_off_goes_on_where_it_stopped_and_gc_closes_the_connection
     s = p.stream("x")
     ends = []
     s.on_end(ends.append)
-    for first in s:
+    first = None
+    for delta in s:  # noqa: B007 - the point: a loop broken off after one delta
+        first = delta
         break
     assert first == "a" and not closed and not ends  # a break is not the end: as a file
     assert list(s) == ["b"] and len(ends) == 1 and ends[0].complete and closed
