@@ -524,7 +524,7 @@ def test_a_loop_broken_off_goes_on_where_it_stopped_and_gc_closes_the_connection
     ends = []
     s.on_end(ends.append)
     first = None
-    for delta in s:  # noqa: B007 - the point: a loop broken off after one delta
+    for delta in s:  # a loop broken off after one delta
         first = delta
         break
     assert first == "a" and not closed and not ends  # a break is not the end: as a file
