@@ -23,18 +23,23 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .request import Request, content_text, prompt_text, to_messages
+
+if TYPE_CHECKING:
+    from .providers import AsyncStream, Stream
 
 __all__ = [
     "FINISH_REASONS",
     "LLMResponse",
     "Provider",
     "Sender",
+    "StreamSender",
     "ToolCall",
     "Usage",
     "asend",
+    "check_all",
     "content_text",
     "normalize_finish_reason",
     "prompt_text",
@@ -347,6 +352,20 @@ class Sender(Protocol):
     async def asend(self, request: Request, *, time_left: float | None = None) -> LLMResponse: ...
 
 
+@runtime_checkable
+class StreamSender(Protocol):
+    """A provider (or a layer wrapping one) that streams a built ``Request``: ``send_stream``
+    returns a started ``Stream`` (read up to its first text delta; failures before that raised
+    as themselves, so they can be retried), ``asend_stream`` an ``AsyncStream``."""
+
+    name: str
+
+    def send_stream(self, request: Request, *, time_left: float | None = None) -> Stream: ...
+
+    async def asend_stream(self, request: Request, *,
+                           time_left: float | None = None) -> AsyncStream: ...
+
+
 def send(provider: Provider | Sender, request: Request, *,
          time_left: float | None = None) -> LLMResponse:
     """``provider.send(request)``, or for a provider with only ``complete()`` (a test double, a
@@ -356,6 +375,24 @@ def send(provider: Provider | Sender, request: Request, *,
     if method is not None:
         return method(request, time_left=time_left)  # type: ignore[no-any-return]
     return provider.complete(**request.complete_kwargs())  # type: ignore[union-attr]
+
+
+def check_all(providers: Any, request: Request) -> None:
+    """Raise the caller's ``ValueError``/``TypeError`` if any provider of a chain cannot take
+    ``request`` (its ``check``: a field or a conversation its API cannot take), before anything
+    is sent, with a note naming the provider. Providers without ``check`` are trusted."""
+    if not request.extra and request.prompt is not None:
+        return  # a lone prompt: every API takes it
+    for provider in providers:
+        check = getattr(provider, "check", None)
+        if check is None:
+            continue
+        try:
+            check(request)
+        except (ValueError, TypeError) as error:
+            error.add_note(f"(provider {getattr(provider, 'name', provider)!r} of the chain "
+                           f"cannot take this request)")
+            raise
 
 
 async def asend(provider: Provider | Sender, request: Request, *,

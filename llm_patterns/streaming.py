@@ -48,7 +48,7 @@ from .errors import (
 from .protocols import Demand
 from .providers import AsyncStream, Stream, StreamEnd
 from .request import Request
-from .response import LLMResponse, Usage, asend, send
+from .response import LLMResponse, Usage, asend, check_all, send
 
 if TYPE_CHECKING:
     from .clock import Clock
@@ -70,21 +70,11 @@ def limiter_actual(estimate: float, usage: Usage, max_tokens: int, refund: bool)
 
 def prepare(routes: Sequence[Route], prompt: str | None, messages: Any, max_tokens: int,
             kw: dict[str, Any]) -> Request:
-    """The call's ``Request``, checked once, and checked against every provider of the chain
-    (``check``: a field or a conversation one API cannot take) before anything is sent: a
-    request the fallback could not send is the caller's ``ValueError`` now, not a 400 from the
-    second provider in the middle of an outage."""
+    """The call's ``Request``, checked once, and against every provider of the chain
+    (``check_all``) before anything is sent: a request the fallback could not send is the
+    caller's ``ValueError`` now, not a 400 from the second provider in the middle of an outage."""
     request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
-    if request.extra or request.prompt is None:  # a lone prompt needs no translation
-        for route in routes:
-            check = getattr(route.provider, "check", None)
-            if check is not None:
-                try:
-                    check(request)
-                except (ValueError, TypeError) as error:
-                    add_note(error, f"(provider {route.name!r} of the fallback chain cannot "
-                                    f"take this request)")
-                    raise
+    check_all([route.provider for route in routes], request)
     return request
 
 

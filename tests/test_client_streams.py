@@ -407,3 +407,22 @@ def test_a_server_error_event_is_the_cause_of_the_interruption():
     with pytest.raises(StreamInterrupted) as info:
         read(t.client.stream(PROMPT))
     assert isinstance(info.value.cause, ServerError) and info.value.cause.status_code == 529
+
+
+def test_a_refusal_with_no_text_falls_back():
+    """A stream that ends without any text and fails (here: OpenAI's content filter refusing
+    before writing) is judged before anything reached the caller: the backup answers."""
+    import httpx
+
+    refusal = (b'data: {"choices":[{"index":0,"delta":{"refusal":"no"},"finish_reason":null}]}'
+               b'\n\ndata: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+               b"data: [DONE]\n\n")
+    transport = httpx.MockTransport(lambda r: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, content=refusal))
+    clock = VirtualClock()
+    refusing = OpenAIProvider("refusing", "gpt-4o-mini", api_key="sk-test-123456",
+                              client=httpx.Client(transport=transport), clock=clock)
+    backup = MockLLMServer(api="anthropic", clock=clock).provider("backup")
+    client = ResilientClient([refusing, backup], cost=CostTracker(), clock=clock)
+    deltas, s = read(client.stream(PROMPT))
+    assert s.response.provider == "backup" and deltas and s.response.fallback_used

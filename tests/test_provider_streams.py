@@ -586,3 +586,31 @@ def test_async_on_end_callbacks_may_be_coroutines():
 
     s = asyncio.run(go())
     assert seen == [s.response.usage]
+
+
+def test_an_answer_without_text_is_judged_at_open():
+    """A refusal (or a broken tool call) with no text: nothing reached the caller, so the
+    failure is raised when the stream is opened, where a retry or a fallback can act."""
+    refusal = [b'data: {"choices":[{"index":0,"delta":{"refusal":"I can\'t help"},'
+               b'"finish_reason":null}]}\n\n', openai_chunk(finish="stop"), b"data: [DONE]\n\n"]
+    with pytest.raises(ContentFilterError, match="can't help"):
+        handmade("openai", lambda: refusal).stream("x")
+    bad_call = [b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1",'
+                b'"function":{"name":"f","arguments":"{\\"a\\": "}}]},"finish_reason":null}]}\n\n',
+                openai_chunk(finish="tool_calls"), b"data: [DONE]\n\n"]
+    with pytest.raises(MalformedResponse, match="not valid JSON"):
+        handmade("openai", lambda: bad_call).stream("x")
+
+
+def test_astream_can_be_awaited_or_entered():
+    srv = server("openai")
+    p = srv.provider("p")
+
+    async def go():
+        s = await p.astream(PROMPT)
+        try:
+            return [d async for d in s]
+        finally:
+            await s.aclose()
+
+    assert "".join(asyncio.run(go())) == p.complete(PROMPT).text

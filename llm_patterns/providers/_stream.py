@@ -332,7 +332,7 @@ class _Shell:
         """The outcome once nothing is left to read: the response, or the error to raise
         (a ``StreamInterrupted`` once text reached the caller)."""
         core = self._core
-        if core is None:
+        if core is None or self._response is not None:
             return self._response, None
         error = core.error
         if error is None:
@@ -399,15 +399,17 @@ class Stream(_Shell):
         core.feed(raw)
 
     def start(self) -> Self:
-        """Read until the first text delta is ready or the answer has ended; a failure up to
-        there raises as itself (nothing reached the caller yet)."""
+        """Read until the first text delta is ready or the answer has ended (an answer with no
+        text: tool calls only, a refusal); a failure up to there raises as itself, since
+        nothing reached the caller yet."""
         ready = self._ready()
         while not ready and self._more():
             self._pull()
-        if self._core is not None and self._core.error is not None:
+        if self._core is not None and (self._core.error is not None or not ready):
             _, error = self._conclude()
-            self._run_end(None, error)
-            raise error  # type: ignore[misc]
+            if error is not None:
+                self._run_end(None, error)
+                raise error
         return self
 
     def __iter__(self) -> Iterator[str]:
@@ -497,10 +499,11 @@ class AsyncStream(_Shell):
         ready = self._ready()
         while not ready and self._more():
             await self._pull()
-        if self._core is not None and self._core.error is not None:
+        if self._core is not None and (self._core.error is not None or not ready):
             _, error = self._conclude()
-            await self._run_end(None, error)
-            raise error  # type: ignore[misc]
+            if error is not None:
+                await self._run_end(None, error)
+                raise error
         return self
 
     def __aiter__(self) -> AsyncIterator[str]:
