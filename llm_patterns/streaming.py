@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Self
@@ -227,6 +227,30 @@ class _Flow:
         fallback_logger.error("stream: all %d providers failed", len(self.errors))
         return AllProvidersFailed(self.errors)
 
+    def walk(self) -> Generator[Route, tuple[Any, _Permit], _Opened]:
+        """The fallback walk without I/O: yields each route to open; is sent back what the
+        route's (retried) attempts opened, or has their failure thrown in; returns the opened
+        stream, or raises what stops the chain or ``AllProvidersFailed``."""
+        for position, route in enumerate(self.routes):
+            self.begin_route()
+            try:
+                budget = _Budget(route.cost, route.model, self.request)
+            except Exception as error:
+                self.route_failed(position, error)
+                continue
+            try:
+                stream, permit = yield route
+            except Exception as error:
+                budget.release()
+                self.route_failed(position, error)
+                continue
+            except BaseException:
+                budget.release()
+                raise
+            stream.on_end(self.opened(position, route, permit, budget))
+            return _Opened(stream, position)
+        raise self.exhausted() from self.errors[-1][1]
+
     def opened(self, position: int, route: Route, permit: _Permit,
                budget: _Budget) -> Callable[[StreamEnd], None]:
         """The stream is open on ``route``: the ending that settles everything, once."""
@@ -323,28 +347,20 @@ class ResilientStream:
         entering the ``with`` block does it."""
         if self._opened is not None:
             return self
-        flow = self._flow
-        for position, route in enumerate(flow.routes):
-            flow.begin_route()
-            try:
-                budget = _Budget(route.cost, route.model, flow.request)
-            except Exception as error:
-                flow.route_failed(position, error)
-                continue
-            try:
-                stream, permit = (route.retry.call(self._attempt, route)
-                                  if route.retry is not None else self._attempt(route))
-            except Exception as error:
-                budget.release()
-                flow.route_failed(position, error)
-                continue
-            except BaseException:
-                budget.release()
-                raise
-            stream.on_end(flow.opened(position, route, permit, budget))
-            self._opened = _Opened(stream, position)
-            return self
-        raise flow.exhausted() from flow.errors[-1][1]
+        walk = self._flow.walk()
+        try:
+            route = next(walk)
+            while True:
+                try:
+                    opened = (route.retry.call(self._attempt, route) if route.retry is not None
+                              else self._attempt(route))
+                except BaseException as error:
+                    route = walk.throw(error)
+                else:
+                    route = walk.send(opened)
+        except StopIteration as done:
+            self._opened = done.value
+        return self
 
     # -- reading --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[str]:
@@ -423,28 +439,20 @@ class AsyncResilientStream:
         """``ResilientStream.open`` for async callers."""
         if self._opened is not None:
             return self
-        flow = self._flow
-        for position, route in enumerate(flow.routes):
-            flow.begin_route()
-            try:
-                budget = _Budget(route.cost, route.model, flow.request)
-            except Exception as error:
-                flow.route_failed(position, error)
-                continue
-            try:
-                stream, permit = (await route.retry.call_async(self._attempt, route)
-                                  if route.retry is not None else await self._attempt(route))
-            except Exception as error:
-                budget.release()
-                flow.route_failed(position, error)
-                continue
-            except BaseException:
-                budget.release()
-                raise
-            stream.on_end(flow.opened(position, route, permit, budget))
-            self._opened = _Opened(stream, position)
-            return self
-        raise flow.exhausted() from flow.errors[-1][1]
+        walk = self._flow.walk()
+        try:
+            route = next(walk)
+            while True:
+                try:
+                    opened = (await route.retry.call_async(self._attempt, route)
+                              if route.retry is not None else await self._attempt(route))
+                except BaseException as error:
+                    route = walk.throw(error)
+                else:
+                    route = walk.send(opened)
+        except StopIteration as done:
+            self._opened = done.value
+        return self
 
     def __aiter__(self) -> AsyncIterator[str]:
         """The text deltas (one iterator per stream)."""

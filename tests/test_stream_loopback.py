@@ -16,13 +16,7 @@ from llm_patterns.providers import AnthropicProvider, OpenAIProvider
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
-MESSAGES = [{"role": "user", "content": "Explain exponential backoff in one sentence"}]
-SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-          "required": ["city", "days"]}
-OA_TOOLS = [{"type": "function", "function": {"name": "forecast", "description": "Forecast",
-                                              "parameters": SCHEMA}}]
-AN_TOOLS = [{"name": "forecast", "description": "Forecast", "input_schema": SCHEMA}]
-OA_MODEL, AN_MODEL = "gpt-4o-mini", "claude-haiku-4-5"
+from test_mock_sdks import AN_MODEL, AN_TOOLS, MESSAGES, OA_MODEL, OA_TOOLS  # noqa: E402
 
 
 def ours(api, url):

@@ -50,8 +50,9 @@ from ..errors import (
     request_id_from_headers,
 )
 from ..request import Request
-from ..response import LLMResponse, Usage
+from ..response import LLMResponse, ToolCall, Usage
 from ..tokens import estimate_tokens
+from ..tools import parse_arguments
 from ._body import Body
 from ._sse import ServerEvent, SSEDecoder
 
@@ -63,6 +64,7 @@ __all__ = [
     "StreamCore",
     "StreamDecoder",
     "StreamEnd",
+    "StreamedCalls",
 ]
 
 logger = logging.getLogger("llm_patterns.providers")
@@ -76,6 +78,40 @@ _ERROR_STATUS = {
     "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
     "not_found_error": 404, "request_too_large": 413, "billing_error": 402,
 }
+
+
+class StreamedCalls:
+    """Tool calls arriving in pieces (OpenAI ``tool_calls`` deltas, Anthropic ``tool_use``
+    blocks with ``input_json_delta``), keyed by their index in the answer."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[Any]] = {}  # index -> [id, name, argument pieces]
+
+    def add(self, index: int, *, ident: Any = None, name: Any = None,
+            arguments: Any = None) -> None:
+        """A piece of call ``index``: its id or name when they come, more of its arguments."""
+        call = self._calls.setdefault(index, [None, None, []])
+        if ident:
+            call[0] = ident
+        if name:
+            call[1] = name
+        if arguments:
+            if not isinstance(arguments, str):
+                raise TypeError(f"tool call {index}: arguments must arrive as text")
+            call[2].append(arguments)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self._calls
+
+    def text(self) -> str:
+        """The arguments received so far (what an incomplete answer is estimated from)."""
+        return "".join("".join(call[2]) for call in self._calls.values())
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        """The calls, in order, their arguments parsed (``ValueError`` for a broken one)."""
+        return tuple(ToolCall(ident, name, parse_arguments("".join(pieces),
+                                                           f"tool call {index} arguments"))
+                     for index, (ident, name, pieces) in sorted(self._calls.items()))
 
 
 class ErrorEvent(Exception):
@@ -182,9 +218,13 @@ class StreamCore:
         self._events(self.sse.end())
         self.finished = True  # without its final event, response() judges what arrived
 
-    def transport_failed(self, exc: Exception) -> None:
-        """The connection broke (or timed out) mid-stream."""
+    def source_failed(self, exc: Exception) -> None:
+        """Reading the body failed: the connection broke or timed out (an httpx error, mapped
+        and scrubbed), or a source that maps its own errors raised one."""
         if self.error is not None:
+            return
+        if isinstance(exc, LLMError):
+            self.error = exc.with_traceback(None)
             return
         error = error_from_exception(exc, provider=self.provider)
         error.request_id = request_id_from_headers(self.headers)
@@ -382,21 +422,17 @@ class Stream(_Shell):
         """Read one more chunk into the core (its end, or its failure, are kept there)."""
         core = self._core
         assert core is not None and self._source is not None
-        failure: Exception | None = None
         try:
             raw = next(self._source)
         except StopIteration:
             core.source_ended()
             return
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, LLMError) as exc:
             failure = exc
-        except LLMError as error:  # a source that maps its own errors
-            core.error = error.with_traceback(None)
+        else:
+            core.feed(raw)
             return
-        if failure is not None:  # mapped outside the except: nothing chains the httpx error
-            core.transport_failed(failure)
-            return
-        core.feed(raw)
+        core.source_failed(failure)  # mapped outside the except: nothing chains the httpx error
 
     def start(self) -> Self:
         """Read until the first text delta is ready or the answer has ended (an answer with no
@@ -478,21 +514,17 @@ class AsyncStream(_Shell):
     async def _pull(self) -> None:
         core = self._core
         assert core is not None and self._source is not None
-        failure: Exception | None = None
         try:
             raw = await anext(self._source)
         except StopAsyncIteration:
             core.source_ended()
             return
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, LLMError) as exc:
             failure = exc
-        except LLMError as error:
-            core.error = error.with_traceback(None)
+        else:
+            core.feed(raw)
             return
-        if failure is not None:
-            core.transport_failed(failure)
-            return
-        core.feed(raw)
+        core.source_failed(failure)
 
     async def start(self) -> Self:
         """``Stream.start`` for async callers."""

@@ -21,7 +21,6 @@ from ..clock import Clock
 from ..errors import ContentFilterError, MalformedResponse
 from ..request import Request
 from ..response import ToolCall, Usage, normalize_finish_reason
-from ..tools import parse_arguments
 from ._base import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
@@ -30,7 +29,7 @@ from ._base import (
     require_int,
 )
 from ._sse import ServerEvent
-from ._stream import ErrorEvent
+from ._stream import ErrorEvent, StreamedCalls
 from ._translate import anthropic_body
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "AnthropicStreamDecoder"]
@@ -146,7 +145,7 @@ class AnthropicStreamDecoder:
         self.model = model
         self.done = False
         self._text: list[str] = []
-        self._calls: dict[int, list[Any]] = {}  # block index -> [id, name, json pieces]
+        self._calls = StreamedCalls()  # by content block index
         self._usage: dict[str, Any] = {}
         self._stop: str | None = None
 
@@ -166,12 +165,15 @@ class AnthropicStreamDecoder:
                     self._text.append(text)
                     return text
             elif dtype == "input_json_delta":
-                self._calls[data["index"]][2].append(delta.get("partial_json") or "")
+                index = data["index"]
+                if index not in self._calls:
+                    raise KeyError(f"input_json_delta for block {index}, not a tool_use block")
+                self._calls.add(index, arguments=delta.get("partial_json"))
             return None  # thinking, signatures, citations: not text
         if kind == "content_block_start":
             block = data["content_block"]
             if block.get("type") == "tool_use":
-                self._calls[data["index"]] = [block.get("id"), block.get("name"), []]
+                self._calls.add(data["index"], ident=block.get("id"), name=block.get("name"))
             elif block.get("type") == "text" and block.get("text"):
                 self._text.append(block["text"])
                 return str(block["text"])
@@ -199,7 +201,7 @@ class AnthropicStreamDecoder:
         return Usage.from_anthropic(self._usage) if self._usage else None
 
     def tool_text(self) -> str:
-        return "".join("".join(call[2]) for call in self._calls.values())
+        return self._calls.text()
 
     def finish(self) -> Completion:
         if self._stop is None:
@@ -207,10 +209,5 @@ class AnthropicStreamDecoder:
         if self._stop == "refusal":
             raise ContentFilterError("completion refused (stop_reason='refusal')",
                                      provider=self.provider, status_code=200, code="refusal")
-        calls = []
-        for index in sorted(self._calls):
-            ident, name, pieces = self._calls[index]
-            calls.append(ToolCall(ident, name, parse_arguments(
-                "".join(pieces), f"tool_use block {index} input")))
         return Completion("".join(self._text), self.model, self.usage_seen(),
-                          normalize_finish_reason(self._stop), tuple(calls))
+                          normalize_finish_reason(self._stop), self._calls.calls())

@@ -31,7 +31,7 @@ from ._base import (
     require_int,
 )
 from ._sse import ServerEvent
-from ._stream import ErrorEvent
+from ._stream import ErrorEvent, StreamedCalls
 from ._translate import check_openai_fields
 
 __all__ = ["OpenAIProvider", "OpenAIStreamDecoder"]
@@ -159,7 +159,7 @@ class OpenAIStreamDecoder:
         self.done = False
         self._text: list[str] = []
         self._refusal: list[str] = []
-        self._calls: dict[int, list[Any]] = {}  # index -> [id, name, argument pieces]
+        self._calls = StreamedCalls()
         self._finish: str | None = None
         self._usage: Usage | None = None
 
@@ -194,14 +194,9 @@ class OpenAIStreamDecoder:
             if refusal:
                 self._refusal.append(refusal)
             for piece in delta.get("tool_calls") or ():
-                call = self._calls.setdefault(piece.get("index", 0), [None, None, []])
-                if piece.get("id"):
-                    call[0] = piece["id"]
                 fn = piece.get("function") or {}
-                if fn.get("name"):
-                    call[1] = fn["name"]
-                if fn.get("arguments"):
-                    call[2].append(fn["arguments"])
+                self._calls.add(piece.get("index", 0), ident=piece.get("id"),
+                                name=fn.get("name"), arguments=fn.get("arguments"))
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
         return text
@@ -210,7 +205,7 @@ class OpenAIStreamDecoder:
         return self._usage
 
     def tool_text(self) -> str:
-        return "".join("".join(call[2]) for call in self._calls.values())
+        return self._calls.text()
 
     def finish(self) -> Completion:
         finish = self._finish
@@ -222,10 +217,5 @@ class OpenAIStreamDecoder:
                 f"completion refused by the content filter (finish_reason={finish!r})"
                 + (f": {refusal[:200]}" if refusal else ""),
                 provider=self.provider, status_code=200, code="content_filter")
-        calls = []
-        for index in sorted(self._calls):
-            ident, name, pieces = self._calls[index]
-            calls.append(ToolCall(ident, name, parse_arguments(
-                "".join(pieces), f"tool call {index} arguments")))
         return Completion("".join(self._text), self.model, self._usage,
-                          normalize_finish_reason(finish), tuple(calls))
+                          normalize_finish_reason(finish), self._calls.calls())
