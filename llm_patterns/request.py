@@ -6,12 +6,17 @@ A call arrives as ``prompt=`` or ``messages=``, ``max_tokens=`` and extra fields
 caller's mistakes as themselves: ``TypeError`` for a wrong type, ``ValueError`` for a wrong
 value (no prompt, ``max_tokens=0``, an image part the library cannot count), each naming the
 argument. Every layer after that reads the same immutable value; providers translate it into
-their wire format (``OpenAIProvider``: as is; ``AnthropicProvider``: ``system`` top-level).
+their wire format (``OpenAIProvider``: as is; ``AnthropicProvider``: translated, see
+``providers/_translate.py``).
 
 The messages are in OpenAI's chat format: ``{"role": ..., "content": ...}`` with ``content`` a
 str, a list of ``{"type": "text", "text": ...}`` parts (``cache_control`` and other keys kept),
-or None in an assistant turn that only calls tools. ``system=`` is folded into a leading system
-message, so both providers see the same request.
+or None in an assistant turn that only calls tools (``tool_calls``), answered by ``tool``
+messages. ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` are in
+OpenAI's format and checked here (``llm_patterns.tools``); the estimate counts the tools'
+schemas and the calls' arguments, as the model reads them. ``system=`` is folded into a leading
+system message, so both providers see the same request. ``stream`` is not a field: ``stream()``
+asks for a stream (and for its usage).
 
 ``to_messages``, ``prompt_text`` and ``content_text`` are the functions the request is built
 from, kept public for the callers that only need one step.
