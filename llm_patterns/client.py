@@ -30,6 +30,7 @@ from .fallback import FallbackChain
 from .rate_limit import RateLimiter
 from .response import LLMResponse, Provider, prompt_text, to_messages
 from .retry import RetryPolicy
+from .streaming import AsyncResilientStream, ResilientStream, Route, prepare
 from .tokens import estimate_tokens
 
 __all__ = ["ResilientClient", "GuardedProvider"]
@@ -370,6 +371,29 @@ class ResilientClient(Observable):
         if dag_id is not None or task_id is not None or run_id is not None:
             kw.update(_labels(dag_id, task_id, run_id))
         return await self.chain.acomplete(prompt, messages=messages, max_tokens=max_tokens, **kw)
+
+    def stream(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
+               dag_id: str | None = None, task_id: str | None = None,
+               run_id: str | None = None, **kw: Any) -> ResilientStream:
+        """A streamed answer: ``with client.stream(...) as s: for delta in s: ...``, then
+        ``s.response``. Retries and fallback until the first delta reaches the caller;
+        ``StreamInterrupted`` after it (see ``llm_patterns.streaming``)."""
+        routes = self._routes()
+        request = prepare(routes, prompt, messages, max_tokens, kw)
+        return ResilientStream(routes, request, _labels(dag_id, task_id, run_id), self.clock)
+
+    def astream(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
+                dag_id: str | None = None, task_id: str | None = None,
+                run_id: str | None = None, **kw: Any) -> AsyncResilientStream:
+        """``stream`` for asyncio: ``async with client.astream(...) as s: async for ...``."""
+        routes = self._routes()
+        request = prepare(routes, prompt, messages, max_tokens, kw)
+        return AsyncResilientStream(routes, request, _labels(dag_id, task_id, run_id),
+                                    self.clock)
+
+    def _routes(self) -> list[Route]:
+        return [Route(g.provider, g.retry, g.breaker, g.limiter, g.cost, g.refund_unused_tokens)
+                for g in self.guarded]
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per provider: breaker health and limiter status, for dashboards and probes."""
