@@ -43,11 +43,12 @@ _EXPORTS: dict[str, str] = {
     "MalformedResponse": "errors", "BudgetExceeded": "errors", "CircuitOpenError": "errors",
     "RateLimitTimeout": "errors", "AllProvidersFailed": "errors",
     "ModelNotFoundError": "errors", "ConnectionPoolTimeout": "errors",
+    "StreamInterrupted": "errors",
     "is_retryable": "errors", "retry_after_from_headers": "errors", "is_outage": "errors",
     "stops_chain": "errors", "describe": "errors", "redact": "errors",
     "Request": "request",
     # task 1
-    "TokenBucket": "rate_limit", "RateLimiter": "rate_limit",
+    "TokenBucket": "rate_limit", "RateLimiter": "rate_limit", "Demand": "protocols",
     # task 2
     "BackoffPolicy": "backoff", "RetryPolicy": "retry", "current_attempt": "retry",
     # task 3
@@ -55,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "CostRecord": "ledger", "UnknownModelError": "pricing",
     # task 4
     "Usage": "response", "LLMResponse": "response", "Provider": "response",
+    "ToolCall": "response",
     "FallbackChain": "fallback", "to_messages": "response", "prompt_text": "response",
     "OpenAIProvider": "providers", "AnthropicProvider": "providers",
     # task 5
@@ -116,6 +118,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         RateLimitError,
         RateLimitTimeout,
         ServerError,
+        StreamInterrupted,
         describe,
         is_outage,
         is_retryable,
@@ -128,10 +131,18 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .ledger import CostRecord, SQLiteLedger  # noqa: F401
     from .mock import MockLLMServer  # noqa: F401
     from .pricing import PriceTable, Pricing, UnknownModelError  # noqa: F401
+    from .protocols import Demand  # noqa: F401
     from .providers import AnthropicProvider, OpenAIProvider  # noqa: F401
     from .rate_limit import RateLimiter, TokenBucket  # noqa: F401
     from .request import Request  # noqa: F401
-    from .response import LLMResponse, Provider, Usage, prompt_text, to_messages  # noqa: F401
+    from .response import (  # noqa: F401
+        LLMResponse,
+        Provider,
+        ToolCall,
+        Usage,
+        prompt_text,
+        to_messages,
+    )
     from .retry import RetryPolicy, current_attempt  # noqa: F401
     from .state import SharedCircuitBreaker, SharedRateLimiter  # noqa: F401
     from .tokens import estimate_tokens  # noqa: F401

@@ -46,6 +46,7 @@ from .protocols import Breaker, CostGate, Demand, Limiter
 from .request import Request
 from .response import LLMResponse, Provider
 from .retry import RetryPolicy
+from .streaming import AsyncResilientStream, ResilientStream, Route, prepare
 
 __all__ = ["ResilientClient"]
 
@@ -220,6 +221,29 @@ class ResilientClient(Observable):
 
         return self.chain.flow(request, attempt, finish)
 
+    def stream(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
+               dag_id: str | None = None, task_id: str | None = None,
+               run_id: str | None = None, **kw: Any) -> ResilientStream:
+        """A streamed answer: ``with client.stream(...) as s: for delta in s: ...``, then
+        ``s.response``. Retries and fallback until the first delta reaches the caller;
+        ``StreamInterrupted`` after it (see ``llm_patterns.streaming``)."""
+        routes = self._routes()
+        request = prepare(routes, prompt, messages, max_tokens, kw)
+        return ResilientStream(routes, request, _labels(dag_id, task_id, run_id), self.clock)
+
+    def astream(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
+                dag_id: str | None = None, task_id: str | None = None,
+                run_id: str | None = None, **kw: Any) -> AsyncResilientStream:
+        """``stream`` for asyncio: ``async with client.astream(...) as s: async for ...``."""
+        routes = self._routes()
+        request = prepare(routes, prompt, messages, max_tokens, kw)
+        return AsyncResilientStream(routes, request, _labels(dag_id, task_id, run_id),
+                                    self.clock)
+
+    def _routes(self) -> list[Route]:
+        return [Route(p, self.retry, self.breakers.get(p.name), self.limiters.get(p.name),
+                      self.cost, p.name in self.refund_unused_tokens) for p in self.providers]
+
     def _event(self, kind: str, **data: Any) -> None:
         self._emit(kind, self.clock.now(), **data)
 
@@ -281,6 +305,11 @@ def _mapping(name: str, value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a dict keyed by provider name, got {value!r}")
     return value
+
+
+def _labels(dag_id: str | None, task_id: str | None, run_id: str | None) -> dict[str, str]:
+    return {k: x for k, x in (("dag_id", dag_id), ("task_id", task_id), ("run_id", run_id))
+            if x is not None}
 
 
 def _request(request: Any) -> Request:

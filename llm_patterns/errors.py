@@ -22,8 +22,10 @@ Each class carries its answers as data, and everything that decides reads them:
 | CircuitOpenError      | ours: the breaker is open               | no    | no     | yes        |
 | RateLimitTimeout      | ours: the limiter would wait too long   | no    | no     | yes        |
 | AllProvidersFailed    | ours: every provider failed             | no    | no     | yes        |
+| StreamInterrupted     | a stream failed after text was delivered| NO    | (2)    | NO         |
 
 (1) a model with a larger window may answer.
+(2) the cause's: an overloaded error mid-stream counts for the breaker, a caller's break does not.
 
 A server's ``x-should-retry: true|false`` header overrides ``retryable`` on that error (as both
 official SDKs obey it), except for billing: a ``QuotaExceededError`` is never retried.
@@ -69,6 +71,7 @@ __all__ = [
     "RateLimitError",
     "RateLimitTimeout",
     "ServerError",
+    "StreamInterrupted",
     "add_note",
     "describe",
     "error_from_answer",
@@ -251,6 +254,47 @@ class AllProvidersFailed(LLMError):
             detail = "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in self.errors)
             message = f"all {len(self.errors)} providers failed ({detail})"
         super().__init__(message)
+
+
+class StreamInterrupted(LLMError):
+    """A stream failed after some of its text reached the caller.
+
+    Never retried and never sent to another provider by the library: the caller already has
+    ``partial_text`` and alone can decide what to do with it (show it, discard it, ask again).
+    ``provider`` is the provider that was streaming; ``usage`` what the stream is known or
+    estimated to have cost so far; the error that broke it is ``__cause__`` (and ``cause``),
+    whose ``outage`` this error carries, so a breaker counts an overloaded stream, not a bad one.
+    """
+
+    retryable = False
+    falls_back = False
+
+    def __init__(self, message: str = "", *, partial_text: str = "", usage: Any = None,
+                 cause: BaseException | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.partial_text = partial_text
+        self.usage = usage
+        self.cause = cause
+        self.outage = is_outage(cause) if cause is not None else False
+
+    @classmethod
+    def of(cls, error: BaseException, *, partial_text: str, usage: Any = None) -> StreamInterrupted:
+        """The interruption of a stream by ``error``, after ``partial_text`` was delivered."""
+        status = getattr(error, "status_code", None)
+        detail = error.message if isinstance(error, LLMError) else str(error)
+        what = redact(" ".join(f"{type(error).__name__}: {detail}".split()))[:240]
+        return cls(
+            f"stream interrupted after {len(partial_text)} characters by {what}",
+            partial_text=partial_text, usage=usage, cause=error,
+            provider=getattr(error, "provider", None),
+            status_code=status if isinstance(status, int) else None,
+            request_id=getattr(error, "request_id", None),
+            code=getattr(error, "code", None),
+        )
+
+    def __repr__(self) -> str:  # never the text itself: it ends up in logs
+        return (f"StreamInterrupted(provider={self.provider!r}, "
+                f"partial_text=<{len(self.partial_text)} chars>, cause={self.cause!r})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -318,16 +318,25 @@ class LimiterConfig(Observable):
 
     def _ceilings(self, rh: RateHeaders, sent_at: float | None,
                   now: float) -> dict[str, float]:
-        """What the header allows per bucket kind: its remaining count less what this limiter
-        granted after ``sent_at`` (default: this thread's / task's last grant)."""
+        """What the header allows per bucket kind now. The server wrote ``remaining`` when
+        the answered request arrived, sent at ``sent_at`` (default: this thread's / task's
+        last grant): since then the server refilled for ``now - sent_at`` and was charged what
+        this limiter granted after it. Unknown ``sent_at``: the header is taken as current."""
         if sent_at is None:
             last = self._last_grant()
             sent_at = None if last is None else last[0]
         log = self._track()
-        since = ([0.0] * len(self.limits) if sent_at is None else
-                 log.since(sent_at, self.limits, now))
-        by_kind = dict(zip((lim.kind for lim in self.limits), since, strict=True))
-        return {kind: value - by_kind.get(kind, 0.0) for kind, value in rh.remaining.items()}
+        if sent_at is None:
+            return dict(rh.remaining)
+        since = log.since(sent_at, self.limits, now)
+        age = max(0.0, now - sent_at)
+        by_kind = {lim.kind: (lim.rate * age, granted)
+                   for lim, granted in zip(self.limits, since, strict=True)}
+        out = {}
+        for kind, remaining in rh.remaining.items():
+            refill, granted = by_kind.get(kind, (0.0, 0.0))
+            out[kind] = remaining + refill - granted
+        return out
 
     def _warn_limits(self, rh: RateHeaders) -> None:
         configured = {lim.kind: lim.per_minute for lim in self.limits}
@@ -614,7 +623,7 @@ class RateLimiter(LimiterConfig):
                     if not w.done:
                         self._drop(w)
         if self._remember:  # in the caller's context (the flow runs there)
-            _LAST_GRANT.set((id(self), w.at, w.ratio))
+            _LAST_GRANT.set((self._id, w.at, w.ratio))
         waited = w.at - w.start
         self._log_wait(waited, *w.demand)
         if self._subscribers:

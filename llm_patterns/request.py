@@ -6,12 +6,17 @@ A call arrives as ``prompt=`` or ``messages=``, ``max_tokens=`` and extra fields
 caller's mistakes as themselves: ``TypeError`` for a wrong type, ``ValueError`` for a wrong
 value (no prompt, ``max_tokens=0``, an image part the library cannot count), each naming the
 argument. Every layer after that reads the same immutable value; providers translate it into
-their wire format (``OpenAIProvider``: as is; ``AnthropicProvider``: ``system`` top-level).
+their wire format (``OpenAIProvider``: as is; ``AnthropicProvider``: translated, see
+``providers/_translate.py``).
 
 The messages are in OpenAI's chat format: ``{"role": ..., "content": ...}`` with ``content`` a
 str, a list of ``{"type": "text", "text": ...}`` parts (``cache_control`` and other keys kept),
-or None in an assistant turn that only calls tools. ``system=`` is folded into a leading system
-message, so both providers see the same request.
+or None in an assistant turn that only calls tools (``tool_calls``), answered by ``tool``
+messages. ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` are in
+OpenAI's format and checked here (``llm_patterns.tools``); the estimate counts the tools'
+schemas and the calls' arguments, as the model reads them. ``system=`` is folded into a leading
+system message, so both providers see the same request. ``stream`` is not a field: ``stream()``
+asks for a stream (and for its usage).
 
 ``to_messages``, ``prompt_text`` and ``content_text`` are the functions the request is built
 from, kept public for the callers that only need one step.
@@ -28,6 +33,13 @@ from typing import Any, NoReturn
 import httpx
 
 from .tokens import estimate_tokens
+from .tools import (
+    check_response_format,
+    check_tool_choice,
+    check_tool_turns,
+    check_tools,
+    tool_text,
+)
 
 __all__ = ["ROLES", "Request", "content_text", "prompt_text", "to_messages"]
 
@@ -37,7 +49,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Keys that are not request fields: fixed per provider, or labels for the cost tracker.
 _NOT_FIELDS = {
     "model": "the model is fixed per provider (make another provider for another model)",
-    "stream": "streaming is not supported by complete(); it returns the whole answer",
+    "stream": "complete() returns the whole answer; call stream() / astream() for a stream",
+    "stream_options": "stream() sets it (usage is always asked for)",
     "max_completion_tokens": "pass max_tokens= (each provider sends it under its own name)",
     "dag_id": "labels go to the cost tracker, not into the request",
     "task_id": "labels go to the cost tracker, not into the request",
@@ -82,6 +95,7 @@ class Request:
             text = prompt
         else:
             msgs = tuple(to_messages(prompt, messages))
+            check_tool_turns(msgs)
             text = prompt_text(msgs)
             prompt = None
         if extra:
@@ -93,6 +107,10 @@ class Request:
             extra_view: Mapping[str, Any] = MappingProxyType(extra)
         else:
             extra_view = _EMPTY
+        tools = extra_view.get("tools")
+        if tools is not None or (prompt is None and any("tool_calls" in m for m in msgs)):
+            # the model reads the tools' schemas and the calls' arguments too: count them
+            text = tool_text(msgs, tools, [content_text(m["content"]) for m in msgs])
         set_(self, "messages", msgs)
         set_(self, "max_tokens", max_tokens)
         set_(self, "extra", extra_view)
@@ -210,7 +228,23 @@ def _fields(
     for key, value in extra.items():
         if value.__class__ not in _SCALARS and not _jsonable(value):
             raise TypeError(f"{key}= must be JSON-serializable, got {value!r}")
+    _check_tool_fields(extra)
     return msgs, extra
+
+
+def _check_tool_fields(extra: Mapping[str, Any]) -> None:
+    """``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format``, in OpenAI's
+    format (see ``llm_patterns.tools``): checked here, translated by each provider."""
+    names = check_tools(extra["tools"]) if extra.get("tools") is not None else None
+    if "tools" in extra and extra["tools"] is None:
+        raise ValueError("tools=None: leave tools= out for no tools")
+    if extra.get("tool_choice") is not None:
+        check_tool_choice(extra["tool_choice"], names)
+    parallel = extra.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise TypeError(f"parallel_tool_calls must be True or False, got {parallel!r}")
+    if extra.get("response_format") is not None:
+        check_response_format(extra["response_format"])
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})

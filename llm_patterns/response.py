@@ -9,25 +9,37 @@ mixing the two conventions up is the classic double-counting bug in cost code.
 ``"length"`` (truncated at ``max_tokens``), ``"tool_calls"``, ``"content_filter"``, else the
 provider's raw value.
 
+A reply's tool calls are ``ToolCall(id, name, arguments)`` whichever API made them
+(``LLMResponse.tool_calls``); ``LLMResponse.message()`` is the assistant turn to append to the
+conversation (OpenAI's chat format, which every provider here translates), and
+``ToolCall.result(content)`` the ``tool`` turn answering a call.
+
 ``to_messages``, ``prompt_text`` and ``content_text`` live in ``llm_patterns.request`` (with the
 ``Request`` built from them) and are re-exported here for the callers that import them from here.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .request import Request, content_text, prompt_text, to_messages
+
+if TYPE_CHECKING:
+    from .providers import AsyncStream, Stream
 
 __all__ = [
     "FINISH_REASONS",
     "LLMResponse",
     "Provider",
     "Sender",
+    "StreamSender",
+    "ToolCall",
     "Usage",
     "asend",
+    "check_all",
     "content_text",
     "normalize_finish_reason",
     "prompt_text",
@@ -209,13 +221,50 @@ def normalize_finish_reason(raw: Any) -> str | None:
     return FINISH_REASONS.get(raw, raw)
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool call of a reply: the provider's call ``id``, the tool's ``name`` and the
+    ``arguments`` the model gave, parsed from JSON (always a dict: both APIs send an object)."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        for key in ("id", "name"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"ToolCall.{key} must be a non-empty str, got {value!r}")
+        if not isinstance(self.arguments, Mapping):
+            raise TypeError(f"ToolCall.arguments must be a dict, got "
+                            f"{type(self.arguments).__name__}")
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as the JSON text OpenAI's chat format carries them in."""
+        return json.dumps(dict(self.arguments), ensure_ascii=False)
+
+    def to_openai(self) -> dict[str, Any]:
+        """This call as an entry of an assistant message's ``tool_calls`` (OpenAI's format)."""
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments_json}}
+
+    def result(self, content: str) -> dict[str, Any]:
+        """The ``tool`` message that answers this call with ``content``."""
+        if not isinstance(content, str):
+            raise TypeError(f"content must be a str (serialize the tool's result, e.g. with "
+                            f"json.dumps), got {type(content).__name__}")
+        return {"role": "tool", "tool_call_id": self.id, "content": content}
+
+
 @dataclass
 class LLMResponse:
     """A completion, the same shape whichever provider answered.
 
     ``raw`` is the provider's parsed JSON and ``headers`` the HTTP response headers (so a client
     can re-sync its rate limiter from ``x-ratelimit-*``); both are left out of the repr.
-    ``finish_reason`` says why the answer ended (``"length"``: cut at ``max_tokens``).
+    ``finish_reason`` says why the answer ended (``"length"``: cut at ``max_tokens``;
+    ``"tool_calls"``: the model asks for ``tool_calls``, and ``text`` may be empty).
     """
 
     text: str
@@ -228,6 +277,7 @@ class LLMResponse:
     raw: Any = field(default=None, repr=False)
     headers: Mapping[str, str] | None = field(default=None, repr=False)
     finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -244,6 +294,24 @@ class LLMResponse:
             raise ValueError(f"latency_s must be >= 0, got {self.latency_s!r}")
         if self.finish_reason is not None and not isinstance(self.finish_reason, str):
             raise TypeError(f"finish_reason must be a str or None, got {self.finish_reason!r}")
+        if type(self.tool_calls) is not tuple:
+            if not isinstance(self.tool_calls, (list, tuple)):
+                raise TypeError(f"tool_calls must be a tuple of ToolCall, got "
+                                f"{type(self.tool_calls).__name__}")
+            self.tool_calls = tuple(self.tool_calls)
+        for call in self.tool_calls:
+            if not isinstance(call, ToolCall):
+                raise TypeError(f"tool_calls must hold ToolCall objects, got "
+                                f"{type(call).__name__}")
+
+    def message(self) -> dict[str, Any]:
+        """This reply as the assistant turn of a conversation (OpenAI's chat format, which every
+        provider here accepts): append it, then one ``call.result(...)`` per tool call."""
+        msg: dict[str, Any] = {"role": "assistant",
+                               "content": self.text if self.text or not self.tool_calls else None}
+        if self.tool_calls:
+            msg["tool_calls"] = [call.to_openai() for call in self.tool_calls]
+        return msg
 
 
 @runtime_checkable
@@ -284,6 +352,20 @@ class Sender(Protocol):
     async def asend(self, request: Request, *, time_left: float | None = None) -> LLMResponse: ...
 
 
+@runtime_checkable
+class StreamSender(Protocol):
+    """A provider (or a layer wrapping one) that streams a built ``Request``: ``send_stream``
+    returns a started ``Stream`` (read up to its first text delta; failures before that raised
+    as themselves, so they can be retried), ``asend_stream`` an ``AsyncStream``."""
+
+    name: str
+
+    def send_stream(self, request: Request, *, time_left: float | None = None) -> Stream: ...
+
+    async def asend_stream(self, request: Request, *,
+                           time_left: float | None = None) -> AsyncStream: ...
+
+
 def send(provider: Provider | Sender, request: Request, *,
          time_left: float | None = None) -> LLMResponse:
     """``provider.send(request)``, or for a provider with only ``complete()`` (a test double, a
@@ -293,6 +375,24 @@ def send(provider: Provider | Sender, request: Request, *,
     if method is not None:
         return method(request, time_left=time_left)  # type: ignore[no-any-return]
     return provider.complete(**request.complete_kwargs())  # type: ignore[union-attr]
+
+
+def check_all(providers: Any, request: Request) -> None:
+    """Raise the caller's ``ValueError``/``TypeError`` if any provider of a chain cannot take
+    ``request`` (its ``check``: a field or a conversation its API cannot take), before anything
+    is sent, with a note naming the provider. Providers without ``check`` are trusted."""
+    if not request.extra and request.prompt is not None:
+        return  # a lone prompt: every API takes it
+    for provider in providers:
+        check = getattr(provider, "check", None)
+        if check is None:
+            continue
+        try:
+            check(request)
+        except (ValueError, TypeError) as error:
+            error.add_note(f"(provider {getattr(provider, 'name', provider)!r} of the chain "
+                           f"cannot take this request)")
+            raise
 
 
 async def asend(provider: Provider | Sender, request: Request, *,

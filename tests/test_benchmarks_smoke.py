@@ -105,6 +105,19 @@ def test_overhead(tmp_path: Path) -> None:
                                    "breaker_vs_pybreaker"}
 
 
+def test_streaming(tmp_path: Path) -> None:
+    data = run("streaming.py", tmp_path)
+    readers = {(r["api"], r["reader"]) for r in data["per_chunk"]}
+    assert readers == {("openai", "ours"), ("openai", "openai SDK"), ("anthropic", "ours"),
+                       ("anthropic", "anthropic SDK")}
+    assert all(r["us_per_stream_long"] > r["us_per_stream_short"] > 0 for r in data["per_chunk"])
+    paths = {r["path"] for r in data["first_token"]}
+    assert {"openai SDK", "ours: OpenAIProvider.stream",
+            "ours: ResilientClient.stream (full stack)"} <= paths
+    assert set(data["ratios"]) >= {"openai_ours_vs_sdk_per_chunk",
+                                   "full_stack_first_token_vs_openai_sdk"}
+
+
 def test_simulation_speed(tmp_path: Path) -> None:
     data = run("simulation_speed.py", tmp_path)
     sim = data["simulation"]

@@ -546,10 +546,15 @@ def test_update_from_headers_lowers_but_never_raises():
     lim.acquire(500)
     lim.update_from_headers(httpx.Headers({"x-ratelimit-remaining-tokens": "4000"}),
                             sent_at=sent)
-    assert lim.status()["tokens_available"] == pytest.approx(2500)
+    # 4,000 + 1 (the server's refill over the 1 ms since) - 1,500 (granted since)
+    assert lim.status()["tokens_available"] == pytest.approx(2501)
     clock.advance(1.0)  # refill (1000 tokens/s) is what brings it back up
-    assert lim.status()["tokens_available"] == pytest.approx(3500)
+    assert lim.status()["tokens_available"] == pytest.approx(3501)
+    # by default the header answers this thread's last request, sent 1 s ago: the server has
+    # refilled 10 requests since
     lim.update_from_headers({"anthropic-ratelimit-requests-remaining": "3"})
+    assert lim.status()["requests_available"] == pytest.approx(13)
+    lim.update_from_headers({"anthropic-ratelimit-requests-remaining": "3"}, sent_at=clock.now())
     assert lim.status()["requests_available"] == 3
     lim.update_from_headers({"x-ratelimit-remaining-requests": "garbage"})  # ignored
     assert lim.status()["requests_available"] == 3
@@ -994,13 +999,16 @@ def test_a_stale_header_is_aged_by_what_was_granted_since_its_request():
     other.join()  # 2,000 granted to another thread after ours was sent
     # the server wrote 59,000 when our request arrived: it cannot know about the 2,000
     # locally: 60,000 - 1,000 + 100 (0.1 s of refill) - 2,000 = 57,100
-    lim.update_from_headers({"x-ratelimit-remaining-tokens": "59000"})
-    assert lim.status()["tokens_available"] == pytest.approx(57_000)  # 59,000 - 2,000
-    # the same header read as fresh (sent just now) would not have lowered anything
+    lim.update_from_headers({"x-ratelimit-remaining-tokens": "58500"})
+    # the server now holds 58,500 + 100 (its refill since) - 2,000 = 56,600
+    assert lim.status()["tokens_available"] == pytest.approx(56_600)
+    # read as fresh (sent now, nothing granted since), the same header lowers only to 58,500
     lim2 = RateLimiter(tpm=60_000, clock=clock, burst_seconds=60)
     lim2.acquire(3000)
-    lim2.update_from_headers({"x-ratelimit-remaining-tokens": "59000"}, sent_at=clock.now())
-    assert lim2.status()["tokens_available"] == pytest.approx(57_000)
+    lim2.update_from_headers({"x-ratelimit-remaining-tokens": "58500"}, sent_at=clock.now())
+    assert lim2.status()["tokens_available"] == pytest.approx(57_000)  # not lowered
+    lim2.update_from_headers({"x-ratelimit-remaining-tokens": "56000"}, sent_at=clock.now())
+    assert lim2.status()["tokens_available"] == pytest.approx(56_000)
 
 
 def test_update_from_headers_refuses_what_is_not_a_mapping():

@@ -34,9 +34,9 @@ if REDIS_SERVER is None:  # pragma: no cover - depends on the machine
 if importlib.util.find_spec("redis") is None:  # pragma: no cover - depends on the extra
     pytest.skip("the 'redis' package (extra [redis]) is not installed", allow_module_level=True)
 
-import redis
+import redis  # noqa: E402 - after the skip checks above
 
-from llm_patterns import (
+from llm_patterns import (  # noqa: E402 - after the skip checks above
     BudgetExceeded,
     CircuitOpenError,
     CircuitState,
@@ -48,15 +48,15 @@ from llm_patterns import (
     ServerError,
     VirtualClock,
 )
-from llm_patterns.state import (
+from llm_patterns.state import (  # noqa: E402 - after the skip checks above
     BreakerConfig,
     Limit,
     SharedCircuitBreaker,
     SharedRateLimiter,
     from_url,
 )
-from llm_patterns.state.budget import SharedBudget, SharedCostTracker
-from llm_patterns.state.redis import (
+from llm_patterns.state.budget import SharedBudget, SharedCostTracker  # noqa: E402 - after the skip checks above
+from llm_patterns.state.redis import (  # noqa: E402 - after the skip checks above
     BreakerStateUnavailable,
     LimiterStateUnavailable,
     RedisStore,
@@ -108,7 +108,8 @@ class RedisServer:
                     return
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                    raise RuntimeError(
+                        f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.02)
 
     def stop(self) -> None:
@@ -155,7 +156,7 @@ def _prefix() -> str:
 # test's VirtualClock (server_time=False: deterministic; the production default reads Redis
 # TIME, tested below).
 
-import test_state_sqlite as _contract
+import test_state_sqlite as _contract  # noqa: E402 - after the skip checks above
 
 CONTRACT_TESTS = [
     "test_acquire_is_all_or_nothing", "test_buckets_refill_but_never_overfill",

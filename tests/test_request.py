@@ -133,7 +133,8 @@ def test_valid_shapes_pass():
     Request(messages=[
         {"role": "developer", "content": "d"},
         {"role": "user", "content": ""},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "content": "42", "tool_call_id": "c1"},
     ])
     Request("", max_tokens=1, timeout=httpx.Timeout(5.0), temperature=0, stop=["\n"])

@@ -177,7 +177,7 @@ def test_bad_input_is_rejected(store):
         store.limiter_acquire("k", REQ_TOK, 5)
     with pytest.raises(ValueError, match="seconds must be a finite number >= 0, got -1"):
         store.limiter_pause("k", REQ_TOK, -1)
-    with pytest.raises(ValueError, match="seconds .* got inf"):
+    with pytest.raises(ValueError, match=r"seconds .* got inf"):
         store.limiter_pause("k", REQ_TOK, float("inf"))
     with pytest.raises(TypeError, match="ticket must be"):
         store.limiter_acquire("k", REQ_TOK, (1, 1, 0), ticket=7)

@@ -16,14 +16,18 @@ it reuses that provider's own code at both ends:
   timeout, a malformed body) goes through the provider's HTTP answer mapping (``answer``), so
   errors, messages and ``retry_after`` are the HTTP path's.
 
-Differences: ``LLMResponse.headers`` has no ``content-length`` (nothing was serialized), a
-request body that JSON could not encode is not refused here, and there is no streaming (use the
-HTTP path, ``server.client()``, for streams).
+Streams (``stream`` / ``astream``, ``send_stream`` / ``asend_stream``) are the server's own
+event frames, paced on its clock (``chunk_delay``) and read by the provider's own stream reader
+(``read_stream``): the same deltas, errors and endings as over HTTP.
+
+Differences: ``LLMResponse.headers`` has no ``content-length`` (nothing was serialized), and a
+request body that JSON could not encode is not refused here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -31,11 +35,12 @@ import httpx
 
 from ..clock import Clock
 from ..errors import error_from_exception
-from ..providers import DEFAULT_TIMEOUT, HTTPProvider
+from ..providers import DEFAULT_TIMEOUT, AsyncOpening, AsyncStream, HTTPProvider, Stream
 from ..request import Request
 from ..response import LLMResponse
 from .apis import APIS, BASE_URLS, DEFAULT_MODELS, api_for_path
 from .request import BadRequest, ChatRequest, parse_body
+from .stream import DROPPED, StreamPlan
 
 if TYPE_CHECKING:
     from .server import MockLLMServer, Plan
@@ -75,18 +80,14 @@ class DirectProvider:
         return (f"DirectProvider(name={self.name!r}, model={self.model!r}, api={self.api!r}, "
                 f"server={self.server.name!r})")
 
-    def _send(self, prompt: str | None, messages: Any, max_tokens: int,
-              kw: dict[str, Any]) -> tuple[str, Plan]:
-        body = self._wire.encode(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
+    def _send(self, request: Request, stream: bool = False) -> tuple[str, Plan]:
+        body = self._wire.encode(request, stream=stream)
         url = self._wire.base_url + self._wire.path
         path = url[len(self._origin):]
         route = api_for_path(path)
         parsed: ChatRequest | None = None
         bad: BadRequest | None = None
         if route is not None:
-            if body.get("stream"):
-                raise ValueError("a direct mock provider does not stream: use the HTTP path "
-                                 "(server.client()) for streams")
             try:
                 parsed = parse_body(route, body)
             except BadRequest as exc:
@@ -104,10 +105,11 @@ class DirectProvider:
         body = plan.body
         if plan.status == 200 and type(body) is dict:  # a completion: read it as it is
             try:
-                text, model, usage, finish = self._wire.decode(body, 200)
+                text, model, usage, finish, calls = self._wire.decode(body, 200)
             except Exception:  # let the HTTP path map it exactly
                 pass
             else:
+                assert usage is not None
                 latency = max(0.0, self.clock.now() - started)
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug(
@@ -117,22 +119,88 @@ class DirectProvider:
                     )
                 return LLMResponse(text=text, model=model, provider=self.name, usage=usage,
                                    latency_s=latency, raw=body, headers=dict(plan.headers),
-                                   finish_reason=finish)
+                                   finish_reason=finish, tool_calls=calls)
         latency = max(0.0, self.clock.now() - started)
         return self._wire.answer(plan.status, plan.headers, plan.content(), latency=latency)
+
+    def check(self, request: Request) -> None:
+        """``ValueError``/``TypeError`` if this provider's API cannot take ``request``."""
+        self._wire.check(request)
+
+    def send(self, request: Request, *, time_left: float | None = None) -> LLMResponse:
+        """One completion for a built ``Request``; the latency passes on the server's clock."""
+        started = self.clock.now()
+        url, plan = self._send(request)
+        self.server.clock.sleep(plan.delay)
+        return self._result(url, plan, started)
+
+    async def asend(self, request: Request, *, time_left: float | None = None) -> LLMResponse:
+        """``send`` for async callers (``await clock.asleep`` for the latency)."""
+        started = self.clock.now()
+        url, plan = self._send(request)
+        await self.server.clock.asleep(plan.delay)
+        return self._result(url, plan, started)
 
     def complete(self, prompt: str | None = None, *, messages: Any = None,
                  max_tokens: int = 256, **kw: Any) -> LLMResponse:
         """One completion; the latency passes on the server's clock (``clock.sleep``)."""
-        started = self.clock.now()
-        url, plan = self._send(prompt, messages, max_tokens, kw)
-        self.server.clock.sleep(plan.delay)
-        return self._result(url, plan, started)
+        return self.send(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
 
     async def acomplete(self, prompt: str | None = None, *, messages: Any = None,
                         max_tokens: int = 256, **kw: Any) -> LLMResponse:
         """The async twin of ``complete`` (``await clock.asleep`` for the latency)."""
+        return await self.asend(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
+
+    # -- streams ---------------------------------------------------------------------------------
+    def _frames(self, frames: StreamPlan) -> Iterator[bytes]:
+        for frame, delay in zip(frames.frames, frames.delays, strict=True):
+            if delay:
+                self.server.clock.sleep(delay)
+            yield frame
+        if frames.drop_after is not None:
+            raise httpx.RemoteProtocolError(DROPPED)
+
+    async def _aframes(self, frames: StreamPlan) -> AsyncIterator[bytes]:
+        for frame, delay in zip(frames.frames, frames.delays, strict=True):
+            if delay:
+                await self.server.clock.asleep(delay)
+            yield frame
+        if frames.drop_after is not None:
+            raise httpx.RemoteProtocolError(DROPPED)
+
+    def send_stream(self, request: Request, *, time_left: float | None = None) -> Stream:
+        """A streamed answer, started (see ``HTTPProvider.send_stream``): the server's event
+        frames, paced on its clock, read by the provider's own stream reader."""
         started = self.clock.now()
-        url, plan = self._send(prompt, messages, max_tokens, kw)
+        url, plan = self._send(request, stream=True)
+        self.server.clock.sleep(plan.delay)
+        if plan.stream is None:  # an error, or a fault that replaced the stream
+            return Stream.of_response(self._result(url, plan, started))
+        self.server.settle(plan)
+        return self._wire.read_stream(request, plan.headers, self._frames(plan.stream),
+                                      started=started, time_left=time_left,
+                                      decoded=True).start()
+
+    async def asend_stream(self, request: Request, *,
+                           time_left: float | None = None) -> AsyncStream:
+        """``send_stream`` for async callers."""
+        started = self.clock.now()
+        url, plan = self._send(request, stream=True)
         await self.server.clock.asleep(plan.delay)
-        return self._result(url, plan, started)
+        if plan.stream is None:
+            return AsyncStream.of_response(self._result(url, plan, started))
+        self.server.settle(plan)
+        return await self._wire.aread_stream(request, plan.headers, self._aframes(plan.stream),
+                                             started=started, time_left=time_left,
+                                             decoded=True).start()
+
+    def stream(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
+               **kw: Any) -> Stream:
+        """A streamed completion: ``with provider.stream(...) as s: for delta in s``."""
+        return self.send_stream(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
+
+    def astream(self, prompt: str | None = None, *, messages: Any = None,
+                max_tokens: int = 256, **kw: Any) -> AsyncOpening:
+        """``async with provider.astream(...) as s: async for delta in s``."""
+        request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
+        return AsyncOpening(lambda: self.asend_stream(request))

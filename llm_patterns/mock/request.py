@@ -587,6 +587,9 @@ def _anthropic(body: Any) -> ChatRequest:
         last_role, last_has_result = role, bool(results)
     if asked:
         raise _unanswered_anthropic(len(messages) - 1, asked)
+    if not tools and _has_tool_blocks(messages):
+        raise _an_bad("Requests which include `tool_use` or `tool_result` blocks must define "
+                      "tools.")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _an_bad("stream: Input should be a valid boolean", "stream")
@@ -594,6 +597,12 @@ def _anthropic(body: Any) -> ChatRequest:
         choice not in (None, "auto") or (last_role == "user" and not last_has_result))
     return ChatRequest(model, "\n".join(prompt.parts), last_text, max_tokens, stream, False,
                        tools, choice, wants, tuple(prompt.breakpoints))
+
+
+def _has_tool_blocks(messages: list[Any]) -> bool:
+    return any(isinstance(block, dict) and block.get("type") in ("tool_use", "tool_result")
+               for message in messages if isinstance(message.get("content"), list)
+               for block in message["content"])
 
 
 def _unanswered_anthropic(index: int, ids: list[str]) -> BadRequest:

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple, Self
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,9 +45,10 @@ from ..errors import (
     request_id_from_headers,
 )
 from ..request import Request
-from ..response import LLMResponse, Usage
+from ..response import LLMResponse, ToolCall, Usage
 from ._body import ACCEPT_ENCODING, Body
 from ._clients import DEFAULT_TIMEOUT, LoopClients, new_async_client, new_client
+from ._stream import AsyncOpening, AsyncStream, Stream, StreamCore, StreamDecoder
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -70,12 +71,14 @@ _INVALID = object()
 
 
 class Completion(NamedTuple):
-    """What a provider reads from a 2xx body (its ``decode``)."""
+    """What a provider reads from a 2xx body (its ``decode``) or a whole stream. ``usage`` is
+    None only for a stream that reported none (an OpenAI-compatible server may not)."""
 
     text: str
     model: str
-    usage: Usage
+    usage: Usage | None
     finish_reason: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 def require_int(mapping: Mapping[str, Any], key: str, where: str) -> int:
@@ -145,16 +148,26 @@ class _Attempt:
     the headers (a traceback rendered with its locals shows none of them).
     """
 
-    __slots__ = ("body", "deadline", "error", "http_request", "provider", "response", "started")
+    __slots__ = ("body", "deadline", "error", "http_request", "provider", "request", "response",
+                 "started", "stream", "time_left")
 
     def __init__(self, provider: HTTPProvider, request: Request,
-                 client: httpx.Client | httpx.AsyncClient, time_left: float | None) -> None:
+                 client: httpx.Client | httpx.AsyncClient, time_left: float | None,
+                 stream: bool = False) -> None:
         self.provider = provider
+        self.request = request
+        self.stream = stream
+        self.time_left = time_left
         timeout, total = provider._timeouts(request, time_left)
-        content = provider._dumps(provider.encode(request))
+        if stream:
+            content = provider._dumps(provider.encode(request, stream=True))
+            headers = provider._headers()
+            headers["accept"] = "text/event-stream"
+        else:
+            content = provider._dumps(provider.encode(request))
+            headers = provider._headers()
         self.http_request = client.build_request(
-            "POST", provider._url, content=content, headers=provider._headers(),
-            timeout=timeout,
+            "POST", provider._url, content=content, headers=headers, timeout=timeout,
         )
         self.started = provider.clock.now()
         self.deadline = None if total is None else self.started + total
@@ -183,6 +196,13 @@ class _Attempt:
         if loaded is not None:
             self.body.feed(loaded)
         return loaded is None
+
+    def streaming(self) -> bool:
+        """Whether the answer is an event stream to read as it comes (else it is read whole:
+        an error, or a server that answered a stream request with one JSON body)."""
+        response = self.response
+        return (self.stream and response is not None and response.is_success
+                and response.headers.get("content-type", "").startswith("text/event-stream"))
 
     def read(self, chunks: Iterable[bytes]) -> None:
         """The raw body chunks of a sync response."""
@@ -300,10 +320,21 @@ class HTTPProvider:
     def _auth(self, key: str) -> dict[str, str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def encode(self, request: Request) -> dict[str, Any]:  # pragma: no cover - abstract
-        """The JSON body of ``request`` in this API's format; ``ValueError`` for what it cannot
-        take."""
+    def encode(self, request: Request, *,
+               stream: bool = False) -> dict[str, Any]:  # pragma: no cover - abstract
+        """The JSON body of ``request`` in this API's format (``stream``: asking for a stream);
+        ``ValueError`` for what it cannot take."""
         raise NotImplementedError
+
+    def stream_decoder(self, request: Request) -> StreamDecoder:  # pragma: no cover - abstract
+        """A reader of this API's stream events for one request."""
+        raise NotImplementedError
+
+    def check(self, request: Request) -> None:
+        """Raise ``ValueError``/``TypeError`` if this provider cannot take ``request`` (a field
+        its API cannot take, a conversation it cannot translate), without sending anything.
+        A client runs it for every provider of a fallback chain before the first is called."""
+        self.encode(request)
 
     def decode(self, body: dict[str, Any], status: int = 200) -> Completion:  # pragma: no cover
         """Read a 2xx JSON body. Raise ``MalformedResponse``/``ContentFilterError``; any other
@@ -369,17 +400,21 @@ class HTTPProvider:
             outcome.request_id = outcome.request_id or request_id_from_headers(headers)
             return outcome
         completion, raw = outcome
+        usage = completion.usage
+        if usage is None:  # decode always reads one; a stream's finish may not
+            return MalformedResponse("no usage in the completion", provider=self.name,
+                                     status_code=status)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s: POST %s -> %d in %.2f s (%d prompt + %d completion tokens, %d cached, "
                 "finish %s)", self.name, self.path, status, latency,
-                completion.usage.prompt_tokens, completion.usage.completion_tokens,
-                completion.usage.cached_tokens, completion.finish_reason,
+                usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                completion.finish_reason,
             )
         return LLMResponse(
             text=completion.text, model=completion.model, provider=self.name,
-            usage=completion.usage, latency_s=latency, raw=raw, headers=dict(headers.items()),
-            finish_reason=completion.finish_reason,
+            usage=usage, latency_s=latency, raw=raw, headers=dict(headers.items()),
+            finish_reason=completion.finish_reason, tool_calls=completion.tool_calls,
         )
 
     def _completion(self, status: int, headers: httpx.Headers,
@@ -491,6 +526,103 @@ class HTTPProvider:
             attempt.read_failed(error)
         return attempt.outcome()
 
+    def send_stream(self, request: Request, *, time_left: float | None = None) -> Stream:
+        """A streamed answer for a built ``Request``, started: it has read up to its first text
+        delta (or its end), and any failure up to there is raised here as a §3 error, so it
+        may be retried. Iterate it for the deltas; ``.response`` after the loop."""
+        client = self._sync_client()
+        attempt = _Attempt(self, request, client, time_left, stream=True)
+        response = None
+        unread = False
+        try:
+            response = client.send(attempt.http_request, stream=True)
+            unread = attempt.received(response)
+            if unread and not attempt.streaming():
+                attempt.read(response.iter_raw())
+        except httpx.HTTPError as exc:
+            attempt.transport_failed(exc)
+        except LLMError as error:
+            attempt.read_failed(error)
+        if attempt.error is not None or not attempt.streaming():
+            if response is not None:
+                response.close()
+            return Stream.of_response(attempt.outcome())
+        assert response is not None and attempt.body is not None
+        chunks = response.iter_raw() if unread else iter([attempt.body.content()])
+        return self.read_stream(request, response.headers, chunks, started=attempt.started,
+                                time_left=time_left, close=response.close,
+                                decoded=not unread).start()
+
+    async def asend_stream(self, request: Request, *,
+                           time_left: float | None = None) -> AsyncStream:
+        """``send_stream`` for async callers."""
+        client = await self._aclient()
+        attempt = _Attempt(self, request, client, time_left, stream=True)
+        response = None
+        unread = False
+        try:
+            response = await client.send(attempt.http_request, stream=True)
+            unread = attempt.received(response)
+            if unread and not attempt.streaming():
+                await attempt.aread(response.aiter_raw())
+        except httpx.HTTPError as exc:
+            attempt.transport_failed(exc)
+        except LLMError as error:
+            attempt.read_failed(error)
+        if attempt.error is not None or not attempt.streaming():
+            if response is not None:
+                await response.aclose()
+            return AsyncStream.of_response(attempt.outcome())
+        assert response is not None and attempt.body is not None
+        chunks = response.aiter_raw() if unread else _once(attempt.body.content())
+        return await self.aread_stream(request, response.headers, chunks,
+                                       started=attempt.started, time_left=time_left,
+                                       close=response.aclose, decoded=not unread).start()
+
+    def _stream_core(self, request: Request, headers: Mapping[str, str], started: float,
+                     time_left: float | None, decoded: bool) -> StreamCore:
+        timeout, total = self._timeouts(request, time_left)
+        body = Body(headers, limit=self.max_response_bytes,
+                    deadline=None if total is None else started + total, clock=self.clock,
+                    provider=self.name, status=200, decoded=decoded)
+        return StreamCore(
+            provider=self.name, model=self.model, request=request,
+            decoder=self.stream_decoder(request), body=body, headers=headers, clock=self.clock,
+            started=started, idle=timeout.read if timeout.read is not None else total,
+            cap=None if time_left is None else started + time_left)
+
+    def read_stream(self, request: Request, headers: Mapping[str, str], chunks: Iterable[bytes],
+                    *, started: float, time_left: float | None = None,
+                    close: Callable[[], None] | None = None, decoded: bool = False) -> Stream:
+        """The (not yet started) stream of a 200 event-stream answer to ``request``, read from
+        ``chunks`` (raw body bytes; ``decoded``: already decompressed): the HTTP path's, and
+        the in-process mock's. ``close`` releases the source when the stream ends."""
+        core = self._stream_core(request, headers, started, time_left, decoded)
+        return Stream(core, iter(chunks), close)
+
+    def aread_stream(self, request: Request, headers: Mapping[str, str],
+                     chunks: AsyncIterable[bytes], *, started: float,
+                     time_left: float | None = None,
+                     close: Callable[[], Awaitable[None]] | None = None,
+                     decoded: bool = False) -> AsyncStream:
+        """``read_stream`` for an async source."""
+        core = self._stream_core(request, headers, started, time_left, decoded)
+        return AsyncStream(core, aiter(chunks), close)
+
+    def stream(self, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None,
+               max_tokens: int = 256, **kw: Any) -> Stream:
+        """A streamed completion: ``with provider.stream("...") as s: for delta in s: ...``,
+        then ``s.response``. The arguments are those of ``complete``."""
+        return self.send_stream(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
+
+    def astream(self, prompt: str | None = None, *,
+                messages: list[dict[str, Any]] | None = None, max_tokens: int = 256,
+                **kw: Any) -> AsyncOpening:
+        """``stream`` for async callers: ``async with provider.astream(...) as s: async for
+        delta in s: ...``. The arguments are checked at once, before anything is awaited."""
+        request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
+        return AsyncOpening(lambda: self.asend_stream(request))
+
     def complete(
         self,
         prompt: str | None = None,
@@ -514,6 +646,10 @@ class HTTPProvider:
     ) -> LLMResponse:
         """``complete`` for async callers."""
         return await self.asend(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _json_object(content: bytes) -> Any:

@@ -144,3 +144,11 @@ class Body:
 
     def content(self) -> bytes:
         return b"".join(self._parts)
+
+    def take(self) -> bytes:
+        """The bytes decoded since the last ``take`` (a stream is read as it comes, not kept)."""
+        parts = self._parts
+        if not parts:
+            return b""
+        self._parts = []
+        return parts[0] if len(parts) == 1 else b"".join(parts)
