@@ -106,7 +106,7 @@ class BackoffPolicy:
         return max(0.0, min(value, self.max_delay))
 
     def delays(self, n: int, rng: random.Random | None = None) -> Iterator[float]:
-        """The first ``n`` delays (attempts 0 .. n-1), feeding each into the next as ``previous``."""
+        """The first ``n`` delays (attempts 0 .. n-1), each fed into the next as ``previous``."""
         return self._iter_delays(v.integer("n", n, minimum=0), rng)
 
     def _iter_delays(self, n: int, rng: random.Random | None) -> Iterator[float]:

@@ -10,10 +10,13 @@ too small. What stops the chain is the error taxonomy's answer (``errors.stops_c
 request, an exhausted budget, and the caller's own mistakes (``ValueError``/``TypeError``: a bad
 ``max_tokens``, no prompt, a request no rate-limit bucket can ever hold), raised as themselves.
 
-The request is built and checked once (``Request``), before anything is spent. The pieces are
-typed against the protocols (``Limiter``, ``Breaker``, ``CostGate``), so the in-process and the
-store-backed (``Shared*``) ones plug in alike. ``complete`` and ``acomplete`` are thin shells
-over one flow (``_twin``); the async path never blocks the event loop on a store or a ledger.
+The request is built and checked once (``Request``), and against every provider of the chain
+and its limiter before anything is spent: a request the backup could not take is the caller's
+``ValueError`` now, not a surprise in the middle of an outage. The pieces are typed against the
+protocols (``Limiter``, ``Breaker``, ``CostGate``), so the in-process and the store-backed
+(``Shared*``) ones plug in alike. ``complete``/``acomplete`` and ``stream``/``astream`` are
+thin shells over one flow (``_twin``); the async paths never block the event loop on a store or
+a ledger.
 
 With a hard budget (``CostTracker(budget=B, hard_limit=True)`` or ``SharedCostTracker``) each
 attempt reserves its worst-case cost before it is sent and settles it after: the recorded total
@@ -24,8 +27,7 @@ stays within its estimate (prompt estimate + ``max_tokens``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from . import _validate as v
 from ._twin import Flow, arun, run
@@ -39,14 +41,18 @@ from .layers import (
     ContextLayer,
     Layer,
     LimiterLayer,
+    ManualBreaker,
     ProviderLayer,
     RetryLayer,
+    attach,
+    stamp,
 )
 from .protocols import Breaker, CostGate, Demand, Limiter
+from .providers import StreamEnd
 from .request import Request
-from .response import LLMResponse, Provider
+from .response import LLMResponse, Provider, check_all
 from .retry import RetryPolicy
-from .streaming import AsyncResilientStream, ResilientStream, Route, prepare
+from .streaming import AsyncResilientStream, Opened, ResilientStream
 
 __all__ = ["ResilientClient"]
 
@@ -59,14 +65,14 @@ class ResilientClient(Observable):
     ``deadline`` bounds each provider's attempts, and shrinks each attempt's timeout to the time
     left). ``cost`` is a ``CostGate`` (``CostTracker``, ``SharedCostTracker``).
     ``refund_unused_tokens`` names the providers whose rate limits count actual usage rather
-    than ``max_tokens`` (Anthropic's output limit does): only for those is the limiter given back
-    the tokens a request did not use. ``check_context``: refuse, per provider, a request that
-    cannot fit its model's window.
+    than ``max_tokens`` (Anthropic's input and output limits do): only for those is the limiter
+    given back the tokens a request did not use. ``check_context``: refuse, per provider, a
+    request that cannot fit its model's window.
 
     Events (``subscribe``, source "client"): ``attempt`` (provider, attempt, tokens), ``error``
     (provider, error_type, status_code, error), ``response`` (provider, attempts, latency, cost,
-    prompt_tokens, completion_tokens). ``close()``/``aclose()`` (or ``with``/``async with``)
-    close the providers.
+    prompt_tokens, completion_tokens; for a stream once it ends). ``close()``/``aclose()`` (or
+    ``with``/``async with``) close the providers.
     """
 
     _event_source = "client"
@@ -77,24 +83,28 @@ class ResilientClient(Observable):
         *,
         limiters: Mapping[str, Limiter] | None = None,
         retry: RetryPolicy | None = None,
-        breakers: Mapping[str, Breaker] | None = None,
-        cost: CostGate | None = None,
+        breakers: Mapping[str, Breaker | ManualBreaker] | None = None,
+        cost: CostGate[Any] | None = None,
         clock: Clock | None = None,
         refund_unused_tokens: Iterable[str] = (),
         check_context: bool = True,
         name: str = "client",
     ) -> None:
-        if isinstance(providers, (str, bytes)) or not isinstance(providers, Sequence):
+        if not isinstance(providers, Sequence) or isinstance(cast(Any, providers), (str, bytes)):
             raise TypeError(f"providers must be a list of providers, got {providers!r}")
         providers = list(providers)
         if not providers:
             raise ValueError("providers must name at least one provider, got an empty list")
         names = [getattr(p, "name", None) for p in providers]
+        for i, pname in enumerate(names):
+            if not isinstance(pname, str) or not pname:
+                raise ValueError(f"providers[{i}] needs a non-empty str name, got {pname!r}")
         if len(set(names)) != len(names):
             raise ValueError(f"provider names must be unique, got {names!r}")
         limiters = dict(_mapping("limiters", limiters))
         breakers = dict(_mapping("breakers", breakers))
-        if isinstance(refund_unused_tokens, str):
+        if isinstance(refund_unused_tokens, (str, bytes)) or \
+                not isinstance(refund_unused_tokens, Iterable):
             raise TypeError("refund_unused_tokens must be a list of provider names, got "
                             f"{refund_unused_tokens!r}")
         refund = set(refund_unused_tokens)
@@ -103,11 +113,17 @@ class ResilientClient(Observable):
             unknown = sorted(set(keyed) - set(names), key=str)
             if unknown:
                 raise ValueError(f"{label} names unknown providers {unknown!r}; known: {names!r}")
+        for pname, limiter in limiters.items():
+            if not isinstance(limiter, Limiter):
+                raise TypeError(f"limiters[{pname!r}] must be a Limiter (RateLimiter, "
+                                f"SharedRateLimiter ...), got {limiter!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         if cost is not None and not isinstance(cost, CostGate):
             raise TypeError(f"cost must be a CostGate (a CostTracker, SharedCostTracker ...), "
                             f"got {cost!r}")
+        if clock is not None and not callable(getattr(clock, "now", None)):
+            raise TypeError(f"clock must be a Clock (now, sleep, asleep), got {clock!r}")
         self.name = v.text("name", name)
         self.check_context = v.boolean("check_context", check_context)
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -120,9 +136,10 @@ class ResilientClient(Observable):
                 model = getattr(p, "model", None)
                 if model and prices is not None:
                     prices[model]
-        self.chain = FallbackChain([self._stack(p) for p in providers], name=name,
-                                   clock=self.clock)
-        self._closed = False
+        # the chain asks each provider's outermost layer (a layer is a provider)
+        self.chain = FallbackChain(cast(list[Provider], [self._stack(p) for p in providers]),
+                                   name=name, clock=self.clock)
+        self._checked_limiters = self._limiter_checks()
 
     def _stack(self, provider: Provider) -> Layer:
         """The layers in front of one provider (module docstring)."""
@@ -142,10 +159,16 @@ class ResilientClient(Observable):
             layer = ContextLayer(layer)
         return layer
 
+    def _limiter_checks(self) -> tuple[Any, ...]:
+        """The fit checks of the backups' limiters (``Limiter.check``): the first provider's
+        own ``acquire`` makes the same check before anything waits or is sent."""
+        return tuple(lim.check for p in self.providers[1:]
+                     if (lim := self.limiters.get(p.name)) is not None)
+
     @property
     def stacks(self) -> list[Layer]:
         """Each provider's outermost layer, in order."""
-        return list(self.chain.providers)
+        return cast(list[Layer], list(self.chain.providers))
 
     def set_limiter(self, provider: str, limiter: Limiter | None) -> None:
         """Put ``limiter`` in front of ``provider`` from the next call on (None: none)."""
@@ -154,10 +177,13 @@ class ResilientClient(Observable):
             raise ValueError(f"unknown provider {provider!r}; known: {names!r}")
         if limiter is None:
             self.limiters.pop(provider, None)
+        elif not isinstance(limiter, Limiter):
+            raise TypeError(f"limiter must be a Limiter or None, got {limiter!r}")
         else:
             self.limiters[provider] = limiter
         i = names.index(provider)
-        self.chain.providers[i] = self._stack(self.providers[i])
+        self.chain.providers[i] = cast(Provider, self._stack(self.providers[i]))
+        self._checked_limiters = self._limiter_checks()
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -167,7 +193,8 @@ class ResilientClient(Observable):
         """One completion from the first provider that can give it. ``dag_id``, ``task_id``,
         ``run_id`` label its cost record; other keywords are request fields."""
         request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
-        return run(self._flow(request, dag_id, task_id, run_id))
+        response: LLMResponse = run(self._flow(request, _labels(dag_id, task_id, run_id)))
+        return response
 
     async def acomplete(self, prompt: str | None = None, *, messages: Any = None,
                         max_tokens: int = 256, dag_id: str | None = None,
@@ -175,74 +202,62 @@ class ResilientClient(Observable):
                         **kw: Any) -> LLMResponse:
         """``complete`` for asyncio."""
         request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
-        return await arun(self._flow(request, dag_id, task_id, run_id))
+        response: LLMResponse = await arun(self._flow(request,
+                                                      _labels(dag_id, task_id, run_id)))
+        return response
 
     def send(self, request: Request, *, dag_id: str | None = None, task_id: str | None = None,
              run_id: str | None = None) -> LLMResponse:
         """``complete`` for a ``Request`` already built."""
-        return run(self._flow(_request(request), dag_id, task_id, run_id))
+        response: LLMResponse = run(self._flow(_request(request),
+                                               _labels(dag_id, task_id, run_id)))
+        return response
 
     async def asend(self, request: Request, *, dag_id: str | None = None,
                     task_id: str | None = None, run_id: str | None = None) -> LLMResponse:
-        return await arun(self._flow(_request(request), dag_id, task_id, run_id))
-
-    def _flow(self, request: Request, dag_id: str | None, task_id: str | None,
-              run_id: str | None) -> Flow[LLMResponse]:
-        """One call: the fallback chain over the providers' layers."""
-        labels: dict[str, str] = {}
-        if dag_id is not None or task_id is not None or run_id is not None:
-            labels = {k: v.text(k, x, empty=True) for k, x in
-                      (("dag_id", dag_id), ("task_id", task_id), ("run_id", run_id))
-                      if x is not None}
-        events = self._event if self._subscribers else None  # decided once per call
-        demand = Demand(request.input_tokens, request.max_tokens)
-        clock = self.clock
-        calls: list[Call] = []
-
-        def attempt(position: int, stack: Layer) -> Flow[LLMResponse]:
-            call = Call(demand, labels, events)
-            call.started = clock.now()
-            calls.append(call)
-            return stack.flow(request, call)
-
-        def finish(position: int, response: LLMResponse) -> LLMResponse:
-            """The answer with this provider's attempts and latency (and fallback_used)."""
-            call = calls[-1]
-            response = replace(response, attempts=max(call.attempts, 1),
-                               latency_s=clock.now() - call.started,
-                               fallback_used=position > 0)
-            if events is not None:
-                usage = response.usage
-                events("response", provider=self.chain.providers[position].name,
-                       attempts=response.attempts, latency=response.latency_s, cost=call.cost,
-                       prompt_tokens=usage.prompt_tokens,
-                       completion_tokens=usage.completion_tokens)
-            return response
-
-        return self.chain.flow(request, attempt, finish)
+        """``send`` for asyncio."""
+        response: LLMResponse = await arun(self._flow(_request(request),
+                                                      _labels(dag_id, task_id, run_id)))
+        return response
 
     def stream(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
                dag_id: str | None = None, task_id: str | None = None,
                run_id: str | None = None, **kw: Any) -> ResilientStream:
         """A streamed answer: ``with client.stream(...) as s: for delta in s: ...``, then
         ``s.response``. Retries and fallback until the first delta reaches the caller;
-        ``StreamInterrupted`` after it (see ``llm_patterns.streaming``)."""
-        routes = self._routes()
-        request = prepare(routes, prompt, messages, max_tokens, kw)
-        return ResilientStream(routes, request, _labels(dag_id, task_id, run_id), self.clock)
+        ``StreamInterrupted`` after it (see ``llm_patterns.streaming``). The request is checked
+        against the whole chain here, before the stream is opened."""
+        request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
+        labels = _labels(dag_id, task_id, run_id)
+        demand = self._check(request)
+        return ResilientStream(lambda: self._flow(request, labels, demand, stream=True))
 
     def astream(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
                 dag_id: str | None = None, task_id: str | None = None,
                 run_id: str | None = None, **kw: Any) -> AsyncResilientStream:
         """``stream`` for asyncio: ``async with client.astream(...) as s: async for ...``."""
-        routes = self._routes()
-        request = prepare(routes, prompt, messages, max_tokens, kw)
-        return AsyncResilientStream(routes, request, _labels(dag_id, task_id, run_id),
-                                    self.clock)
+        request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
+        labels = _labels(dag_id, task_id, run_id)
+        demand = self._check(request)
+        return AsyncResilientStream(lambda: self._flow(request, labels, demand, stream=True))
 
-    def _routes(self) -> list[Route]:
-        return [Route(p, self.retry, self.breakers.get(p.name), self.limiters.get(p.name),
-                      self.cost, p.name in self.refund_unused_tokens) for p in self.providers]
+    def _check(self, request: Request) -> Demand:
+        """The chain-wide check, before anything is spent: every provider can take the request
+        (``check_all``) and every limiter could ever admit its demand (``Limiter.check``), else
+        the caller's ``ValueError``/``TypeError``. Returns the demand."""
+        check_all(self.providers, request)
+        demand = Demand(request.input_tokens, request.max_tokens)
+        for check in self._checked_limiters:
+            check(demand)
+        return demand
+
+    def _flow(self, request: Request, labels: Mapping[str, str],
+              demand: Demand | None = None, *, stream: bool = False) -> Flow[Any]:
+        """One call: the fallback chain over the providers' layers (module docstring)."""
+        if demand is None:
+            demand = self._check(request)
+        walk = _Run(self, request, demand, labels, stream)
+        return self.chain.flow(request, walk.attempt, walk.finish)
 
     def _event(self, kind: str, **data: Any) -> None:
         self._emit(kind, self.clock.now(), **data)
@@ -265,7 +280,6 @@ class ResilientClient(Observable):
 
     def close(self) -> None:
         """Close every provider (their HTTP clients). Idempotent."""
-        self._closed = True
         for p in self.providers:
             close = getattr(p, "close", None)
             if callable(close):
@@ -273,7 +287,6 @@ class ResilientClient(Observable):
 
     async def aclose(self) -> None:
         """``close`` for asyncio: each provider's ``aclose`` (or ``close``)."""
-        self._closed = True
         for p in self.providers:
             aclose = getattr(p, "aclose", None)
             if callable(aclose):
@@ -299,17 +312,70 @@ class ResilientClient(Observable):
         return f"ResilientClient(providers={[p.name for p in self.providers]!r})"
 
 
+class _Run:
+    """One call's walk over the chain: ``attempt`` (a provider's layers, with a fresh
+    ``Call``) and ``finish`` (the answer as the client reports it: that provider's attempts and
+    latency, ``fallback_used``; for a stream, an ``Opened`` whose endings are attached)."""
+
+    __slots__ = ("call", "client", "demand", "events", "labels", "request", "stream")
+
+    def __init__(self, client: ResilientClient, request: Request, demand: Demand,
+                 labels: Mapping[str, str], stream: bool) -> None:
+        self.client = client
+        self.request = request
+        self.demand = demand
+        self.labels = labels
+        self.stream = stream
+        self.events = client._event if client._subscribers else None  # decided once per call
+        self.call: Call | None = None
+
+    def attempt(self, position: int, stack: Layer) -> Flow[Any]:
+        call = self.call = Call(self.demand, self.labels, self.events, stream=self.stream)
+        call.started = self.client.clock.now()
+        return stack.flow(self.request, call)
+
+    def finish(self, position: int, result: Any) -> Any:
+        call = self.call
+        assert call is not None
+        name = self.client.providers[position].name
+        if self.stream:
+            opened = Opened(result, name, position, call, self.client.clock)
+            if self.events is not None:
+                call.endings.append(lambda end: self._streamed(opened, end))
+            attach(result, call, name)
+            return opened
+        response = stamp(result, call, position, self.client.clock.now())
+        if self.events is not None:
+            self._responded(name, response, call)
+        return response
+
+    def _streamed(self, opened: Opened, end: StreamEnd) -> Flow[None]:
+        if end.response is not None:
+            self._responded(opened.provider, opened.final(end.response), opened.call)
+        yield from ()  # a flow with no steps
+
+    def _responded(self, provider: str, response: LLMResponse, call: Call) -> None:
+        assert self.events is not None
+        usage = response.usage
+        self.events("response", provider=provider, attempts=response.attempts,
+                    latency=response.latency_s, cost=call.cost,
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+
+
+def _labels(dag_id: str | None, task_id: str | None, run_id: str | None) -> dict[str, str]:
+    """The cost record's labels that were given, each checked to be a str."""
+    if dag_id is None and task_id is None and run_id is None:
+        return {}
+    return {k: v.text(k, x, empty=True) for k, x in
+            (("dag_id", dag_id), ("task_id", task_id), ("run_id", run_id)) if x is not None}
+
+
 def _mapping(name: str, value: Any) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a dict keyed by provider name, got {value!r}")
     return value
-
-
-def _labels(dag_id: str | None, task_id: str | None, run_id: str | None) -> dict[str, str]:
-    return {k: x for k, x in (("dag_id", dag_id), ("task_id", task_id), ("run_id", run_id))
-            if x is not None}
 
 
 def _request(request: Any) -> Request:

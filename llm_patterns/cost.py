@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _validate as v
 from .clock import Clock, SystemClock
@@ -53,14 +53,15 @@ from .pricing import (
     TokenCounts,
     UnknownModelError,
     normalize_usage,
-    to_money,
 )
 from .protocols import Demand
 
-__all__ = ["OTHER", "BudgetHold", "CostRecord", "CostTracker", "check_labels", "check_reserve", "usd"]
+__all__ = ["OTHER", "BudgetHold", "CostRecord", "CostTracker", "check_labels", "check_reserve",
+           "usd"]
 
 logger = logging.getLogger("llm_patterns.cost")
 
+_T = TypeVar("_T")
 AlertCallback = Callable[[float, Decimal, Decimal], None]
 _ZERO = Decimal(0)
 
@@ -463,11 +464,17 @@ class CostTracker(Observable):
             return self.reserve(model, demand)
         return await self._in_thread(self.reserve, model, demand, undo=self.release)
 
-    async def acommit(self, hold: BudgetHold, model: str, usage: object,
-                      **labels: Any) -> Decimal | None:
+    async def acommit(self, hold: BudgetHold, model: str, usage: object, *,
+                      dag_id: str | None = None, task_id: str | None = None,
+                      run_id: str | None = None,
+                      provider: str | None = None) -> Decimal | None:
+        """``commit``, in a worker thread when it writes a ledger."""
         if not self.blocking:
-            return self.commit(hold, model, usage, **labels)
-        return await self._in_thread(lambda: self.commit(hold, model, usage, **labels))
+            return self.commit(hold, model, usage, dag_id=dag_id, task_id=task_id,
+                               run_id=run_id, provider=provider)
+        return await self._in_thread(lambda: self.commit(
+            hold, model, usage, dag_id=dag_id, task_id=task_id, run_id=run_id,
+            provider=provider))
 
     async def arelease(self, hold: BudgetHold) -> None:
         if not self.blocking or hold.settled:
@@ -476,8 +483,8 @@ class CostTracker(Observable):
         await self._in_thread(self.release, hold)
 
     @staticmethod
-    async def _in_thread(fn: Callable[..., Any], *args: Any,
-                         undo: Callable[[Any], None] | None = None) -> Any:
+    async def _in_thread(fn: Callable[..., _T], *args: Any,
+                         undo: Callable[[_T], None] | None = None) -> _T:
         """``fn(*args)`` in a worker thread. If the caller is cancelled meanwhile the call still
         completes; ``undo(result)`` then gives back what it took (a hold nobody will settle)."""
         fut = asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args))
@@ -599,7 +606,8 @@ class CostTracker(Observable):
 def check_labels(dag_id: Any, task_id: Any, run_id: Any,
             provider: Any) -> tuple[str | None, str | None, str | None, str | None]:
     """The record's labels, each a str or None (TypeError naming the label otherwise)."""
-    if ((dag_id is None or dag_id.__class__ is str) and (task_id is None or task_id.__class__ is str)
+    if ((dag_id is None or dag_id.__class__ is str)
+            and (task_id is None or task_id.__class__ is str)
             and (run_id is None or run_id.__class__ is str)
             and (provider is None or provider.__class__ is str)):
         return dag_id, task_id, run_id, provider  # the common case, without four calls

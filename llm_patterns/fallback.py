@@ -25,14 +25,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from ._twin import Flow, Twin, arun, run
 from .clock import Clock, SystemClock
 from .errors import AllProvidersFailed, MalformedResponse, add_note, describe, stops_chain
 from .events import Observable
 from .request import Request
-from .response import LLMResponse, Provider, asend, send
+from .response import LLMResponse, Provider, asend, check_all, send
 
 __all__ = ["FallbackChain"]
 
@@ -53,7 +53,7 @@ class FallbackChain(Observable):
     def __init__(
         self, providers: Sequence[Provider], *, name: str = "", clock: Clock | None = None
     ) -> None:
-        if isinstance(providers, (str, bytes)) or not isinstance(providers, Sequence):
+        if not isinstance(providers, Sequence) or isinstance(cast(Any, providers), (str, bytes)):
             raise TypeError(
                 f"providers must be a list of providers, got {type(providers).__name__}"
             )
@@ -139,32 +139,32 @@ class FallbackChain(Observable):
     def flow(
         self,
         request: Request,
-        attempt: Callable[[int, Any], Flow[LLMResponse]] | None = None,
-        finish: Callable[[int, LLMResponse], LLMResponse] | None = None,
-    ) -> Flow[LLMResponse]:
+        attempt: Callable[[int, Any], Flow[Any]] | None = None,
+        finish: Callable[[int, Any], Any] | None = None,
+    ) -> Flow[Any]:
         """The fallback loop as a flow (``_twin``). ``attempt(position, provider)`` makes the
-        flow that asks one provider (default: ``provider.send(request)``, or its ``complete``);
-        ``finish(position, response)`` makes the answer (default: ``fallback_used`` set when
-        ``position > 0``). Returns the first answer; raises what stops the chain, else
-        ``AllProvidersFailed``."""
+        flow that asks one provider (default: ``provider.send(request)``, or its ``complete``,
+        whose answer must be an ``LLMResponse``); ``finish(position, result)`` makes the answer
+        from what the attempt returned (default: ``fallback_used`` set when ``position > 0``).
+        Returns the first answer; raises what stops the chain, else ``AllProvidersFailed``."""
         errors: list[tuple[str, BaseException]] = []
         for position, provider in enumerate(self.providers):
             try:
                 if attempt is None:
-                    response = yield _SEND, (provider, request)
+                    result = yield _SEND, (provider, request)
+                    if not isinstance(result, LLMResponse):
+                        raise self._not_a_response(position, result)
                 else:
-                    response = yield from attempt(position, provider)
-                if not isinstance(response, LLMResponse):
-                    raise self._not_a_response(position, response)
-            except Exception as error:  # noqa: BLE001 - the taxonomy decides (module doc)
+                    result = yield from attempt(position, provider)
+            except Exception as error:
                 self._failed(position, error, errors)
                 continue
             if finish is not None:
-                response = finish(position, response)
+                result = finish(position, result)
             elif position:
-                response = replace(response, fallback_used=True)
+                result = replace(result, fallback_used=True)
             self._answered(position, len(errors))
-            return response
+            return result
         raise self._exhausted(errors) from errors[-1][1]
 
     # -- public ------------------------------------------------------------------------------
@@ -176,8 +176,12 @@ class FallbackChain(Observable):
         max_tokens: int = 256,
         **kw: Any,
     ) -> LLMResponse:
-        """The first provider's answer that succeeds; ``AllProvidersFailed`` when none does."""
-        return run(self.flow(Request(prompt, messages=messages, max_tokens=max_tokens, **kw)))
+        """The first provider's answer that succeeds; ``AllProvidersFailed`` when none does. A
+        request one of the providers could not take is refused first (``check_all``)."""
+        request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
+        check_all(self.providers, request)
+        response: LLMResponse = run(self.flow(request))
+        return response
 
     async def acomplete(
         self,
@@ -194,4 +198,6 @@ class FallbackChain(Observable):
                    and not callable(getattr(p, "acomplete", None))]
         if missing:
             raise TypeError(f"providers without an acomplete() method: {missing}")
-        return await arun(self.flow(request))
+        check_all(self.providers, request)
+        response: LLMResponse = await arun(self.flow(request))
+        return response

@@ -148,7 +148,8 @@ class SQLiteLedger:
         cost = record.cost
         if not isinstance(cost, Decimal) or not cost.is_finite() or cost < 0:
             raise ValueError(f"record.cost must be a Decimal >= 0, got {cost!r}")
-        values = tuple(getattr(record, f) for f in _FIELDS[:-3]) + (
+        values = (
+            *(getattr(record, f) for f in _FIELDS[:-3]),
             str(cost), record.cache_write_tokens, int(record.priced),
         )
         with self._write() as conn:
@@ -251,7 +252,7 @@ class SQLiteLedger:
             rows = self._query(sql, params)
         out = []
         for row in rows:
-            data = dict(zip(_FIELDS, row))
+            data = dict(zip(_FIELDS, row, strict=True))
             data["cost"] = Decimal(data["cost"])
             data["priced"] = bool(data["priced"])
             out.append(CostRecord(**data))
@@ -263,7 +264,7 @@ class SQLiteLedger:
         """Close this process's connection; further use raises ``ValueError``."""
         self._db.close()
 
-    def __enter__(self) -> SQLiteLedger:  # noqa: PYI034 (no typing.Self on 3.10)
+    def __enter__(self) -> SQLiteLedger:
         return self
 
     def __exit__(self, *exc: object) -> None:

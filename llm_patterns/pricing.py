@@ -36,7 +36,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .response import Usage as _Usage
 
@@ -254,6 +254,10 @@ def normalize_usage(usage: object) -> TokenCounts:
 
 # --------------------------------------------------------------------------- Pricing
 
+Money = Decimal | float | int | str
+"""An amount ``to_money`` reads: a Decimal, a number or its decimal string."""
+
+
 @dataclass(frozen=True)
 class Pricing:
     """One model's prices in USD per MILLION tokens (not per thousand).
@@ -269,6 +273,12 @@ class Pricing:
     cached_input_per_million: Decimal | None = None
     cache_write_per_million: Decimal | None = field(default=None, kw_only=True)
     cache_write_1h_per_million: Decimal | None = field(default=None, kw_only=True)
+
+    if TYPE_CHECKING:  # the generated __init__ takes any amount ``to_money`` reads
+        def __init__(self, input_per_million: Money, output_per_million: Money,
+                     cached_input_per_million: Money | None = None, *,
+                     cache_write_per_million: Money | None = None,
+                     cache_write_1h_per_million: Money | None = None) -> None: ...
 
     def __post_init__(self) -> None:
         for key in ("input_per_million", "output_per_million"):
@@ -343,7 +353,8 @@ def _as_pricing(value: object, name: str) -> Pricing:
 # --------------------------------------------------------------------------- PriceTable
 
 class UnknownModelError(KeyError):
-    """No price for this model. A ``KeyError`` whose message reads well (KeyError's repr does not)."""
+    """No price for this model: a ``KeyError`` whose message reads well (KeyError's own
+    repr does not)."""
 
     def __init__(self, model: str, message: str) -> None:
         super().__init__(model)
@@ -450,8 +461,8 @@ class PriceTable:
             if self.default is None or not use_default:
                 raise self._unknown(model)
             logger.warning(
-                "no price for model %r in %s; using the default %s", model, self.source, self.default
-            )
+                "no price for model %r in %s; using the default %s", model, self.source,
+                self.default)
             entry = _Entry(self.default, is_default=True)
         with self._lock:
             if len(self._cache) >= _MODEL_CACHE_SIZE:
@@ -563,7 +574,7 @@ def _genai_entry(model: str) -> _Entry | None:
     else:
         return None
     today = _dt.date.today()
-    prices = info.get_prices(_dt.datetime.now(tz=_dt.timezone.utc))
+    prices = info.get_prices(_dt.datetime.now(tz=_dt.UTC))
     inp, t1 = _tier_base(getattr(prices, "input_mtok", None))
     if inp is None:  # image-only or per-request models: not a token price
         logger.warning("genai-prices has no per-token input price for %r (%s)", model, info.id)
@@ -576,8 +587,8 @@ def _genai_entry(model: str) -> _Entry | None:
     conditional = info.prices if isinstance(info.prices, list) else []
     dynamic = any(type(c.constraint).__name__ == "TimeOfDateConstraint" for c in conditional)
     # no output price: an input-only model (embeddings); per-request fees are not token prices
-    pricing = Pricing(inp, out if out is not None else 0, cached, cache_write_per_million=write,
-                      cache_write_1h_per_million=write_1h)
+    pricing = Pricing(inp, out if out is not None else Decimal(0), cached,
+                      cache_write_per_million=write, cache_write_1h_per_million=write_1h)
     logger.debug("price for %r: %s:%s %s", model, provider.id, info.id, pricing)
     return _Entry(
         pricing, day=today, tier_start=min(starts) if starts else None, dynamic=dynamic,
@@ -595,7 +606,8 @@ def _genai_cost(entry: _Entry, counts: TokenCounts) -> Decimal:
         cache_write_1h_tokens=counts.cache_write_1h_tokens,
         output_tokens=counts.completion_tokens,
     )
-    return entry.gp_model.calc_price(usage, entry.gp_provider).total_price
+    price: Decimal = entry.gp_model.calc_price(usage, entry.gp_provider).total_price
+    return price
 
 
 _ids_lock = threading.Lock()

@@ -114,7 +114,7 @@ def _retry_after_of(error: BaseException) -> float | None:
         if headers is not None:
             try:
                 value = retry_after_from_headers(headers)
-            except Exception:  # noqa: BLE001 - a strange header must not break the retry loop
+            except Exception:
                 value = None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
@@ -140,7 +140,8 @@ def _as_predicate(retry_on: Any) -> Callable[[BaseException], bool]:
         types = retry_on
         return lambda error: isinstance(error, types)
     if callable(retry_on):
-        return retry_on
+        predicate: Callable[[BaseException], bool] = retry_on
+        return predicate
     raise TypeError(
         f"retry_on must be a predicate error -> bool or exception type(s), got {retry_on!r}"
     )
@@ -214,7 +215,7 @@ class RetryPolicy(Observable):
         return run(self._loop(None, ((_call, _acall), (fn, args, kwargs))))
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """``await fn(*args, **kwargs)``, retried per this policy, sleeping with ``clock.asleep``."""
+        """``await fn(*args, **kwargs)``, retried per this policy (waits: ``clock.asleep``)."""
         return await arun(self._loop(None, ((_call, _acall), (fn, args, kwargs))))
 
     def flow(self, attempt: Callable[[float | None], Flow[T]]) -> Flow[T]:
@@ -387,7 +388,8 @@ class _Run:
                 self._give_up(
                     error,
                     "retry_after_too_long",
-                    f"Retry-After {retry_after:g} s exceeds max_retry_after={p.max_retry_after:g} s; "
+                    f"Retry-After {retry_after:g} s exceeds "
+                    f"max_retry_after={p.max_retry_after:g} s; "
                     f"gave up after {k} attempt{'s' if k > 1 else ''} over {self.elapsed():.2f} s",
                 )
                 return None
@@ -400,7 +402,8 @@ class _Run:
                 error,
                 "deadline",
                 f"the next wait of {wait:.2f} s would pass the {p.deadline:g} s deadline "
-                f"({self.elapsed():.2f} s elapsed); gave up after {k} attempt{'s' if k > 1 else ''}",
+                f"({self.elapsed():.2f} s elapsed); gave up after {k} "
+                f"attempt{'s' if k > 1 else ''}",
             )
             return None
 

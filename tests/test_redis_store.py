@@ -559,8 +559,8 @@ def test_a_frozen_redis_cannot_hang_a_caller(own_server):
 
 
 def test_shared_cost_tracker_plugs_into_resilient_client(redis_server):
-    """``ResilientClient`` calls ``check`` then ``record``: the shared tracker reserves and
-    commits; a failed call's hold is given back at the next check."""
+    """``ResilientClient`` drives the ``CostGate``: the shared tracker reserves before the call
+    and commits after it; a failed call's hold is given back at once."""
     clock = VirtualClock()
     store = RedisStore(redis_server.url, prefix=_prefix())
     prices = {"gpt-4o-mini": {"input": "150", "output": "600"}}  # expensive, to hit the limit
@@ -574,16 +574,15 @@ def test_shared_cost_tracker_plugs_into_resilient_client(redis_server):
     spent = tracker.shared.status()
     assert r.text and 0 <= spent["spent"] - tracker.total < Decimal("1e-9")  # nano-USD, up
     assert spent["reserved"] == 0  # committed, not held
-    # a call that fails leaves its hold in this context until the next check
+    # a call that fails gives its hold back at once
     srv.take_down(400)
     with pytest.raises(InvalidRequestError):
         client.complete("hello there", max_tokens=100)
-    assert tracker.shared.status()["in_flight"] == 1
-    tracker.release_pending()
     assert tracker.shared.status()["in_flight"] == 0
+    assert tracker.shared.status()["reserved"] == 0 and tracker.reserved == 0
     # another process's tracker sees the same spend: the budget is one
     assert other.shared.status()["spent"] == spent["spent"]
-    with other.reserve(Decimal("0.50") - spent["spent"]), pytest.raises(
+    with other.shared.hold(Decimal("0.50") - spent["spent"]), pytest.raises(
             BudgetExceeded, match="shared"):
         tracker.check(Decimal("0.000001"))
 

@@ -84,7 +84,7 @@ class LiveDemo(Observable):
         return self.sim.client
 
     @property
-    def limiters(self) -> dict[str, RateLimiter]:
+    def limiters(self) -> dict[str, Any]:
         return self.sim.client.limiters
 
     @property

@@ -41,7 +41,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from .. import _validate as v
-from ..cost import BudgetHold, CostTracker, check_reserve, check_labels, usd
+from ..cost import BudgetHold, CostTracker, check_labels, check_reserve, usd
 from ..errors import BudgetExceeded
 from ..machines.budget import MAX_AMOUNT, check_amount
 from ..protocols import Demand

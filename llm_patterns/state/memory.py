@@ -151,7 +151,7 @@ def _budget(record: dict[str, Any]) -> dict[str, Any]:
     b = record.get("budget")
     if b is None:
         b = record["budget"] = budget_machine.new_budget()
-    return b  # type: ignore[no-any-return]
+    return b
 
 
 class MemoryStateStore(DictStateStore):
