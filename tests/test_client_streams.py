@@ -24,8 +24,8 @@ from llm_patterns import (
 from llm_patterns.backoff import BackoffPolicy
 from llm_patterns.clock import VirtualClock
 from llm_patterns.errors import ServerError, StreamInterrupted
-from llm_patterns.protocols import Demand
 from llm_patterns.mock import MockLLMServer
+from llm_patterns.protocols import Demand
 from llm_patterns.providers import AnthropicProvider, OpenAIProvider
 from llm_patterns.response import LLMResponse, Usage
 
