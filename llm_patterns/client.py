@@ -133,15 +133,6 @@ class GuardedProvider(Observable):
         if self._subscribers:
             Observable._emit(self, kind, time, **data)
 
-    def _is_trial(self) -> bool:
-        """Whether the breaker admitted this call as its half-open probe."""
-        breaker = self.breaker
-        if breaker is None:
-            return False
-        if isinstance(breaker, CircuitBreaker):  # just admitted us: its state is current
-            return breaker._state is CircuitState.HALF_OPEN
-        return breaker.state is CircuitState.HALF_OPEN
-
     def _recheck_breaker(self, trial: bool) -> None:
         """After a limiter wait: don't send a call the breaker would now refuse.
 
@@ -206,18 +197,28 @@ class GuardedProvider(Observable):
             self._emit("attempt", self.clock.now(), provider=self.name, attempt=call.attempts,
                        tokens=call.estimate)
         try:
-            if self.breaker is not None:
-                return self.breaker.call(self._send, call)
-            return self._send(call)
+            breaker = self.breaker
+            if breaker is None:
+                return self._send(call, False)
+            permit = breaker.admit()  # the Breaker protocol: CircuitOpenError when open
+            try:
+                response = self._send(call, permit.trial)
+            except Exception as error:
+                permit.failure(error)  # the breaker decides whether it counts
+                raise
+            except BaseException:
+                permit.release()
+                raise
+            permit.success()
+            return response
         except BaseException as err:
             self._on_error(err)
             raise
 
-    def _send(self, call: _Call) -> LLMResponse:
-        if self.limiter is not None:
-            trial = self._is_trial()
-            if self.limiter.acquire(call.estimate) > 0:  # no wait: nothing can have changed
-                self._recheck_breaker(trial)
+    def _send(self, call: _Call, trial: bool) -> LLMResponse:
+        # no wait: nothing can have changed
+        if self.limiter is not None and self.limiter.acquire(call.estimate) > 0:
+            self._recheck_breaker(trial)
         if call.kw:
             return self.provider.complete(messages=call.messages, max_tokens=call.max_tokens,
                                           **call.kw)
@@ -229,18 +230,27 @@ class GuardedProvider(Observable):
             self._emit("attempt", self.clock.now(), provider=self.name, attempt=call.attempts,
                        tokens=call.estimate)
         try:
-            if self.breaker is not None:
-                return await self.breaker.call_async(self._asend, call)
-            return await self._asend(call)
+            breaker = self.breaker
+            if breaker is None:
+                return await self._asend(call, False)
+            permit = await breaker.admit_async()
+            try:
+                response = await self._asend(call, permit.trial)
+            except Exception as error:
+                permit.failure(error)
+                raise
+            except BaseException:  # a cancelled task: the trial slot is given back
+                permit.release()
+                raise
+            permit.success()
+            return response
         except BaseException as err:
             self._on_error(err)
             raise
 
-    async def _asend(self, call: _Call) -> LLMResponse:
-        if self.limiter is not None:
-            trial = self._is_trial()
-            if await self.limiter.acquire_async(call.estimate) > 0:
-                self._recheck_breaker(trial)
+    async def _asend(self, call: _Call, trial: bool) -> LLMResponse:
+        if self.limiter is not None and await self.limiter.acquire_async(call.estimate) > 0:
+            self._recheck_breaker(trial)
         if call.kw:
             return await self.provider.acomplete(messages=call.messages,
                                                  max_tokens=call.max_tokens, **call.kw)

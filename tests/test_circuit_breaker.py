@@ -382,7 +382,7 @@ def test_health_snapshot():
         1,
         1,
     )
-    assert h["last_error"].startswith("ServerError(") and len(h["last_error"]) <= 200
+    assert h["last_error"].startswith("ServerError: HTTP 503: boom") and len(h["last_error"]) <= 200
     assert h["last_state_change"] == 100.0
 
 
@@ -462,7 +462,8 @@ def test_logging(caplog):
     messages = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert messages[0] == (
         "WARNING",
-        "breaker primary OPEN after 5 consecutive failures (last: ServerError 503); half-open in 60.0 s",
+        "breaker primary OPEN after 5 consecutive failures (last: ServerError 503); "
+        "half-open in 60.0 s",
     )
     assert messages[1][0] == "INFO" and "HALF_OPEN" in messages[1][1]
     assert messages[2][0] == "INFO" and "CLOSED" in messages[2][1]
@@ -640,7 +641,7 @@ def test_fifty_coroutines_one_trial():
     assert b.state is CLOSED
 
 
-# ---------------------------------------------------------------- property: random operation sequences
+# ---------------------------------------------------------------- property: random sequences
 
 ERRORS = [  # factories: a fresh exception each time
     lambda: None,
@@ -677,6 +678,8 @@ op = st.tuples(st.sampled_from(KINDS), st.integers(-1, len(ERRORS) - 1))
 def test_property_half_open_bound_and_nothing_called_while_open(
     ops, start, max_calls, threshold, probe_timeout
 ):
+    """A model of the breaker (episodes, trial grants, the manual protocol's open admissions)
+    run beside it on random operation sequences."""
     clock = VirtualClock()
     b = CircuitBreaker(
         "p",
@@ -691,12 +694,23 @@ def test_property_half_open_bound_and_nothing_called_while_open(
     if start == "half_open":
         clock.advance(30.0)
     lease = b.probe_timeout
-    grants: list[float] = []  # trial permits granted in the current half-open episode (grant time)
-    b.on_state_change(lambda br, old, new: grants.clear())
+    model = {"episode": 0, "moves": 0}
+    grants: dict[int, float] = {}  # live trial permits of this episode: id -> grant time
+    admitted: list[tuple[int, int | None]] = []  # allow_request()'s open ones: (episode, trial)
+    trial_ids = iter(range(10**6))
+
+    def moved(br, old, new):
+        model["episode"] += 1
+        model["moves"] += 1
+        grants.clear()
+
+    b.on_state_change(moved)
     run_of_failures = 0
 
-    def live() -> list[float]:
-        return [t for t in grants if t + lease > clock.now()]
+    def live() -> dict[int, float]:
+        for tid in [t for t, at in grants.items() if at + lease <= clock.now()]:
+            del grants[tid]
+        return grants
 
     for kind, arg in ops:
         before = b.state
@@ -708,20 +722,31 @@ def test_property_half_open_bound_and_nothing_called_while_open(
                 assert not allowed
             if before is HALF:
                 assert allowed == (len(live()) < max_calls)
-                if allowed:
-                    grants.append(clock.now())
+            if allowed:
+                tid = next(trial_ids) if before is HALF else None
+                if tid is not None:
+                    grants[tid] = clock.now()
+                admitted.append((model["episode"], tid))
         elif kind in ("success", "failure"):
-            if before is HALF:
-                alive = live()  # the breaker settles the oldest live permit
-                grants[:] = alive[1:]
+            error = ERRORS[max(arg, 0)]() if kind == "failure" else None
+            counts = kind == "success" or is_outage(error)
+            if admitted:  # the latest open admission of this thread is settled
+                episode, tid = admitted.pop()
+                current = episode == model["episode"] and (
+                    before is not HALF or tid is None or tid in live())
+                if before is HALF and tid is not None:
+                    grants.pop(tid, None)
+            else:  # no admission: the current episode (in half-open its oldest live trial)
+                current = True
+                if before is HALF and live():
+                    del grants[min(grants)]
             if kind == "success":
                 b.record_success()
-                if before is not OPEN:
+                if current and before is CLOSED:
                     run_of_failures = 0
             else:
-                error = ERRORS[max(arg, 0)]()
                 b.record_failure(error)
-                if before is CLOSED and is_outage(error):
+                if current and before is CLOSED and counts:
                     run_of_failures += 1
         elif kind == "call":
             inside = []
@@ -750,7 +775,10 @@ def test_property_half_open_bound_and_nothing_called_while_open(
                 elif is_outage(ERRORS[arg]() or ServerError("x")):
                     run_of_failures += 1
         elif kind == "trip":
+            moves = model["moves"]
             b.trip()
+            if model["moves"] == moves:  # already open: a fresh cooldown is a new episode
+                model["episode"] += 1
 
         state = b.state
         assert len(live()) <= max_calls

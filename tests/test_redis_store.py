@@ -231,7 +231,7 @@ def test_server_time_ignores_the_callers_now_and_clock(redis_server):
     assert all(w > 900 for w in answers[3:]), answers  # the far-future `now` refilled nothing
     before = redis_server.server_time()
     snap = a.breaker_read(key, BreakerConfig(), now=123.0)
-    assert before - 1 <= snap["last_state_change"] <= redis_server.server_time() + 1
+    assert before - 1 <= snap.last_state_change <= redis_server.server_time() + 1
 
 
 def test_keys_expire_when_idle(redis_server):

@@ -195,7 +195,7 @@ def test_breaker_protocol(store):
     assert not rejected.allowed and rejected.retry_after == pytest.approx(10)
     store.clock.advance(10)
     probe = store.breaker_admit("b", cfg)
-    assert probe.allowed and probe.lease and probe.transition == ("open", "half_open")
+    assert probe.allowed and probe.lease and probe.transitions == (("open", "half_open"),)
     assert not store.breaker_admit("b", cfg).allowed  # one probe only
     # a stale result from the earlier (closed) episode changes nothing
     assert store.breaker_record("b", cfg, "success", generation=a.generation).state == "half_open"
@@ -207,7 +207,8 @@ def test_breaker_protocol(store):
                                lease=second.lease)
     assert out.state == "closed" and out.transitions == (("half_open", "closed"),)
     snap = store.breaker_read("b", cfg)
-    assert snap["opened_count"] == 1 and snap["rejections"] == 2
+    assert snap.counters["opened_count"] == 1 and snap.counters["rejections"] == 2
+    assert snap.state == "closed" and snap.trials_in_flight == 0
 
 
 def test_sqlite_state_survives_reopening(tmp_path):

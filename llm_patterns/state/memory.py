@@ -8,15 +8,23 @@ processes. Default time base: ``SystemClock`` (monotonic), or the ``clock`` you 
 
 from __future__ import annotations
 
-import copy
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..clock import Clock, SystemClock
+from ..machines.breaker import Circuit
 from . import base
-from .base import Admission, BreakerConfig, BreakerOutcome, Demand3, Grant, Limit
+from .base import (
+    Admission,
+    BreakerConfig,
+    BreakerOutcome,
+    BreakerSnapshot,
+    Demand3,
+    Grant,
+    Limit,
+)
 
 __all__ = ["DictStateStore", "MemoryStateStore"]
 
@@ -84,27 +92,37 @@ class DictStateStore:
         ls = base.check_limits(limits)
         return self._limiter(key, now, lambda s, t: base.limiter_levels(s, ls, t))
 
-    # -- breakers
+    # -- breakers (see ``base``: the circuit machine over the key's record)
+    def _circuit(self, key: str, config: BreakerConfig, now: float | None,
+                 op: Callable[[Circuit, float], T]) -> T:
+        cfg = base.check_config(config)
+        return self._breaker(key, now, lambda s, t: base.run_breaker(s, cfg, t,
+                                                                    lambda m: op(m, t)))
+
     def breaker_admit(self, key: str, config: BreakerConfig,
                       now: float | None = None) -> Admission:
-        return self._breaker(key, now, lambda s, t: base.breaker_admit(s, config, t))
+        return self._circuit(key, config, now, lambda m, t: m.admit(t))
 
-    def breaker_record(self, key: str, config: BreakerConfig, outcome: str, *,
+    def breaker_record(self, key: str, config: BreakerConfig, outcome: str,
                        generation: int | None = None, lease: str | None = None,
                        error: str | None = None, now: float | None = None) -> BreakerOutcome:
-        return self._breaker(key, now, lambda s, t: base.breaker_record(
-            s, config, outcome, generation, lease, error, t))
+        outcome = base.check_outcome(outcome)
+        lease = base.check_lease(lease, optional=True)
+        return self._circuit(key, config, now, lambda m, t: m.record(
+            outcome, generation, lease, error, t))
 
-    def breaker_release(self, key: str, lease: str) -> None:
-        self._breaker(key, None, lambda s, t: base.breaker_release(s, lease))
+    def breaker_release(self, key: str, config: BreakerConfig, lease: str,
+                        now: float | None = None) -> BreakerOutcome:
+        lease = base.check_lease(lease)  # type: ignore[assignment]
+        return self._circuit(key, config, now, lambda m, t: m.release(lease, t))
 
     def breaker_read(self, key: str, config: BreakerConfig,
-                     now: float | None = None) -> dict[str, Any]:
-        return self._breaker(key, now, lambda s, t: copy.deepcopy(base.breaker_read(s, config, t)))
+                     now: float | None = None) -> BreakerSnapshot:
+        return self._circuit(key, config, now, lambda m, t: m.read(t))
 
     def breaker_force(self, key: str, config: BreakerConfig, state: str,
                       now: float | None = None) -> BreakerOutcome:
-        return self._breaker(key, now, lambda s, t: base.breaker_force(s, config, state, t))
+        return self._circuit(key, config, now, lambda m, t: m.force(state, t))
 
     def close(self) -> None:
         """Release resources (nothing here; kept for the protocol)."""
@@ -133,10 +151,7 @@ class MemoryStateStore(DictStateStore):
         base.check_key(key)
         with self._lock:
             t = self.clock.now() if now is None else base.check_finite("now", now)
-            state = self._breakers.get(key)
-            if state is None:
-                state = self._breakers[key] = base.new_breaker_state(t)
-            return fn(state, t)
+            return fn(self._breakers.setdefault(key, {}), t)
 
     def __repr__(self) -> str:
         return f"MemoryStateStore(clock={self.clock!r})"

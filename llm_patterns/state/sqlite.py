@@ -75,10 +75,8 @@ class SQLiteStateStore(DictStateStore):
                                (kind, key)).fetchone()
             if row is not None:
                 state = json.loads(row[0])
-            elif kind == "bucket":
-                state = base.new_bucket_state()
             else:
-                state = base.new_breaker_state(t)
+                state = base.new_bucket_state() if kind == "bucket" else {}
             result = fn(state, t)
             conn.execute(
                 "INSERT INTO llm_state (kind, key, value, updated) VALUES (?, ?, ?, ?) "
