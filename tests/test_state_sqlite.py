@@ -233,7 +233,7 @@ def test_from_url_and_env(tmp_path, monkeypatch):
         from_env()
     monkeypatch.setenv("LLM_PATTERNS_STATE", f"sqlite:///{tmp_path}/b.db")
     assert Path(from_env().path) == tmp_path / "b.db"
-    with pytest.raises(ValueError, match="a SQLite state store must be a file"):
+    with pytest.raises(ValueError, match="path must be a file"):
         SQLiteStateStore(":memory:")
 
 

@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..clock import Clock, SystemClock
+from ..circuit_breaker import check_clock
+from ..clock import Clock
 from ..machines.breaker import Circuit
 from . import base
 from .base import (
@@ -132,7 +133,7 @@ class MemoryStateStore(DictStateStore):
     """In-process state store; see the module docstring."""
 
     def __init__(self, *, clock: Clock | None = None) -> None:
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = check_clock(clock)
         self.url = "memory://"
         self._lock = threading.Lock()
         self._buckets: dict[str, dict[str, Any]] = {}

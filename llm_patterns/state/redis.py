@@ -37,7 +37,6 @@ Error messages and logs name the URL with its password replaced by ``***``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import uuid
@@ -45,9 +44,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .._validate import integer
-from ..clock import Clock, SystemClock
-from ..errors import CircuitOpenError, LLMError, RateLimitTimeout
+from .._validate import boolean, choice, integer, real, text
+from ..circuit_breaker import check_clock
+from ..clock import Clock
+from ..errors import CircuitOpenError, LLMError, RateLimitTimeout, redact
 from ..machines.breaker import CLOSED, COUNTERS, OPEN, Change
 from . import base
 from .base import (
@@ -66,13 +66,14 @@ __all__ = [
     "LimiterStateUnavailable",
     "RedisStore",
     "StateStoreUnavailable",
-    "redact_url",
 ]
 
 logger = logging.getLogger("llm_patterns.state")
 T = TypeVar("T")
 
 ON_FAILURE = ("closed", "open")
+MAX_TIMEOUT = 3600.0  # seconds: the longest socket timeout or reconnect back-off accepted
+MAX_IDLE_TTL = 366 * 86400.0  # seconds an unused breaker key may be kept (a year)
 _BUCKET_SLACK = 60.0  # seconds a full bucket key outlives its refill (cheap; avoids churn)
 
 
@@ -92,25 +93,6 @@ class LimiterStateUnavailable(StateStoreUnavailable, RateLimitTimeout):
 
 class BreakerStateUnavailable(StateStoreUnavailable, CircuitOpenError):
     """The breaker's shared state is unreachable (fail closed): the call is refused."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password (in the netloc or a ``password=`` query item) as ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        cred, host = netloc.rsplit("@", 1)
-        if ":" in cred:  # user:password@host (user may be empty)
-            netloc = f"{cred.split(':', 1)[0]}:***@{host}"
-    query = parts.query
-    if query:
-        items = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(
-            query, keep_blank_values=True)]
-        query = urlencode(items, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 # --------------------------------------------------------------------------- Lua
@@ -646,40 +628,37 @@ class RedisStore:
                 "RedisStore needs the 'redis' package: pip install 'llm-patterns[redis]'"
             ) from exc
         self._redis = redis_lib
-        if on_failure not in ON_FAILURE:
-            raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
-        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} "):
+        self.on_failure = choice("on_failure", text("on_failure", on_failure), ON_FAILURE)
+        self.prefix = text("prefix", prefix)
+        if any(c in prefix for c in "{} "):
             raise ValueError(f"prefix must be a non-empty str without braces or spaces, "
                              f"got {prefix!r}")
-        for name, value in (("socket_timeout", socket_timeout),
-                            ("connect_timeout", connect_timeout),
-                            ("reconnect_after", reconnect_after),
-                            ("max_reconnect_after", max_reconnect_after),
-                            ("idle_ttl", idle_ttl)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value > 0
-            ):
-                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-        if max_reconnect_after < reconnect_after:
-            raise ValueError(f"max_reconnect_after={max_reconnect_after!r} must be >= "
-                             f"reconnect_after={reconnect_after!r}")
+        self.socket_timeout, self.connect_timeout, self.reconnect_after, \
+            self.max_reconnect_after = (
+                real(name, value, minimum=0.0, strict_min=True, maximum=MAX_TIMEOUT)
+                for name, value in (("socket_timeout", socket_timeout),
+                                    ("connect_timeout", connect_timeout),
+                                    ("reconnect_after", reconnect_after),
+                                    ("max_reconnect_after", max_reconnect_after)))
+        if self.max_reconnect_after < self.reconnect_after:
+            raise ValueError(f"max_reconnect_after must be >= reconnect_after "
+                             f"({reconnect_after!r}), got {max_reconnect_after!r}")
+        self.idle_ttl = real("idle_ttl", idle_ttl, minimum=0.0, strict_min=True,
+                             maximum=MAX_IDLE_TTL)
+        self.server_time = boolean("server_time", server_time)
         if not server_time and clock is None:
-            raise ValueError("server_time=False needs a clock= to read the time from")
-        self.prefix = prefix
-        self.on_failure = on_failure
-        self.socket_timeout = float(socket_timeout)
-        self.connect_timeout = float(connect_timeout)
-        self.reconnect_after = float(reconnect_after)
-        self.max_reconnect_after = float(max_reconnect_after)
-        self.idle_ttl = float(idle_ttl)
-        self.server_time = bool(server_time)
-        self.clock: Clock = clock if clock is not None else SystemClock()
+            raise ValueError("server_time=False needs a clock= to read the time from, "
+                             "got clock=None")
+        self.clock: Clock = check_clock(clock)
         if isinstance(url_or_client, str):
             if "://" not in url_or_client:
-                raise ValueError(f"url must look like 'redis://host:6379/0', got "
-                                 f"{redact_url(url_or_client)!r}")
+                shown = redact(url_or_client)
+                if "@" in shown:  # user:password@host without a scheme: mask the credentials
+                    shown = "***@" + shown.rsplit("@", 1)[1]
+                raise ValueError(f"url_or_client must look like 'redis://host:6379/0', got "
+                                 f"{shown!r}")
             self._url_raw: str | None = url_or_client
-            self.url = redact_url(url_or_client)
+            self.url = redact(url_or_client)
             self.client = self._make_client(url_or_client)
         elif callable(getattr(url_or_client, "evalsha", None)):
             self._url_raw = None
@@ -1056,19 +1035,33 @@ class RedisStore:
         return f"RedisStore({self.url!r}, on_failure={self.on_failure!r})"
 
 
+_URL_TEXT = ("on_failure", "prefix")
+_URL_SECONDS = ("socket_timeout", "connect_timeout", "reconnect_after", "max_reconnect_after",
+                "idle_ttl")
+
+
 def from_redis_url(url: str, *, clock: Any = None) -> RedisStore:
     """``RedisStore`` for ``url``; query items ``on_failure``, ``prefix``, ``socket_timeout``,
-    ``connect_timeout`` configure the store (they are removed before redis-py sees the URL)."""
+    ``connect_timeout``, ``reconnect_after``, ``max_reconnect_after``, ``idle_ttl`` configure
+    the store (they are removed before redis-py sees the URL)."""
     parts = urlsplit(url)
-    ours, theirs = {}, []
-    for k, v in parse_qsl(parts.query, keep_blank_values=True):
-        if k in ("on_failure", "prefix", "socket_timeout", "connect_timeout", "idle_ttl"):
-            ours[k] = v if k in ("on_failure", "prefix") else float(v)
+    texts: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    theirs = []
+    for k, value in parse_qsl(parts.query, keep_blank_values=True):
+        if k in _URL_TEXT:
+            texts[k] = value
+        elif k in _URL_SECONDS:
+            try:
+                seconds[k] = float(value)
+            except ValueError:
+                raise ValueError(f"url item {k} must be a number of seconds, got "
+                                 f"{redact(value)!r}") from None
         else:
-            theirs.append((k, v))
+            theirs.append((k, value))
     clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(theirs),
                         parts.fragment))
     env_mode = os.environ.get("LLM_PATTERNS_STATE_ON_FAILURE")
-    if env_mode and "on_failure" not in ours:
-        ours["on_failure"] = env_mode
-    return RedisStore(clean, clock=clock, **ours)
+    if env_mode and "on_failure" not in texts:
+        texts["on_failure"] = env_mode
+    return RedisStore(clean, clock=clock, **texts, **seconds)  # type: ignore[arg-type]

@@ -53,7 +53,10 @@ def _resolve_store(store: StateStore | str | None) -> StateStore:
     if isinstance(store, str):
         from . import from_url
 
-        return from_url(store)
+        try:
+            return from_url(store)
+        except ValueError as exc:  # name the argument the caller passed
+            raise ValueError(f"store: {exc}") from None
     for op in ("limiter_acquire", "breaker_admit"):
         if not callable(getattr(store, op, None)):
             raise TypeError(f"store must be a StateStore or a URL string, got {store!r}")
