@@ -12,9 +12,9 @@ No Redis server is needed: a ``RedisStore`` connects at its first command.
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import pytest
+from test_limiter_validation import _expect  # the same check of each error message
 
 from llm_patterns.circuit_breaker import CircuitBreaker
 from llm_patterns.clock import VirtualClock
@@ -28,19 +28,6 @@ BAD = {"nan": NAN, "+inf": INF, "-inf": -INF, "zero": 0, "negative": -1, "huge":
 
 OK = "ok"
 T, V = TypeError, ValueError
-
-
-def _expect(fn, value, expected, param):
-    """``fn(value)`` works (OK) or raises ``expected`` naming ``param`` and the value."""
-    if expected == OK:
-        return fn(value)
-    with pytest.raises(expected) as info:
-        fn(value)
-    message = str(info.value)
-    assert param in message, message
-    shown = "nan" if isinstance(value, float) and math.isnan(value) else repr(value)
-    assert shown in message or str(value) in message, message
-    return None
 
 
 def _table(rows):

@@ -21,6 +21,7 @@ import signal
 import time
 
 import pytest
+import test_shared_limiter
 from test_shared_limiter import _hold_write_lock, _largest_stall
 
 from llm_patterns.circuit_breaker import CircuitState
@@ -157,24 +158,16 @@ def test_a_frozen_redis_never_stalls_the_event_loop(tmp_path):
 # ----------------------------------------------------------------------------- Redis outages
 
 
-class _FlakyRedis:
-    """A stand-in redis client for the back-off schedule on a virtual clock: its scripts fail
-    with ConnectionError while ``down``; the breaker script otherwise admits (closed)."""
-
-    def __init__(self) -> None:
-        self.down = False
-        self.calls = 0
-
-    def evalsha(self, *a, **k):  # marks it as a client
-        raise NotImplementedError
+class _FlakyRedis(test_shared_limiter._FlakyRedis):
+    """The limiter tests' stand-in redis client (its scripts fail with ConnectionError while
+    ``down``), whose breaker script admits (closed) while up."""
 
     def register_script(self, source):
+        script = super().register_script(source)
+
         def run(keys=(), args=(), client=None):
-            self.calls += 1
-            if self.down:
-                raise ConnectionError("redis is down")
-            assert "breaker op" in source and args[0] == "admit"
-            return ["1", "closed", "0", "", "0", "0"]
+            answer = script(keys, args, client)  # counts the call, raises while down
+            return ["1", "closed", "0", "", "0", "0"] if "breaker op" in source else answer
         return run
 
 

@@ -51,7 +51,7 @@ __all__ = [
     "BreakerSnapshot",
     "Change",
     "Circuit",
-    "new_record",
+    "check_outcome",
 ]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -176,11 +176,11 @@ def _transitions(changes: Changes) -> tuple[tuple[str, str], ...]:
     return tuple((c.state, c.new) for c in changes if c.kind == "state_change")
 
 
-def new_record(now: float) -> dict[str, Any]:
-    """A new breaker key's JSON record (``Circuit.save``'s format)."""
-    record: dict[str, Any] = {}
-    Circuit(BreakerConfig(), now).save(record)
-    return record
+def check_outcome(outcome: Any) -> str:
+    """``outcome`` if it is one of ``OUTCOMES`` (ValueError naming it otherwise)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+    return str(outcome)
 
 
 class Circuit:
@@ -259,8 +259,7 @@ class Circuit:
         """Settle one admitted call: ``success``, ``failure`` (counted) or ``ignored`` (not an
         outage: no count, no reset, a trial slot given back). ``error``: what ``health()``
         shows as ``last_error`` after a failure."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        check_outcome(outcome)
         changes: list[Change] = []
         state = self._refresh(now, changes)
         if lease is None and generation is None and state == HALF_OPEN and self.leases:

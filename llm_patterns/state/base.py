@@ -55,12 +55,12 @@ from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 from .._validate import real
 from ..clock import SystemClock
 from ..machines.breaker import (
-    OUTCOMES,
     Admission,
     BreakerConfig,
     BreakerOutcome,
     BreakerSnapshot,
     Circuit,
+    check_outcome,
 )
 from ..machines.bucket import KINDS, Buckets, Limit, new_record, queue_leave, queue_step
 
@@ -74,6 +74,7 @@ __all__ = [
     "StateStore",
     "WallClock",
     "check_config",
+    "check_outcome",
     "limiter_acquire",
     "limiter_leave",
     "limiter_levels",
@@ -295,12 +296,6 @@ def check_config(config: Any) -> BreakerConfig:
     if not isinstance(config, BreakerConfig):
         raise TypeError(f"config must be a BreakerConfig, got {config!r}")
     return config
-
-
-def check_outcome(outcome: Any) -> str:
-    if outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
-    return str(outcome)
 
 
 def check_lease(lease: Any, *, optional: bool = False) -> str | None:
