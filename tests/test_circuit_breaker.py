@@ -1,5 +1,7 @@
 """CircuitBreaker: state machine, outage classification, half-open admission, leases, wrappers,
-health, listeners, concurrency (real threads, asyncio) and a hypothesis state-machine property."""
+health, listeners, concurrency (real threads, asyncio) and a hypothesis state-machine property;
+the Breaker/Permit protocol and the concurrency bounds for SharedCircuitBreaker too (memory and
+SQLite stores: one trial for 32 threads or 50 coroutines)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from llm_patterns.errors import (
     RateLimitError,
     ServerError,
 )
+from llm_patterns.protocols import Breaker, Permit
+from llm_patterns.state import MemoryStateStore, SharedCircuitBreaker, SQLiteStateStore
 
 OPEN, CLOSED, HALF = CircuitState.OPEN, CircuitState.CLOSED, CircuitState.HALF_OPEN
 
@@ -639,6 +643,132 @@ def test_fifty_coroutines_one_trial():
     assert sum(isinstance(r, CircuitOpenError) for r in results) == 49
     assert results[ran[0]] == ran[0]
     assert b.state is CLOSED
+
+
+# ---------------------------------------------------------------- the same, store-backed
+
+
+def _shared_half_open(kind: str, tmp_path, **kw) -> SharedCircuitBreaker:
+    clock = VirtualClock(100.0)
+    store = (MemoryStateStore(clock=clock) if kind == "memory"
+             else SQLiteStateStore(tmp_path / "b.db", clock=clock))
+    kw.setdefault("failure_threshold", 3)
+    kw.setdefault("reset_timeout", 30.0)
+    b = SharedCircuitBreaker("primary", store=store, **kw)
+    b.trip()
+    clock.advance(b.reset_timeout)
+    assert b.state is HALF
+    return b
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_half_open_storm_of_32_threads_runs_one_trial_on_a_store(kind, tmp_path):
+    b = _shared_half_open(kind, tmp_path)
+    ran, rejected = _storm(b)
+    assert (ran, rejected) == (1, 31)
+    assert b.state is CLOSED
+    assert b.health()["rejections"] == 31
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_fifty_coroutines_one_trial_on_a_store(kind, tmp_path):
+    """The async path asks the store on the breaker's worker thread: still one trial."""
+    b = _shared_half_open(kind, tmp_path, half_open_max_calls=2)
+    counts = {"ran": 0, "answered": 0}
+
+    async def main():
+        everyone = asyncio.Event()
+
+        def answered():
+            counts["answered"] += 1
+            if counts["answered"] >= 50:
+                everyone.set()
+
+        async def probe():
+            counts["ran"] += 1
+            answered()
+            await everyone.wait()  # the trials run until every caller has its answer
+            return "ok"
+
+        async def caller():
+            try:
+                return await b.call_async(probe)
+            except CircuitOpenError as exc:
+                answered()
+                return exc
+
+        return await asyncio.gather(*(caller() for _ in range(50)))
+
+    results = asyncio.run(main())
+    assert counts["ran"] == 2  # half_open_max_calls
+    assert results.count("ok") == 2
+    assert sum(isinstance(r, CircuitOpenError) for r in results) == 48
+    assert b.state is CLOSED
+    b.close()
+
+
+# ---------------------------------------------------------------- the Breaker protocol
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
+def test_both_breakers_are_breakers_and_hand_out_permits(shared, tmp_path):
+    clock = VirtualClock()
+    b = (SharedCircuitBreaker("p", failure_threshold=1, reset_timeout=30.0, clock=clock,
+                              store=MemoryStateStore(clock=clock))
+         if shared else make(clock, failure_threshold=1))
+    assert isinstance(b, Breaker)
+    permit = b.admit()
+    assert isinstance(permit, Permit) and permit.trial is False
+    permit.failure(outage())
+    permit.success()  # settled already: ignored
+    assert b.state is OPEN and b.health()["successes"] == 0
+    with pytest.raises(CircuitOpenError) as info:
+        b.admit()
+    assert info.value.retry_after == pytest.approx(30.0)
+    assert info.value.provider == b.name
+    clock.advance(30)
+    trial = b.admit()
+    assert trial.trial is True
+    with pytest.raises(CircuitOpenError, match="half-open and its 1 trial call"):
+        b.admit()
+    trial.release()  # never sent: the slot is given back, nothing counted
+    assert b.state is HALF and b.consecutive_failures == 1
+    again = asyncio.run(b.admit_async())
+    assert again.trial
+    again.failure(RateLimitError("429"))  # not an outage: the slot is given back
+    assert b.state is HALF
+    last = b.admit()
+    last.success()
+    assert b.state is CLOSED
+    h = b.health()
+    assert (h["calls"], h["successes"], h["failures"], h["ignored_errors"], h["rejections"]) \
+        == (4, 1, 1, 1, 2)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
+def test_events_of_ignored_errors_and_lost_leases(shared):
+    clock = VirtualClock()
+    b = (SharedCircuitBreaker("p", failure_threshold=1, reset_timeout=30.0, probe_timeout=5.0,
+                              clock=clock, store=MemoryStateStore(clock=clock))
+         if shared else make(clock, failure_threshold=1, probe_timeout=5.0))
+    events = []
+    b.subscribe(events.append)
+    b.call(lambda: None)
+    with pytest.raises(RateLimitError):
+        b.call(_raise, RateLimitError("429"))
+    b.trip()
+    clock.advance(30)
+    assert b.admit().trial  # this probe never reports back
+    clock.advance(5)
+    assert b.admit().trial  # its lease ran out: the next caller probes
+    kinds = [(e.kind, e.time, e.data) for e in events]
+    assert kinds == [
+        ("success", 0.0, {}),
+        ("ignored", 0.0, {"consecutive_failures": 0, "error_type": "RateLimitError"}),
+        ("state_change", 0.0, {"old": "closed", "new": "open", "consecutive_failures": 0}),
+        ("state_change", 30.0, {"old": "open", "new": "half_open", "consecutive_failures": 0}),
+        ("lease_expired", 35.0, {"count": 1}),
+    ]
 
 
 # ---------------------------------------------------------------- property: random sequences
