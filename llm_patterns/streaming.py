@@ -138,10 +138,10 @@ class _Permit:
     """A breaker's admission, over the ``Breaker``/``Permit`` protocol or the manual one
     (``allow_request`` / ``record_success`` / ``record_failure``)."""
 
-    def __init__(self, breaker: Any, provider: str) -> None:
+    def __init__(self, breaker: Any, provider: str, permit: Any = None) -> None:
         self.breaker = breaker
-        self.permit: Any = None
-        if breaker is None:
+        self.permit: Any = permit  # given: admitted already (``admit_async``)
+        if breaker is None or permit is not None:
             return
         if callable(getattr(breaker, "admit", None)):
             self.permit = breaker.admit()
@@ -190,6 +190,15 @@ class _Flow:
         """After the limiter: count the attempt, ask the breaker."""
         self.attempts += 1
         return _Permit(route.breaker, route.name)
+
+    async def abefore_send(self, route: Route) -> _Permit:
+        """``before_send`` for the async path: ``admit_async`` never blocks the event loop (a
+        store-backed breaker asks its store in a thread)."""
+        admit = getattr(route.breaker, "admit_async", None)
+        if not callable(admit):
+            return self.before_send(route)
+        self.attempts += 1
+        return _Permit(route.breaker, route.name, await admit())
 
     def send_failed(self, route: Route, permit: _Permit | None, error: BaseException) -> None:
         """An attempt failed before any text: the breaker hears it, a 429 pauses the limiter."""
@@ -426,7 +435,7 @@ class AsyncResilientStream:
             await route.limiter.acquire_async(flow.request.estimated_tokens)
         permit = None
         try:
-            permit = flow.before_send(route)
+            permit = await flow.abefore_send(route)
             opener = getattr(route.provider, "asend_stream", None)
             stream = (await opener(flow.request) if opener is not None
                       else AsyncStream.of_response(await asend(route.provider, flow.request)))

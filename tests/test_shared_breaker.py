@@ -94,6 +94,35 @@ def test_the_stall_measure_catches_a_blocking_breaker_call(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stream_through_the_client_never_stalls_the_loop_on_its_breaker(tmp_path):
+    """``ResilientClient.astream`` asks a store-backed breaker with ``admit_async``."""
+    from llm_patterns import MockLLMServer, ResilientClient
+
+    path = tmp_path / "state.db"
+    br = SharedCircuitBreaker("p", store=SQLiteStateStore(path))
+    br.call(lambda: "ok")
+    clock = VirtualClock()
+    client = ResilientClient([MockLLMServer(clock=clock, latency=0.0).provider("p")],
+                             breakers={"p": br}, clock=clock)
+
+    async def work():
+        t0 = time.perf_counter()
+        async with client.astream("hello there", max_tokens=16) as stream:
+            text = "".join([delta async for delta in stream])
+        return time.perf_counter() - t0, text
+
+    locker = _hold_write_lock(path, 1.0)
+    try:
+        stall, (waited, text) = asyncio.run(_largest_stall(work))
+    finally:
+        locker.wait(10)
+    assert text and waited > 0.5
+    assert stall < 0.25, stall
+    br.close()
+    assert br.health()["successes"] == 2
+
+
+@pytest.mark.slow
 def test_a_cancelled_admission_gives_its_trial_back(tmp_path):
     """Cancelled while the store (locked) decides: the lease it then grants is released."""
     path = tmp_path / "state.db"
