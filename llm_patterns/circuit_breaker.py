@@ -21,6 +21,12 @@ over it; it turns the machine's ``changes`` into events, log lines and listener 
 ``CircuitBreaker`` runs the machine in this process under a lock; ``SharedCircuitBreaker``
 (``state/shared.py``) runs it in a store shared by every process, so both announce the same
 events, raise the same errors and show the same ``health()``.
+
+Events (``subscribe``): ``success``; ``failure`` and ``ignored`` (``consecutive_failures``,
+``error_type``); ``rejected`` (``retry_in``, ``state``); ``state_change`` (``old``, ``new``,
+``consecutive_failures``); ``lease_expired`` (``count``). Logs (``llm_patterns.circuit_breaker``):
+a WARNING at every OPEN with the failure count and the last error (redacted), INFO at HALF_OPEN
+and CLOSED, a WARNING when a trial's lease runs out.
 """
 
 from __future__ import annotations
