@@ -14,13 +14,22 @@ from typing import Any
 
 from ..circuit_breaker import check_clock
 from ..errors import redact
-from .base import Admission, BreakerConfig, BreakerOutcome, Grant, Limit, StateStore, WallClock
+from .base import (
+    Admission,
+    BreakerConfig,
+    BreakerOutcome,
+    BreakerSnapshot,
+    Grant,
+    Limit,
+    StateStore,
+    WallClock,
+)
 from .memory import MemoryStateStore
 from .shared import SharedCircuitBreaker, SharedRateLimiter
 from .sqlite import SQLiteStateStore
 
 __all__ = [
-    "ENV_VAR", "Admission", "BreakerConfig", "BreakerOutcome", "Grant", "Limit",
+    "ENV_VAR", "Admission", "BreakerConfig", "BreakerOutcome", "BreakerSnapshot", "Grant", "Limit",
     "MemoryStateStore",
     "SQLiteStateStore", "SharedCircuitBreaker", "SharedRateLimiter", "StateStore", "WallClock",
     "from_env", "from_url",
