@@ -216,6 +216,28 @@ def test_record_round_trip_is_exact():
     assert again.leases == {"1": 64.3} and again.last_error == "ServerError: HTTP 503"
 
 
+def test_a_record_from_before_numbered_leases_is_adopted(tmp_path):
+    """A SQLite state file written by the previous version (uuid leases, no serial)."""
+    import json
+    import sqlite3
+
+    old = {"state": "half_open", "consecutive": 2, "opened_at": 5.0, "generation": 2,
+           "changed_at": 15.0, "leases": {"3f2a9c0d": 30.0}, "last_error": "ServerError 503",
+           "calls": 7, "successes": 4, "failures": 2, "ignored_errors": 0, "rejections": 1,
+           "opened_count": 1}
+    store = SQLiteStateStore(tmp_path / "old.db", clock=VirtualClock(20.0))
+    store.breaker_read("k", BreakerConfig())  # the table exists
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        conn.execute("UPDATE llm_state SET value = ? WHERE kind = 'breaker' AND key = 'k'",
+                     (json.dumps(old),))
+    cfg = BreakerConfig(reset_timeout=10.0)
+    adm = store.breaker_admit("k", cfg)
+    assert adm.allowed and adm.lease == "1" and adm.generation == 2
+    snap = store.breaker_read("k", cfg)
+    assert snap.counters["calls"] == 8 and snap.last_error == "ServerError 503"
+    store.close()
+
+
 @pytest.mark.redis
 @pytest.mark.skipif(shutil.which("redis-server") is None
                     or importlib.util.find_spec("redis") is None, reason="needs redis-server")

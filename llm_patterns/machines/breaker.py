@@ -357,17 +357,20 @@ class Circuit:
     # -- the store's JSON record
 
     def load(self, record: Mapping[str, Any]) -> None:
-        """Adopt a store record's state (``save``'s format)."""
+        """Adopt a store record's state (``save``'s format). A record written before leases
+        were numbered (no ``serial``) is adopted too: its trials' leases are dropped (their
+        holders' outcomes then count as stale, and the slots are free at once)."""
         self.state = str(record["state"])
         self.consecutive = int(record["consecutive"])
         self.opened_at = float(record["opened_at"])
         self.generation = int(record["generation"])
         self.changed_at = float(record["changed_at"])
-        self.leases = {str(k): float(v) for k, v in record["leases"].items()}
-        self.serial = int(record["serial"])
-        self.last_error = record["last_error"]
+        self.leases = {str(k): float(v) for k, v in record.get("leases", {}).items()
+                       if str(k).isdigit()}
+        self.serial = int(record.get("serial", 0))
+        self.last_error = record.get("last_error")
         for name in COUNTERS:
-            setattr(self, name, int(record[name]))
+            setattr(self, name, int(record.get(name, 0)))
 
     def save(self, record: dict[str, Any]) -> None:
         """Write the state into ``record`` (plain JSON values)."""
