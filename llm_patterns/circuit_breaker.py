@@ -121,7 +121,8 @@ class BreakerPermit:
         trial's slot is given back."""
         if not self._done:
             self._done = True
-            self._breaker._report(self, "release", None)
+            if self.lease is not None:  # a closed-state admission holds nothing to give back
+                self._breaker._report(self, "release", None)
 
     async def _aend(self, outcome: str, error: BaseException | None) -> None:
         """Settle with ``outcome`` and wait until it is recorded (``call_async``)."""
@@ -178,6 +179,15 @@ class BreakerBase(Observable):
     def _store_url(self) -> str | None:
         return None
 
+    def _ordered(self, op: str, *args: Any) -> Any:
+        """``_run`` for the sync API. Called from a running event loop, a blocking breaker
+        runs it on its worker thread after the outcomes already handed there (this object
+        reads its own writes), and waits: a sync call blocks by nature; the async API
+        (``admit_async``, ``call_async``) does not."""
+        if self._worker is not None and self._blocking and _in_event_loop():
+            return self._submit(partial(self._run, op, *args)).result()
+        return self._run(op, *args)
+
     # ------------------------------------------------------------------ numbers
 
     @property
@@ -201,7 +211,7 @@ class BreakerBase(Observable):
     def admit(self) -> BreakerPermit:
         """A permit to call now (in half-open: one of the trial leases), or
         ``CircuitOpenError`` with ``retry_after`` (open, or every trial slot taken)."""
-        adm: Admission = self._run("admit")
+        adm: Admission = self._ordered("admit")
         self._dispatch()
         return self._permit(adm)
 
@@ -280,7 +290,9 @@ class BreakerBase(Observable):
         if not self._blocking:
             self._report(permit, outcome, error)
             return
-        await asyncio.wrap_future(self._submit(partial(self._report_now, permit, outcome, error)))
+        recorded = asyncio.wrap_future(self._submit(partial(self._report_now, permit, outcome,
+                                                            error)))
+        await asyncio.shield(recorded)  # a cancelled caller never cancels the bookkeeping
         self._dispatch()
 
     # ------------------------------------------------------------------ the manual protocol
@@ -367,7 +379,7 @@ class BreakerBase(Observable):
     # ------------------------------------------------------------------ reading state
 
     def _read(self) -> BreakerSnapshot:
-        snap: BreakerSnapshot = self._run("read")
+        snap: BreakerSnapshot = self._ordered("read")
         self._dispatch()
         return snap
 
@@ -407,12 +419,12 @@ class BreakerBase(Observable):
 
     def reset(self) -> None:
         """Force the breaker closed and clear the failure run (an operator's "it is fixed")."""
-        self._run("force", CLOSED)
+        self._ordered("force", CLOSED)
         self._dispatch()
 
     def trip(self) -> None:
         """Force the breaker open now, with a fresh ``reset_timeout`` cooldown."""
-        out: BreakerOutcome = self._run("force", OPEN)
+        out: BreakerOutcome = self._ordered("force", OPEN)
         if not out.transitions:  # already open: a fresh cooldown, no transition to announce
             logger.warning("breaker %s OPEN again (forced by trip()); half-open in %.1f s",
                            self._label, self.config.reset_timeout)

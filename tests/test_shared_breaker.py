@@ -151,6 +151,30 @@ def test_a_cancelled_admission_gives_its_trial_back(tmp_path):
     br.close()
 
 
+def test_outcomes_settled_from_the_loop_land_in_order(tmp_path):
+    """Handed to the worker thread, an outcome still lands before this breaker's next
+    admission or read: the breaker reads its own writes."""
+    clock = VirtualClock(10.0)
+    br = SharedCircuitBreaker("api", failure_threshold=2, reset_timeout=30.0,
+                              store=SQLiteStateStore(tmp_path / "s.db", clock=clock))
+
+    async def main():
+        for _ in range(2):
+            permit = await br.admit_async()
+            permit.failure(_outage())  # sync, from the loop: handed off, not awaited
+        states = [br.state]  # a sync read from the loop: after the handed-off writes
+        with pytest.raises(CircuitOpenError):
+            await br.admit_async()
+        clock.advance(30)
+        trial = await br.admit_async()
+        trial.success()
+        states.append(br.state)
+        return states
+
+    assert asyncio.run(main()) == [CircuitState.OPEN, CircuitState.CLOSED]
+    br.close()
+
+
 # ----------------------------------------------------------------------------- Redis frozen
 
 
