@@ -122,7 +122,11 @@ class Limiter(Protocol):
 
 @runtime_checkable
 class Permit(Protocol):
-    """One admission by a breaker. Exactly one of ``success``/``failure``/``release`` is called."""
+    """One admission by a breaker. The first of ``success``/``failure``/``release`` settles it;
+    later calls do nothing (a cleanup path may release a permit already settled). None of them
+    raises (a store that cannot record an outcome logs it: bookkeeping never fails a call that
+    happened) and none blocks an event loop (a store-backed breaker called from a running loop
+    hands the write to its worker thread, ordered before its next admission)."""
 
     @property
     def trial(self) -> bool:
@@ -132,17 +136,20 @@ class Permit(Protocol):
     def success(self) -> None: ...
 
     def failure(self, error: BaseException) -> None:
-        """The call failed; the breaker decides whether ``error`` counts (outages do)."""
+        """The call failed; the breaker decides whether ``error`` counts (outages do). One that
+        does not count (a 429, a bad request) gives a trial's slot back."""
         ...
 
     def release(self) -> None:
-        """The call never reached the provider: no outcome, a probe slot is given back."""
+        """The call got no answer to judge (never sent, cancelled, interrupted): nothing is
+        counted and a trial's slot is given back."""
         ...
 
 
 @runtime_checkable
 class Breaker(Protocol):
-    """A circuit breaker in front of one provider."""
+    """A circuit breaker in front of one provider (``CircuitBreaker``, ``SharedCircuitBreaker``:
+    the same machine, the same events and errors)."""
 
     name: str
 
@@ -150,10 +157,14 @@ class Breaker(Protocol):
     def state(self) -> CircuitState: ...
 
     def admit(self) -> Permit:
-        """A permit to call, or ``CircuitOpenError`` (with ``retry_after``) when open."""
+        """A permit to call, or ``CircuitOpenError`` (with ``retry_after``) when open or when
+        every half-open trial slot is taken."""
         ...
 
-    async def admit_async(self) -> Permit: ...
+    async def admit_async(self) -> Permit:
+        """``admit`` without blocking the event loop; a cancelled caller's admission, if the
+        store granted it meanwhile, is given back."""
+        ...
 
     def health(self) -> dict[str, Any]: ...
 
