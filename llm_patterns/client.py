@@ -193,7 +193,8 @@ class ResilientClient(Observable):
         """One completion from the first provider that can give it. ``dag_id``, ``task_id``,
         ``run_id`` label its cost record; other keywords are request fields."""
         request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
-        response: LLMResponse = run(self._flow(request, _labels(dag_id, task_id, run_id)))
+        response: LLMResponse = run(self._flow(request, _labels(dag_id, task_id, run_id),
+                                               sync=True))
         return response
 
     async def acomplete(self, prompt: str | None = None, *, messages: Any = None,
@@ -203,21 +204,23 @@ class ResilientClient(Observable):
         """``complete`` for asyncio."""
         request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
         response: LLMResponse = await arun(self._flow(request,
-                                                      _labels(dag_id, task_id, run_id)))
+                                                      _labels(dag_id, task_id, run_id),
+                                                      sync=False))
         return response
 
     def send(self, request: Request, *, dag_id: str | None = None, task_id: str | None = None,
              run_id: str | None = None) -> LLMResponse:
         """``complete`` for a ``Request`` already built."""
         response: LLMResponse = run(self._flow(_request(request),
-                                               _labels(dag_id, task_id, run_id)))
+                                               _labels(dag_id, task_id, run_id), sync=True))
         return response
 
     async def asend(self, request: Request, *, dag_id: str | None = None,
                     task_id: str | None = None, run_id: str | None = None) -> LLMResponse:
         """``send`` for asyncio."""
         response: LLMResponse = await arun(self._flow(_request(request),
-                                                      _labels(dag_id, task_id, run_id)))
+                                                      _labels(dag_id, task_id, run_id),
+                                                      sync=False))
         return response
 
     def stream(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
@@ -230,7 +233,8 @@ class ResilientClient(Observable):
         request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
         labels = _labels(dag_id, task_id, run_id)
         demand = self._check(request)
-        return ResilientStream(lambda: self._flow(request, labels, demand, stream=True))
+        return ResilientStream(lambda: self._flow(request, labels, demand, sync=True,
+                                                  stream=True))
 
     def astream(self, prompt: str | None = None, *, messages: Any = None, max_tokens: int = 256,
                 dag_id: str | None = None, task_id: str | None = None,
@@ -239,7 +243,8 @@ class ResilientClient(Observable):
         request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
         labels = _labels(dag_id, task_id, run_id)
         demand = self._check(request)
-        return AsyncResilientStream(lambda: self._flow(request, labels, demand, stream=True))
+        return AsyncResilientStream(lambda: self._flow(request, labels, demand, sync=False,
+                                                       stream=True))
 
     def _check(self, request: Request) -> Demand:
         """The chain-wide check, before anything is spent: every provider can take the request
@@ -252,11 +257,12 @@ class ResilientClient(Observable):
         return demand
 
     def _flow(self, request: Request, labels: Mapping[str, str],
-              demand: Demand | None = None, *, stream: bool = False) -> Flow[Any]:
-        """One call: the fallback chain over the providers' layers (module docstring)."""
+              demand: Demand | None = None, *, sync: bool, stream: bool = False) -> Flow[Any]:
+        """One call: the fallback chain over the providers' layers (module docstring), for the
+        sync shell (``_twin.run``) or the async one (``arun``)."""
         if demand is None:
             demand = self._check(request)
-        walk = _Run(self, request, demand, labels, stream)
+        walk = _Run(self, request, demand, labels, sync, stream)
         return self.chain.flow(request, walk.attempt, walk.finish)
 
     def _event(self, kind: str, **data: Any) -> None:
@@ -317,20 +323,22 @@ class _Run:
     ``Call``) and ``finish`` (the answer as the client reports it: that provider's attempts and
     latency, ``fallback_used``; for a stream, an ``Opened`` whose endings are attached)."""
 
-    __slots__ = ("call", "client", "demand", "events", "labels", "request", "stream")
+    __slots__ = ("call", "client", "demand", "events", "labels", "request", "stream", "sync")
 
     def __init__(self, client: ResilientClient, request: Request, demand: Demand,
-                 labels: Mapping[str, str], stream: bool) -> None:
+                 labels: Mapping[str, str], sync: bool, stream: bool) -> None:
         self.client = client
         self.request = request
         self.demand = demand
         self.labels = labels
+        self.sync = sync
         self.stream = stream
         self.events = client._event if client._subscribers else None  # decided once per call
         self.call: Call | None = None
 
     def attempt(self, position: int, stack: Layer) -> Flow[Any]:
-        call = self.call = Call(self.demand, self.labels, self.events, stream=self.stream)
+        call = self.call = Call(self.demand, self.labels, self.events, sync=self.sync,
+                                stream=self.stream)
         call.started = self.client.clock.now()
         return stack.flow(self.request, call)
 

@@ -141,17 +141,20 @@ class FallbackChain(Observable):
         request: Request,
         attempt: Callable[[int, Any], Flow[Any]] | None = None,
         finish: Callable[[int, Any], Any] | None = None,
+        *,
+        sync: bool = False,
     ) -> Flow[Any]:
         """The fallback loop as a flow (``_twin``). ``attempt(position, provider)`` makes the
         flow that asks one provider (default: ``provider.send(request)``, or its ``complete``,
         whose answer must be an ``LLMResponse``); ``finish(position, result)`` makes the answer
         from what the attempt returned (default: ``fallback_used`` set when ``position > 0``).
-        Returns the first answer; raises what stops the chain, else ``AllProvidersFailed``."""
+        Returns the first answer; raises what stops the chain, else ``AllProvidersFailed``.
+        ``sync``: driven by ``_twin.run``, so the default sends are made where they stand."""
         errors: list[tuple[str, BaseException]] = []
         for position, provider in enumerate(self.providers):
             try:
                 if attempt is None:
-                    result = yield _SEND, (provider, request)
+                    result = send(provider, request) if sync else (yield _SEND, (provider, request))
                     if not isinstance(result, LLMResponse):
                         raise self._not_a_response(position, result)
                 else:
@@ -180,7 +183,7 @@ class FallbackChain(Observable):
         request one of the providers could not take is refused first (``check_all``)."""
         request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
         check_all(self.providers, request)
-        response: LLMResponse = run(self.flow(request))
+        response: LLMResponse = run(self.flow(request, sync=True))
         return response
 
     async def acomplete(

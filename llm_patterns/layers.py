@@ -100,14 +100,15 @@ class Call:
     """
 
     __slots__ = ("attempts", "cost", "demand", "endings", "events", "labels", "permit",
-                 "readmit", "sent", "started", "stream", "time_left")
+                 "readmit", "sent", "started", "stream", "sync", "time_left")
 
     def __init__(self, demand: Demand, labels: Mapping[str, str] | None = None,
-                 events: EventSink | None = None, *, stream: bool = False,
+                 events: EventSink | None = None, *, sync: bool, stream: bool = False,
                  time_left: float | None = None) -> None:
         self.demand = demand
         self.labels: Mapping[str, str] = labels or {}
         self.events = events
+        self.sync = sync
         self.stream = stream
         self.attempts = 0
         self.time_left = time_left
@@ -119,11 +120,11 @@ class Call:
         self.endings: list[Ending] = []
 
     @classmethod
-    def of(cls, request: Request, labels: Mapping[str, str] | None = None, *,
+    def of(cls, request: Request, labels: Mapping[str, str] | None = None, *, sync: bool,
            stream: bool = False, time_left: float | None = None) -> Call:
         """A call for ``request``: one request, its input estimate and ``max_tokens``."""
-        return cls(Demand(request.input_tokens, request.max_tokens), labels, stream=stream,
-                   time_left=time_left)
+        return cls(Demand(request.input_tokens, request.max_tokens), labels, sync=sync,
+                   stream=stream, time_left=time_left)
 
 
 def attach(stream: Stream | AsyncStream, call: Call, provider: str) -> None:
@@ -166,25 +167,26 @@ class Layer:
 
     def send(self, request: Request, *, time_left: float | None = None) -> LLMResponse:
         """``request`` through this layer and the ones inside it."""
-        response: LLMResponse = run(self.flow(request, Call.of(request, time_left=time_left)))
+        call = Call.of(request, sync=True, time_left=time_left)
+        response: LLMResponse = run(self.flow(request, call))
         return response
 
     async def asend(self, request: Request, *, time_left: float | None = None) -> LLMResponse:
-        response: LLMResponse = await arun(self.flow(request,
-                                                    Call.of(request, time_left=time_left)))
+        call = Call.of(request, sync=False, time_left=time_left)
+        response: LLMResponse = await arun(self.flow(request, call))
         return response
 
     def send_stream(self, request: Request, *, time_left: float | None = None) -> Stream:
         """A stream through this layer, started up to its first delta; the layers settle when
         it ends."""
-        call = Call.of(request, stream=True, time_left=time_left)
+        call = Call.of(request, sync=True, stream=True, time_left=time_left)
         stream: Stream = run(self.flow(request, call))
         attach(stream, call, self.name)
         return stream
 
     async def asend_stream(self, request: Request, *,
                            time_left: float | None = None) -> AsyncStream:
-        call = Call.of(request, stream=True, time_left=time_left)
+        call = Call.of(request, sync=False, stream=True, time_left=time_left)
         stream: AsyncStream = await arun(self.flow(request, call))
         attach(stream, call, self.name)
         return stream
@@ -207,12 +209,25 @@ def stamp(response: LLMResponse, call: Call, position: int, now: float) -> LLMRe
     attempts, latency = max(call.attempts, 1), max(0.0, now - call.started)
     if response.__class__ is LLMResponse:
         # every answer is re-stamped: ``dataclasses.replace`` re-validates all its fields, 2.1 us
-        # of the 10 us full stack (benchmarks/overhead.py); these three are checked here
+        # a call in benchmarks/overhead.py's full stack; the three set here are checked here
         new = object.__new__(LLMResponse)
         new.__dict__.update(response.__dict__, attempts=attempts, latency_s=latency,
                             fallback_used=position > 0)
         return new
     return replace(response, attempts=attempts, latency_s=latency, fallback_used=position > 0)
+
+
+def _do(call: Call, twin: Twin, *args: Any) -> Flow[Any]:
+    """One protocol operation of ``call``: on the sync path called where it stands (what
+    ``_twin.run`` would do with the step, without its round trip through every layer's frame),
+    on the async path yielded as a step (``await async_fn(*args)``).
+
+    The operations every call makes (admit, reserve, acquire, send, settle, commit) are written
+    inline as ``op(...) if call.sync else (yield twin, args)``: this helper's own generator
+    costs about 0.2 us a use (0.7 us of the full stack in benchmarks/overhead.py)."""
+    if call.sync:
+        return twin[0](*args)
+    return (yield twin, args)
 
 
 def _after_answer(what: str, layer: Layer, error: Exception) -> None:
@@ -268,8 +283,9 @@ class ProviderLayer(Layer):
     def flow(self, request: Request, call: Call) -> Flow[Any]:
         call.sent = True
         if call.stream:
-            return (yield self._open, (request, call.time_left))
-        response = yield self._send, (request, call.time_left)
+            return (yield from _do(call, self._open, request, call.time_left))
+        response = (send(self.provider, request, time_left=call.time_left) if call.sync
+                    else (yield self._send, (request, call.time_left)))  # (_do, inline)
         return self._checked(response)
 
     def close(self) -> None:
@@ -300,7 +316,10 @@ def limiter_usage(demand: Demand, usage: Usage, counts_actual: bool) -> Demand:
     estimate at arrival and gives nothing back).
     """
     if counts_actual:
-        return Demand(usage.prompt_tokens - usage.cached_tokens, usage.completion_tokens)
+        counted, output = usage.prompt_tokens - usage.cached_tokens, usage.completion_tokens
+        if counted == demand.input_tokens and output == demand.output_tokens:
+            return demand
+        return Demand(counted, output)
     prompt = usage.prompt_tokens
     if prompt <= demand.input_tokens:
         return demand
@@ -328,40 +347,45 @@ class LimiterLayer(Layer):
 
     def flow(self, request: Request, call: Call) -> Flow[Any]:
         demand = call.demand
-        waited = yield self._acquire, (demand,)
+        waited = (self.limiter.acquire(demand) if call.sync  # (see _do: the hot path inline)
+                  else (yield self._acquire, (demand,)))
         if waited > 0 and call.readmit is not None:
             # the breaker admitted this call before the wait: it may have opened meanwhile
             permit, call.permit = call.permit, None
-            call.permit = yield call.readmit, (permit,)
+            call.permit = yield from _do(call, call.readmit, permit)
         try:
             result = yield from self.inner.flow(request, call)
         except RateLimitError as error:
             retry_after = error.retry_after
             if error.retryable and retry_after is not None and retry_after > 0:
                 try:  # (bounded by the limiter's max_retry_after: never years)
-                    yield self._penalize, (retry_after,)
+                    yield from _do(call, self._penalize, retry_after)
                 except Exception as failure:
                     logger.error("could not pause %s's limiter after a 429: %s", self.name,
                                  describe(failure))
             raise
         if call.stream:
-            call.endings.append(lambda end: self._settled(demand, end.usage, end.response))
+            call.endings.append(lambda end: self._settled(call, end.usage, end.response))
             return result
         try:
-            yield from self._settled(demand, result.usage, result)
+            yield from self._settled(call, result.usage, result)
         except Exception as error:
             _after_answer("settling the rate limiter", self, error)
         return result
 
-    def _settled(self, demand: Demand, usage: Usage, response: LLMResponse | None) -> Flow[None]:
+    def _settled(self, call: Call, usage: Usage, response: LLMResponse | None) -> Flow[None]:
         """The estimate settled to what the provider counted, the levels re-synced from the
         answer's rate-limit headers (in the thread or task that acquired: protocols.Limiter)."""
+        demand = call.demand
         actual = limiter_usage(demand, usage, self.refund_unused_tokens)
-        if actual is not demand and actual != demand:
-            yield self._settle, (demand, actual)
+        if actual is not demand:
+            if call.sync:
+                self.limiter.settle(demand, actual)
+            else:
+                yield self._settle, (demand, actual)
         headers = response.headers if response is not None else None
         if headers:
-            yield self._sync, (headers,)
+            yield from _do(call, self._sync, headers)
 
 
 # ------------------------------------------------------------------------------- the budget
@@ -398,7 +422,8 @@ class BudgetLayer(Layer):
                                        provider=self.name, **labels)
 
     def flow(self, request: Request, call: Call) -> Flow[Any]:
-        hold = yield self._reserve, (self.price_model, call.demand)
+        hold = (self.gate.reserve(self.price_model, call.demand) if call.sync  # (_do, inline)
+                else (yield self._reserve, (self.price_model, call.demand)))
         try:
             result = yield from self.inner.flow(request, call)
         except GeneratorExit:  # the flow was abandoned: no step can run any more
@@ -406,7 +431,7 @@ class BudgetLayer(Layer):
             raise
         except BaseException:
             try:
-                yield self._release, (hold,)
+                yield from _do(call, self._release, hold)
             except Exception as error:
                 logger.error("could not release a budget hold of provider %s: %s", self.name,
                              describe(error))
@@ -423,7 +448,10 @@ class BudgetLayer(Layer):
         return result
 
     def _committed(self, hold: Any, model: str | None, usage: Usage, call: Call) -> Flow[None]:
-        call.cost = yield self._commit, (hold, model, usage, call.labels)
+        if call.sync:  # (_do, inline)
+            call.cost = self._commit_sync(hold, model, usage, call.labels)
+        else:
+            call.cost = yield self._commit, (hold, model, usage, call.labels)
 
 
 # ------------------------------------------------------------------------------- the breaker
@@ -477,7 +505,7 @@ class BreakerLayer(Layer):
         return await self._admit[1]()  # type: ignore[no-any-return]
 
     def flow(self, request: Request, call: Call) -> Flow[Any]:
-        call.permit = yield self._admit, ()
+        call.permit = self._admit[0]() if call.sync else (yield self._admit, ())  # (_do, inline)
         call.readmit = self._readmit
         call.sent = False
         try:
@@ -602,9 +630,11 @@ class RetryLayer(Layer):
             return self._attempt(request, call, call.time_left)
         outer = call.time_left
         if outer is None:
-            return self.policy.flow(lambda time_left: self._attempt(request, call, time_left))
+            return self.policy.flow(lambda time_left: self._attempt(request, call, time_left),
+                                    sync=call.sync)
         return self.policy.flow(lambda time_left: self._attempt(
-            request, call, outer if time_left is None else min(outer, time_left)))
+            request, call, outer if time_left is None else min(outer, time_left)),
+            sync=call.sync)
 
     def _attempt(self, request: Request, call: Call,
                  time_left: float | None) -> Flow[Any]:
