@@ -285,22 +285,14 @@ class ResilientClient(Observable):
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every provider (their HTTP clients). Idempotent."""
-        for p in self.providers:
-            close = getattr(p, "close", None)
-            if callable(close):
-                close()
+        """Close every provider (the HTTP clients they made), through its layers."""
+        for layer in self.stacks:
+            layer.close()
 
     async def aclose(self) -> None:
         """``close`` for asyncio: each provider's ``aclose`` (or ``close``)."""
-        for p in self.providers:
-            aclose = getattr(p, "aclose", None)
-            if callable(aclose):
-                await aclose()
-            else:
-                close = getattr(p, "close", None)
-                if callable(close):
-                    close()
+        for layer in self.stacks:
+            await layer.aclose()
 
     def __enter__(self) -> ResilientClient:
         return self

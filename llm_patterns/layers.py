@@ -195,6 +195,13 @@ class Layer:
                  max_tokens: int = 256, **kw: Any) -> LLMResponse:
         return self.send(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
 
+    def close(self) -> None:
+        """Close the provider inside (its HTTP clients)."""
+        self.inner.close()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     async def acomplete(self, prompt: str | None = None, *, messages: Any = None,
                         max_tokens: int = 256, **kw: Any) -> LLMResponse:
         return await self.asend(Request(prompt, messages=messages, max_tokens=max_tokens, **kw))
@@ -289,11 +296,13 @@ class ProviderLayer(Layer):
         return self._checked(response)
 
     def close(self) -> None:
+        """The provider's ``close()``, if it has one."""
         close = getattr(self.provider, "close", None)
         if callable(close):
             close()
 
     async def aclose(self) -> None:
+        """The provider's ``aclose()``, else its ``close()``."""
         aclose = getattr(self.provider, "aclose", None)
         if callable(aclose):
             await aclose()
