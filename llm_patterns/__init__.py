@@ -64,7 +64,7 @@ _EXPORTS: dict[str, str] = {
     # together
     # shared state across processes and hosts (Airflow workers)
     "SharedRateLimiter": "state", "SharedCircuitBreaker": "state",
-    "ResilientClient": "client", "GuardedProvider": "client", "MockLLMServer": "mock",
+    "ResilientClient": "client", "MockLLMServer": "mock",
     # token limits
     "check_fits": "context", "context_window": "context", "ContextLimits": "context",
     "register_context_window": "context",
@@ -91,7 +91,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .backoff import BackoffPolicy  # noqa: F401
     from .chunking import chunk_spans, chunk_text, map_reduce_summarize  # noqa: F401
     from .circuit_breaker import CircuitBreaker, CircuitState  # noqa: F401
-    from .client import GuardedProvider, ResilientClient  # noqa: F401
+    from .client import ResilientClient  # noqa: F401
     from .clock import Clock, ScaledClock, SystemClock, VirtualClock  # noqa: F401
     from .context import (  # noqa: F401
         ContextLimits,

@@ -18,11 +18,11 @@ Full (the default) and decorrelated jitter spread a herd best; equal jitter keep
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from . import _validate as v
 
 __all__ = ["JITTER_MODES", "BackoffPolicy"]
 
@@ -31,29 +31,6 @@ JITTER_MODES = ("none", "full", "equal", "decorrelated")
 # Shared source for callers that pass no rng. random.Random's methods are safe to share between
 # threads in CPython (each draw is one C call under the GIL).
 _default_rng = random.Random()
-
-
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
-def _attempt(value: object) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"attempt must be an int >= 0, got {value!r}")
-    try:
-        attempt = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"attempt must be an int >= 0, got {value!r} ({type(value).__name__})"
-        ) from None
-    if attempt < 0:
-        raise ValueError(f"attempt must be >= 0 (0 is the first retry), got {attempt}")
-    return attempt
 
 
 @dataclass(frozen=True)
@@ -69,19 +46,12 @@ class BackoffPolicy:
     jitter: str = "full"
 
     def __post_init__(self) -> None:
-        base = _number("base_delay", self.base_delay)
-        mult = _number("multiplier", self.multiplier)
-        cap = _number("max_delay", self.max_delay)
-        if not base > 0:
-            raise ValueError(f"base_delay must be > 0 seconds, got {self.base_delay!r}")
-        if not mult >= 1:
-            raise ValueError(f"multiplier must be >= 1, got {self.multiplier!r}")
+        base = v.real("base_delay", self.base_delay, minimum=0.0, strict_min=True)
+        mult = v.real("multiplier", self.multiplier, minimum=1.0)
+        cap = v.real("max_delay", self.max_delay)
         if not cap >= base:
             raise ValueError(f"max_delay must be >= base_delay ({base:g}), got {self.max_delay!r}")
-        if not isinstance(self.jitter, str) or self.jitter not in JITTER_MODES:
-            raise ValueError(
-                f"jitter must be one of {', '.join(JITTER_MODES)}; got {self.jitter!r}"
-            )
+        v.choice("jitter", self.jitter, JITTER_MODES)
         object.__setattr__(self, "base_delay", base)
         object.__setattr__(self, "multiplier", mult)
         object.__setattr__(self, "max_delay", cap)
@@ -92,7 +62,7 @@ class BackoffPolicy:
         Computed without overflow: past the attempt where the curve crosses ``max_delay`` the
         power is never evaluated.
         """
-        attempt = _attempt(attempt)
+        attempt = v.integer("attempt", attempt, minimum=0)
         base, mult, cap = self.base_delay, self.multiplier, self.max_delay
         if mult == 1.0 or cap == base:
             return base
@@ -128,9 +98,7 @@ class BackoffPolicy:
             if previous is None:
                 prev = self.base_delay
             else:
-                prev = _number("previous", previous)
-                if prev < 0:
-                    raise ValueError(f"previous must be >= 0 seconds, got {previous!r}")
+                prev = v.real("previous", previous, minimum=0.0)
             # U(base, 3*prev); when 3*prev < base the draw stays at >= base (the AWS floor)
             hi = max(self.base_delay, 3.0 * prev)
             value = r.uniform(self.base_delay, hi) if math.isfinite(hi) else self.max_delay
@@ -138,12 +106,8 @@ class BackoffPolicy:
         return max(0.0, min(value, self.max_delay))
 
     def delays(self, n: int, rng: random.Random | None = None) -> Iterator[float]:
-        """The first ``n`` delays (attempts 0 .. n-1), feeding each into the next as ``previous``."""
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int >= 0, got {n!r}")
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        return self._iter_delays(n, rng)
+        """The first ``n`` delays (attempts 0 .. n-1), each fed into the next as ``previous``."""
+        return self._iter_delays(v.integer("n", n, minimum=0), rng)
 
     def _iter_delays(self, n: int, rng: random.Random | None) -> Iterator[float]:
         previous: float | None = None

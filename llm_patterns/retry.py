@@ -20,6 +20,10 @@ over 14.20 s". Each retry logs one WARNING on ``llm_patterns.retry``.
 All per-call state is local to the call, so one policy can be shared by any number of threads
 and coroutines. ``current_attempt()`` tells the function being retried which attempt it is on,
 and ``testing()`` caps attempts and removes waits for test suites.
+
+``call`` and ``call_async`` are two thin shells over one loop, ``flow`` (a generator, see
+``_twin``), which ``ResilientClient`` also runs around its per-provider layers: there each
+attempt is told the time left before ``deadline``, and its HTTP timeout shrinks to it.
 """
 
 from __future__ import annotations
@@ -31,19 +35,21 @@ import logging
 import math
 import numbers
 import random
-import re
 import threading
 import types
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+from . import _validate as v
 from ._decorate import decorate
+from ._twin import Flow, Step, arun, run
 from .backoff import BackoffPolicy
 from .clock import Clock, SystemClock
 from .errors import (
     BudgetExceeded,
     QuotaExceededError,
     add_note,
+    describe,
     is_retryable,
     retry_after_from_headers,
 )
@@ -99,18 +105,6 @@ testing.__test__ = False  # type: ignore[attr-defined]  # not a test when import
 
 # ---------------------------------------------------------------------------- helpers
 
-_SECRET_RE = re.compile(
-    r"(?i)((?:api[_-]?key|key|token|secret|password)=)[^&\s\"']+|\b(sk-|sk-ant-)[A-Za-z0-9_\-]{6,}"
-)
-
-
-def _describe(error: BaseException, limit: int = 300) -> str:
-    """``Type: message`` for a log line or note, shortened, with key-looking strings masked."""
-    text = f"{type(error).__name__}: {error}"
-    text = _SECRET_RE.sub(lambda m: (m.group(1) or m.group(2) or "") + "***", text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _retry_after_of(error: BaseException) -> float | None:
     """The server's requested wait: ``error.retry_after``, or an httpx error's response headers."""
     value = getattr(error, "retry_after", None)
@@ -120,7 +114,7 @@ def _retry_after_of(error: BaseException) -> float | None:
         if headers is not None:
             try:
                 value = retry_after_from_headers(headers)
-            except Exception:  # noqa: BLE001 - a strange header must not break the retry loop
+            except Exception:
                 value = None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
@@ -135,15 +129,6 @@ def _status_of(error: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
-    return value
-
-
 def _as_predicate(retry_on: Any) -> Callable[[BaseException], bool]:
     if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
         retry_on = (retry_on,)
@@ -155,7 +140,8 @@ def _as_predicate(retry_on: Any) -> Callable[[BaseException], bool]:
         types = retry_on
         return lambda error: isinstance(error, types)
     if callable(retry_on):
-        return retry_on
+        predicate: Callable[[BaseException], bool] = retry_on
+        return predicate
     raise TypeError(
         f"retry_on must be a predicate error -> bool or exception type(s), got {retry_on!r}"
     )
@@ -189,35 +175,27 @@ class RetryPolicy(Observable):
         rng: random.Random | None = None,
         name: str = "",
     ) -> None:
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
-            raise TypeError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1 (1 means no retries), got {max_attempts}")
+        self.max_attempts = v.integer("max_attempts", max_attempts, minimum=1)
         if backoff is None:
             backoff = BackoffPolicy()
         if not callable(getattr(backoff, "delay", None)):
             raise TypeError(f"backoff must be a BackoffPolicy (with .delay), got {backoff!r}")
-        if (
-            isinstance(max_retry_after, bool)
-            or not isinstance(max_retry_after, numbers.Real)
-            or not max_retry_after >= 0
-        ):
-            raise ValueError(
-                f"max_retry_after must be a number of seconds >= 0, got {max_retry_after!r}"
-            )
-        if deadline is not None:
-            deadline = _positive("deadline", deadline)
         if rng is not None and not callable(getattr(rng, "uniform", None)):
             raise TypeError(f"rng must be a random.Random, got {rng!r}")
-        self.max_attempts = max_attempts
         self.backoff = backoff
         self.retry_on = _as_predicate(retry_on)
-        self.respect_retry_after = bool(respect_retry_after)
-        self.max_retry_after = float(max_retry_after)
-        self.deadline = deadline
+        self.respect_retry_after = v.boolean("respect_retry_after", respect_retry_after)
+        # finite: a header-derived wait is always bounded (inf would accept a Retry-After of
+        # 1e12 s, then crash in sleep)
+        self.max_retry_after = v.real("max_retry_after", max_retry_after, minimum=0.0)
+        self.deadline = v.optional(v.real, "deadline", deadline, minimum=0.0, strict_min=True)
+        if clock is not None and not (callable(getattr(clock, "now", None))
+                                      and callable(getattr(clock, "sleep", None))):
+            raise TypeError(f"clock must be a Clock (now, sleep, asleep), got {clock!r}")
         self.clock: Clock = SystemClock() if clock is None else clock
         self.rng = random.Random() if rng is None else rng
-        self.name = name
+        self.name = v.text("name", name, empty=True)
+        self._sleep = (self.clock.sleep, self.clock.asleep)
 
     def __repr__(self) -> str:
         name = f"name={self.name!r}, " if self.name else ""
@@ -234,59 +212,57 @@ class RetryPolicy(Observable):
             raise TypeError(
                 f"{_name_of(fn)} is an async function: use `await policy.call_async(...)`"
             )
-        start = self.clock.now()
-        run: _Run | None = None  # built at the first failure: most calls succeed at once
-        attempt = 1
-        while True:
-            token = _attempt_var.set(attempt)
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as error:
-                if run is None:
-                    run = _Run(self, fn, start)
-                wait = run.failed(error)
-                if wait is None:
-                    raise
-                if wait > 0:
-                    self.clock.sleep(wait)
-            else:
-                _check_not_coroutine(fn, result)
-                self._succeeded(run, start)
-                return result
-            finally:
-                _attempt_var.reset(token)
-            attempt = run.begin()
+        return run(self._loop(None, ((_call, _acall), (fn, args, kwargs)), sync=True))
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """``await fn(*args, **kwargs)``, retried per this policy, sleeping with ``clock.asleep``."""
+        """``await fn(*args, **kwargs)``, retried per this policy (waits: ``clock.asleep``)."""
+        return await arun(self._loop(None, ((_call, _acall), (fn, args, kwargs)), sync=False))
+
+    def flow(self, attempt: Callable[[float | None], Flow[T]], *, sync: bool = False) -> Flow[T]:
+        """The retry loop as a flow (``_twin``): ``attempt(time_left)`` makes one attempt's
+        flow, ``time_left`` being the seconds before ``deadline`` (None without one) that its
+        timeouts must fit in. Drive it with ``_twin.run`` or ``arun``, or ``yield from`` it;
+        ``sync``: it is driven by ``run``, so the waits are slept where they stand."""
+        return self._loop(attempt, None, sync=sync)
+
+    def _loop(self, attempt: Callable[[float | None], Flow[T]] | None,
+              step: Step | None, *, sync: bool) -> Flow[T]:
+        """The one retry loop: each attempt runs ``attempt``'s flow, or the single ``step``
+        (on the sync path called where it stands: the round trip through ``run`` was half of
+        ``call``'s 1.3 us in benchmarks/overhead.py)."""
         start = self.clock.now()
-        run: _Run | None = None  # built at the first failure (see ``call``)
-        attempt = 1
+        deadline = self.deadline
+        time_left = deadline
+        tries: _Run | None = None  # built at the first failure: most calls succeed at once
+        k = 1
         while True:
-            token = _attempt_var.set(attempt)
+            token = _attempt_var.set(k)
             try:
-                awaitable = fn(*args, **kwargs)
-                if not inspect.isawaitable(awaitable):
-                    break  # a usage error, not a failed attempt: reported below, never retried
-                result = await awaitable
+                if step is not None:
+                    result = step[0][0](*step[1]) if sync else (yield step)
+                else:
+                    result = yield from attempt(time_left)  # type: ignore[misc]
+            except _UsageError:
+                raise  # a mistake in how the policy was called, never a failed attempt
             except Exception as error:
-                if run is None:
-                    run = _Run(self, fn, start)
-                wait = run.failed(error)
+                if tries is None:
+                    tries = _Run(self, start)
+                wait = tries.failed(error)
                 if wait is None:
                     raise
-                if wait > 0:
-                    await self.clock.asleep(wait)
             else:
-                self._succeeded(run, start)
-                return result
+                self._succeeded(tries, start)
+                return result  # type: ignore[no-any-return]
             finally:
                 _attempt_var.reset(token)
-            attempt = run.begin()
-        raise TypeError(
-            f"call_async needs a function returning an awaitable; {_name_of(fn)} returned "
-            f"{type(awaitable).__name__} (use policy.call for sync functions)"
-        )
+            if wait > 0:
+                if sync:
+                    self.clock.sleep(wait)
+                else:
+                    yield self._sleep, (wait,)
+            k = tries.begin()
+            if deadline is not None:
+                time_left = deadline - tries.elapsed()
 
     def _succeeded(self, run: _Run | None, start: float) -> None:
         if run is not None:
@@ -312,11 +288,28 @@ def _is_async_function(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
-def _check_not_coroutine(fn: Any, result: Any) -> None:
-    """A sync ``call`` of a function that returned a coroutine is a usage error: say so."""
+class _UsageError(TypeError):
+    """``call``/``call_async`` used with the wrong kind of function: raised, never retried."""
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One attempt of ``call``: ``fn(*args, **kwargs)``, which must not be a coroutine."""
+    result = fn(*args, **kwargs)
     if type(result) is types.CoroutineType:  # inspect.iscoroutine (the type is final)
         result.close()
-        raise TypeError(f"{_name_of(fn)} returned a coroutine: use `await policy.call_async(...)`")
+        raise _UsageError(
+            f"{_name_of(fn)} returned a coroutine: use `await policy.call_async(...)`")
+    return result
+
+
+async def _acall(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One attempt of ``call_async``: ``await fn(*args, **kwargs)``."""
+    awaitable = fn(*args, **kwargs)
+    if not inspect.isawaitable(awaitable):
+        raise _UsageError(
+            f"call_async needs a function returning an awaitable; {_name_of(fn)} returned "
+            f"{type(awaitable).__name__} (use policy.call for sync functions)")
+    return await awaitable
 
 
 def _name_of(fn: Any) -> str:
@@ -326,12 +319,11 @@ def _name_of(fn: Any) -> str:
 class _Run:
     """The state of one call through a policy: attempt count, start time, last backoff delay."""
 
-    __slots__ = ("attempt", "fn", "label", "max_attempts", "no_wait", "policy", "previous", "start")
+    __slots__ = ("attempt", "label", "max_attempts", "no_wait", "policy", "previous", "start")
 
-    def __init__(self, policy: RetryPolicy, fn: Any, start: float) -> None:
+    def __init__(self, policy: RetryPolicy, start: float) -> None:
         """State after the first attempt (which began at ``start``) failed."""
         self.policy = policy
-        self.fn = fn
         self.attempt = 1
         mode = _testing_mode
         self.max_attempts = (
@@ -372,7 +364,7 @@ class _Run:
                 self._give_up(
                     error,
                     "not_retryable",
-                    f"{_describe(error, 120)} is not retryable; stopped at attempt {k}/{n}",
+                    f"{describe(error, 120)} is not retryable; stopped at attempt {k}/{n}",
                 )
             else:
                 p._emit(
@@ -402,7 +394,8 @@ class _Run:
                 self._give_up(
                     error,
                     "retry_after_too_long",
-                    f"Retry-After {retry_after:g} s exceeds max_retry_after={p.max_retry_after:g} s; "
+                    f"Retry-After {retry_after:g} s exceeds "
+                    f"max_retry_after={p.max_retry_after:g} s; "
                     f"gave up after {k} attempt{'s' if k > 1 else ''} over {self.elapsed():.2f} s",
                 )
                 return None
@@ -415,7 +408,8 @@ class _Run:
                 error,
                 "deadline",
                 f"the next wait of {wait:.2f} s would pass the {p.deadline:g} s deadline "
-                f"({self.elapsed():.2f} s elapsed); gave up after {k} attempt{'s' if k > 1 else ''}",
+                f"({self.elapsed():.2f} s elapsed); gave up after {k} "
+                f"attempt{'s' if k > 1 else ''}",
             )
             return None
 
@@ -441,7 +435,7 @@ class _Run:
             self.label,
             k,
             n,
-            _describe(error),
+            describe(error),
             wait,
             hint,
         )
@@ -466,5 +460,5 @@ class _Run:
             self.attempt,
             self.max_attempts,
             self.elapsed(),
-            _describe(error),
+            describe(error),
         )

@@ -217,5 +217,5 @@ def test_bad_attempts_and_previous():
         b.delay(0, previous=-2.0)
     with pytest.raises(ValueError, match="previous"):
         b.delay(0, previous=float("nan"))
-    with pytest.raises(ValueError, match=r"n must be >= 0.*-1"):
+    with pytest.raises(ValueError, match=r"n must be an int >= 0.*-1"):
         b.delays(-1)

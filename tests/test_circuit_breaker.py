@@ -1,5 +1,7 @@
 """CircuitBreaker: state machine, outage classification, half-open admission, leases, wrappers,
-health, listeners, concurrency (real threads, asyncio) and a hypothesis state-machine property."""
+health, listeners, concurrency (real threads, asyncio) and a hypothesis state-machine property;
+the Breaker/Permit protocol and the concurrency bounds for SharedCircuitBreaker too (memory and
+SQLite stores: one trial for 32 threads or 50 coroutines)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from llm_patterns.errors import (
     RateLimitError,
     ServerError,
 )
+from llm_patterns.protocols import Breaker, Permit
+from llm_patterns.state import MemoryStateStore, SharedCircuitBreaker, SQLiteStateStore
 
 OPEN, CLOSED, HALF = CircuitState.OPEN, CircuitState.CLOSED, CircuitState.HALF_OPEN
 
@@ -382,7 +386,7 @@ def test_health_snapshot():
         1,
         1,
     )
-    assert h["last_error"].startswith("ServerError(") and len(h["last_error"]) <= 200
+    assert h["last_error"].startswith("ServerError: HTTP 503: boom") and len(h["last_error"]) <= 200
     assert h["last_state_change"] == 100.0
 
 
@@ -462,7 +466,8 @@ def test_logging(caplog):
     messages = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert messages[0] == (
         "WARNING",
-        "breaker primary OPEN after 5 consecutive failures (last: ServerError 503); half-open in 60.0 s",
+        "breaker primary OPEN after 5 consecutive failures (last: ServerError 503); "
+        "half-open in 60.0 s",
     )
     assert messages[1][0] == "INFO" and "HALF_OPEN" in messages[1][1]
     assert messages[2][0] == "INFO" and "CLOSED" in messages[2][1]
@@ -640,7 +645,133 @@ def test_fifty_coroutines_one_trial():
     assert b.state is CLOSED
 
 
-# ---------------------------------------------------------------- property: random operation sequences
+# ---------------------------------------------------------------- the same, store-backed
+
+
+def _shared_half_open(kind: str, tmp_path, **kw) -> SharedCircuitBreaker:
+    clock = VirtualClock(100.0)
+    store = (MemoryStateStore(clock=clock) if kind == "memory"
+             else SQLiteStateStore(tmp_path / "b.db", clock=clock))
+    kw.setdefault("failure_threshold", 3)
+    kw.setdefault("reset_timeout", 30.0)
+    b = SharedCircuitBreaker("primary", store=store, **kw)
+    b.trip()
+    clock.advance(b.reset_timeout)
+    assert b.state is HALF
+    return b
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_half_open_storm_of_32_threads_runs_one_trial_on_a_store(kind, tmp_path):
+    b = _shared_half_open(kind, tmp_path)
+    ran, rejected = _storm(b)
+    assert (ran, rejected) == (1, 31)
+    assert b.state is CLOSED
+    assert b.health()["rejections"] == 31
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_fifty_coroutines_one_trial_on_a_store(kind, tmp_path):
+    """The async path asks the store on the breaker's worker thread: still one trial."""
+    b = _shared_half_open(kind, tmp_path, half_open_max_calls=2)
+    counts = {"ran": 0, "answered": 0}
+
+    async def main():
+        everyone = asyncio.Event()
+
+        def answered():
+            counts["answered"] += 1
+            if counts["answered"] >= 50:
+                everyone.set()
+
+        async def probe():
+            counts["ran"] += 1
+            answered()
+            await everyone.wait()  # the trials run until every caller has its answer
+            return "ok"
+
+        async def caller():
+            try:
+                return await b.call_async(probe)
+            except CircuitOpenError as exc:
+                answered()
+                return exc
+
+        return await asyncio.gather(*(caller() for _ in range(50)))
+
+    results = asyncio.run(main())
+    assert counts["ran"] == 2  # half_open_max_calls
+    assert results.count("ok") == 2
+    assert sum(isinstance(r, CircuitOpenError) for r in results) == 48
+    assert b.state is CLOSED
+    b.close()
+
+
+# ---------------------------------------------------------------- the Breaker protocol
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
+def test_both_breakers_are_breakers_and_hand_out_permits(shared, tmp_path):
+    clock = VirtualClock()
+    b = (SharedCircuitBreaker("p", failure_threshold=1, reset_timeout=30.0, clock=clock,
+                              store=MemoryStateStore(clock=clock))
+         if shared else make(clock, failure_threshold=1))
+    assert isinstance(b, Breaker)
+    permit = b.admit()
+    assert isinstance(permit, Permit) and permit.trial is False
+    permit.failure(outage())
+    permit.success()  # settled already: ignored
+    assert b.state is OPEN and b.health()["successes"] == 0
+    with pytest.raises(CircuitOpenError) as info:
+        b.admit()
+    assert info.value.retry_after == pytest.approx(30.0)
+    assert info.value.provider == b.name
+    clock.advance(30)
+    trial = b.admit()
+    assert trial.trial is True
+    with pytest.raises(CircuitOpenError, match="half-open and its 1 trial call"):
+        b.admit()
+    trial.release()  # never sent: the slot is given back, nothing counted
+    assert b.state is HALF and b.consecutive_failures == 1
+    again = asyncio.run(b.admit_async())
+    assert again.trial
+    again.failure(RateLimitError("429"))  # not an outage: the slot is given back
+    assert b.state is HALF
+    last = b.admit()
+    last.success()
+    assert b.state is CLOSED
+    h = b.health()
+    assert (h["calls"], h["successes"], h["failures"], h["ignored_errors"], h["rejections"]) \
+        == (4, 1, 1, 1, 2)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
+def test_events_of_ignored_errors_and_lost_leases(shared):
+    clock = VirtualClock()
+    b = (SharedCircuitBreaker("p", failure_threshold=1, reset_timeout=30.0, probe_timeout=5.0,
+                              clock=clock, store=MemoryStateStore(clock=clock))
+         if shared else make(clock, failure_threshold=1, probe_timeout=5.0))
+    events = []
+    b.subscribe(events.append)
+    b.call(lambda: None)
+    with pytest.raises(RateLimitError):
+        b.call(_raise, RateLimitError("429"))
+    b.trip()
+    clock.advance(30)
+    assert b.admit().trial  # this probe never reports back
+    clock.advance(5)
+    assert b.admit().trial  # its lease ran out: the next caller probes
+    kinds = [(e.kind, e.time, e.data) for e in events]
+    assert kinds == [
+        ("success", 0.0, {}),
+        ("ignored", 0.0, {"consecutive_failures": 0, "error_type": "RateLimitError"}),
+        ("state_change", 0.0, {"old": "closed", "new": "open", "consecutive_failures": 0}),
+        ("state_change", 30.0, {"old": "open", "new": "half_open", "consecutive_failures": 0}),
+        ("lease_expired", 35.0, {"count": 1}),
+    ]
+
+
+# ---------------------------------------------------------------- property: random sequences
 
 ERRORS = [  # factories: a fresh exception each time
     lambda: None,
@@ -677,6 +808,8 @@ op = st.tuples(st.sampled_from(KINDS), st.integers(-1, len(ERRORS) - 1))
 def test_property_half_open_bound_and_nothing_called_while_open(
     ops, start, max_calls, threshold, probe_timeout
 ):
+    """A model of the breaker (episodes, trial grants, the manual protocol's open admissions)
+    run beside it on random operation sequences."""
     clock = VirtualClock()
     b = CircuitBreaker(
         "p",
@@ -691,12 +824,23 @@ def test_property_half_open_bound_and_nothing_called_while_open(
     if start == "half_open":
         clock.advance(30.0)
     lease = b.probe_timeout
-    grants: list[float] = []  # trial permits granted in the current half-open episode (grant time)
-    b.on_state_change(lambda br, old, new: grants.clear())
+    model = {"episode": 0, "moves": 0}
+    grants: dict[int, float] = {}  # live trial permits of this episode: id -> grant time
+    admitted: list[tuple[int, int | None]] = []  # allow_request()'s open ones: (episode, trial)
+    trial_ids = iter(range(10**6))
+
+    def moved(br, old, new):
+        model["episode"] += 1
+        model["moves"] += 1
+        grants.clear()
+
+    b.on_state_change(moved)
     run_of_failures = 0
 
-    def live() -> list[float]:
-        return [t for t in grants if t + lease > clock.now()]
+    def live() -> dict[int, float]:
+        for tid in [t for t, at in grants.items() if at + lease <= clock.now()]:
+            del grants[tid]
+        return grants
 
     for kind, arg in ops:
         before = b.state
@@ -708,20 +852,31 @@ def test_property_half_open_bound_and_nothing_called_while_open(
                 assert not allowed
             if before is HALF:
                 assert allowed == (len(live()) < max_calls)
-                if allowed:
-                    grants.append(clock.now())
+            if allowed:
+                tid = next(trial_ids) if before is HALF else None
+                if tid is not None:
+                    grants[tid] = clock.now()
+                admitted.append((model["episode"], tid))
         elif kind in ("success", "failure"):
-            if before is HALF:
-                alive = live()  # the breaker settles the oldest live permit
-                grants[:] = alive[1:]
+            error = ERRORS[max(arg, 0)]() if kind == "failure" else None
+            counts = kind == "success" or is_outage(error)
+            if admitted:  # the latest open admission of this thread is settled
+                episode, tid = admitted.pop()
+                current = episode == model["episode"] and (
+                    before is not HALF or tid is None or tid in live())
+                if before is HALF and tid is not None:
+                    grants.pop(tid, None)
+            else:  # no admission: the current episode (in half-open its oldest live trial)
+                current = True
+                if before is HALF and live():
+                    del grants[min(grants)]
             if kind == "success":
                 b.record_success()
-                if before is not OPEN:
+                if current and before is CLOSED:
                     run_of_failures = 0
             else:
-                error = ERRORS[max(arg, 0)]()
                 b.record_failure(error)
-                if before is CLOSED and is_outage(error):
+                if current and before is CLOSED and counts:
                     run_of_failures += 1
         elif kind == "call":
             inside = []
@@ -750,7 +905,10 @@ def test_property_half_open_bound_and_nothing_called_while_open(
                 elif is_outage(ERRORS[arg]() or ServerError("x")):
                     run_of_failures += 1
         elif kind == "trip":
+            moves = model["moves"]
             b.trip()
+            if model["moves"] == moves:  # already open: a fresh cooldown is a new episode
+                model["episode"] += 1
 
         state = b.state
         assert len(live()) <= max_calls

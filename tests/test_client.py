@@ -303,12 +303,16 @@ def test_duplicate_names_and_unpriced_models_fail_at_construction():
                         cost=CostTracker(PRICES))
 
 
-@pytest.mark.parametrize("max_tokens", [0, -5, 2.5, True])
-def test_bad_max_tokens(max_tokens):
+@pytest.mark.parametrize("max_tokens, error", [(0, ValueError), (-5, ValueError),
+                                               (2.5, TypeError), (True, TypeError)])
+def test_bad_max_tokens_is_the_callers_error_before_any_request(max_tokens, error):
     clock = VirtualClock()
-    client, _, _ = two_provider_client(clock)
-    with pytest.raises(ValueError, match="max_tokens"):
+    client, primary, secondary = two_provider_client(clock)
+    with pytest.raises(error, match="max_tokens"):
         client.complete("x", max_tokens=max_tokens)
+    with pytest.raises(error, match="max_tokens"):
+        asyncio.run(client.acomplete("x", max_tokens=max_tokens))
+    assert primary.stats["requests"] == secondary.stats["requests"] == 0
 
 
 def test_api_key_never_in_logs_or_reprs(caplog):

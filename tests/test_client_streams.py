@@ -25,6 +25,7 @@ from llm_patterns.backoff import BackoffPolicy
 from llm_patterns.clock import VirtualClock
 from llm_patterns.errors import ServerError, StreamInterrupted
 from llm_patterns.mock import MockLLMServer
+from llm_patterns.protocols import Demand
 from llm_patterns.providers import AnthropicProvider, OpenAIProvider
 from llm_patterns.response import LLMResponse, Usage
 
@@ -38,8 +39,8 @@ MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
 
 
 class Spy(RateLimiter):
-    """A RateLimiter that records what it is charged and settled (tokens refill as the virtual
-    clock moves, so levels alone would not show it)."""
+    """A RateLimiter that records the ``Demand`` it is charged and settled with (tokens refill
+    as the virtual clock moves, so levels alone would not show it)."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -238,8 +239,8 @@ def test_a_failure_after_the_first_delta_is_an_interruption(api, kind, run):
     assert record.provider == "primary" and record.completion_tokens == err.usage.completion_tokens
     assert record.completion_tokens > 0 and t.cost.reserved == 0
     # the limiter, charged input + max_tokens, settled down to what was used (refund on)
-    used = err.usage.prompt_tokens + err.usage.completion_tokens
-    estimate = (len(PROMPT) + 3) // 4 + 256
+    used = Demand(err.usage.prompt_tokens - err.usage.cached_tokens, err.usage.completion_tokens)
+    estimate = Demand((len(PROMPT) + 3) // 4, 256)
     assert t.limiters["primary"].calls == [("acquire", estimate), ("settle", estimate, used)]
 
 
@@ -297,13 +298,14 @@ def test_cancelling_a_stream_still_pays_and_releases():
 def test_the_limiter_is_charged_at_the_start_and_settled_at_the_end():
     t = Setup("anthropic", "openai", refund=("primary",))
     limiter = t.limiters["primary"]
-    estimate = (len(PROMPT) + 3) // 4 + 500
+    estimate = Demand((len(PROMPT) + 3) // 4, 500)
     with t.client.stream(PROMPT, max_tokens=500) as s:
         it = iter(s)
         next(it)
         assert limiter.calls == [("acquire", estimate)]  # charged before the first byte
         list(it)
-    used = s.response.usage.total_tokens
+    usage = s.response.usage
+    used = Demand(usage.prompt_tokens - usage.cached_tokens, usage.completion_tokens)
     assert limiter.calls == [("acquire", estimate), ("settle", estimate, used)]
 
 
@@ -311,7 +313,7 @@ def test_without_refund_the_limiter_keeps_max_tokens_charged():
     t = Setup("openai", "anthropic")
     t.primary.fail_next("overloaded")
     read(t.client.stream(PROMPT, max_tokens=500))
-    estimate = (len(PROMPT) + 3) // 4 + 500
+    estimate = Demand((len(PROMPT) + 3) // 4, 500)
     # each attempt is charged (the failed one was sent); the usage is within the estimate
     assert t.limiters["primary"].calls == [("acquire", estimate)] * 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from decimal import Decimal
@@ -12,10 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_patterns.clock import VirtualClock
-from llm_patterns.cost import CostTracker
+from llm_patterns.cost import OTHER, CostTracker
 from llm_patterns.errors import BudgetExceeded
 from llm_patterns.ledger import SQLiteLedger
 from llm_patterns.pricing import PriceTable, Pricing
+from llm_patterns.protocols import Demand
+from llm_patterns.response import Usage
 
 D = Decimal
 PRICES = {
@@ -240,40 +243,218 @@ def test_estimate_is_worst_case():
         t.estimate("nope", 1, 1)
 
 
-def test_reserve_holds_in_flight_estimates():
+def flat_demand(usd):
+    """A Demand whose estimate on the "flat" model ($1/M in and out) is ``usd``."""
+    return Demand(input_tokens=int(D(usd) * 1_000_000), output_tokens=0)
+
+
+def test_reserve_holds_in_flight_estimates_until_commit_or_release():
     t = tracker(budget=1, hard_limit=True)
-    with t.reserve(0.6) as held:
-        assert held == D("0.6") and t.reserved == D("0.6")
-        with pytest.raises(BudgetExceeded, match="reserved"):
-            t.check(0.5)
-        t.record("flat", openai(550_000, 0))
-    assert t.reserved == 0
+    held = t.reserve("flat", flat_demand("0.6"))
+    assert held.amount == D("0.6") and t.reserved == D("0.6")
+    with pytest.raises(BudgetExceeded, match="reserved"):
+        t.check(0.5)
+    with pytest.raises(BudgetExceeded, match="reserved"):
+        t.reserve("flat", flat_demand("0.5"))
+    assert t.commit(held, "flat", openai(550_000, 0), task_id="t") == D("0.55")
+    assert t.reserved == 0 and t.total == D("0.55")  # the hold became the real spend
     t.check(D("0.45"))
-    with pytest.raises(BudgetExceeded), t.reserve(0.5):
-        pass
-    assert t.reserved == 0
+    second = t.reserve("flat", flat_demand("0.45"))
+    t.release(second)
+    t.release(second)  # idempotent
+    assert t.reserved == 0 and t.total == D("0.55")
+    with pytest.raises(ValueError, match="already"):
+        t.commit(second, "flat", openai(1, 0))
+    with pytest.raises(TypeError, match="Demand"):
+        t.reserve("flat", 1000)
+    with pytest.raises(TypeError, match="BudgetHold"):
+        t.commit(object(), "flat", openai(1, 0))
+
+
+def test_the_estimate_is_the_prompt_uncached_plus_max_tokens_at_the_model_prices():
+    t = tracker(budget=10, hard_limit=True)
+    hold = t.reserve("gpt-4o", Demand(input_tokens=1000.4, output_tokens=500))
+    assert hold.amount == t.estimate("gpt-4o", 1001, 500) == D("0.0075025")
+
+
+def test_without_a_hard_limit_a_hold_is_free_and_never_refused():
+    t = tracker(budget=D("0.000001"))
+    hold = t.reserve("no-such-model", Demand(10**6, 10**6))  # nothing priced, nothing refused
+    assert hold.amount == 0 and t.reserved == 0
 
 
 def test_reservations_stop_concurrent_overshoot():
     t = tracker(budget=1, hard_limit=True)
     admitted, barrier = [], threading.Barrier(8)
+    barrier_after = threading.Barrier(8)
 
     def worker():
         barrier.wait()
         try:
-            with t.reserve(D("0.3")):
-                admitted.append(1)
-                barrier_after.wait()
+            hold = t.reserve("flat", flat_demand("0.3"))
         except BudgetExceeded:
             barrier_after.wait()
+            return
+        admitted.append(1)
+        barrier_after.wait()
+        t.commit(hold, "flat", openai(300_000, 0))
 
-    barrier_after = threading.Barrier(8)
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for th in threads:
         th.start()
     for th in threads:
         th.join(10)
     assert len(admitted) == 3  # 3 x $0.30 fits in $1; a 4th would not
+    assert t.total == D("0.9") and t.reserved == 0
+
+
+def test_an_unpriced_answer_is_kept_recorded_unpriced_and_charged_the_estimate(caplog):
+    t = tracker(budget=1, hard_limit=True)
+    with caplog.at_level(logging.WARNING, logger="llm_patterns.cost"):
+        for _ in range(3):
+            hold = t.reserve("flat", flat_demand("0.1"))
+            assert t.commit(hold, "gpt-9-preview", openai(10, 10), task_id="x") is None
+    warnings = [r for r in caplog.records if "gpt-9-preview" in r.getMessage()]
+    assert len(warnings) == 1 and "unpriced" in warnings[0].getMessage()
+    assert t.unpriced == 3 and t.reserved == 0
+    assert t.total == D("0.3")  # the budget was charged the estimates
+    record = t.records[-1]
+    assert (record.model, record.priced, record.cost, record.prompt_tokens) == (
+        "gpt-9-preview", False, D("0.1"), 10)
+    with pytest.raises(BudgetExceeded):
+        t.check(D("0.71"))
+    # record() itself never guesses: an unknown model stays a KeyError there
+    with pytest.raises(KeyError):
+        t.record("gpt-9-preview", openai(1, 1))
+
+
+def test_an_unpriced_answer_without_a_hard_limit_is_charged_the_estimate_priced_now():
+    t = tracker(budget=1)
+    hold = t.reserve("flat", flat_demand("0.25"))
+    assert t.commit(hold, "mystery", openai(1, 1)) is None
+    assert t.total == D("0.25") and t.records[-1].priced is False
+
+
+def test_a_dated_snapshot_of_a_priced_family_is_priced():
+    t = tracker()
+    hold = t.reserve("gpt-4o", Demand(10, 10))
+    assert t.commit(hold, "gpt-4o-2024-08-06", openai(1000, 500, cached=200)) == D("0.00725")
+    assert t.unpriced == 0
+
+
+def test_a_usage_that_cannot_be_read_still_counts_against_the_budget():
+    t = tracker(budget=1, hard_limit=True)
+    hold = t.reserve("flat", flat_demand("0.4"))
+    with pytest.raises(TypeError):
+        t.commit(hold, "flat", "garbage")
+    assert t.reserved == 0
+    with pytest.raises(BudgetExceeded):
+        t.check(D("0.61"))  # $0.40 kept as spent although no record could be made
+
+
+def test_a_failed_ledger_write_keeps_the_spend_against_the_budget(tmp_path, caplog,
+                                                                  monkeypatch):
+    import sqlite3
+
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    t = tracker(budget=1, hard_limit=True, ledger=ledger)
+    hold = t.reserve("flat", flat_demand("0.3"))
+
+    def locked(record):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ledger, "add", locked)
+    with caplog.at_level(logging.ERROR, logger="llm_patterns.cost"), \
+            pytest.raises(sqlite3.OperationalError):
+        t.commit(hold, "flat", openai(300_000, 0))
+    assert "could not write" in caplog.text and t.reserved == 0 and t.total == 0
+    t.check(D("0.7"))
+    with pytest.raises(BudgetExceeded):
+        t.check(D("0.71"))  # the spent $0.30 is still counted though no record holds it
+
+
+def test_async_twins_release_on_cancellation_and_never_block_with_a_ledger(tmp_path):
+    t = tracker(budget=1, hard_limit=True, ledger=SQLiteLedger(tmp_path / "l.db"))
+    assert t.blocking
+
+    async def main():
+        hold = await t.areserve("flat", flat_demand("0.2"))
+        assert t.reserved == D("0.2")
+        await t.acommit(hold, "flat", openai(200_000, 0), task_id="a")
+        other = await t.areserve("flat", flat_demand("0.3"))
+        await t.arelease(other)
+        # cancelled while the reservation runs in its thread: given back when it completes
+        task = asyncio.ensure_future(t.areserve("flat", flat_demand("0.5")))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            if t.reserved == 0:
+                break
+            await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    assert t.reserved == 0 and t.total == D("0.2")
+    assert t.by_task() == {(None, "a"): D("0.2")}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_two_hundred_thousand_task_ids_keep_memory_bounded(caplog):
+    """Issue 20: 200,000 distinct task_ids grew the tracker by 60 MB (measured: 58.8 MB with
+    the breakdowns unbounded); with the defaults it stays under 10 MB (measured: 4.9 MB)."""
+    import tracemalloc
+
+    t = CostTracker({"flat": Pricing(1, 1)})
+    usage = Usage(prompt_tokens=1, completion_tokens=0)
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="llm_patterns.cost"):
+            for i in range(200_000):
+                t.record("flat", usage, dag_id="d", task_id=f"task-{i}")
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert current < 10_000_000, current
+    by_task = t.by_task()
+    assert len(by_task) <= 10_001 and by_task[("d", OTHER)] == D("0.19")
+    assert t.total == D("0.2") and t.count == 200_000  # totals stay exact
+    assert sum(by_task.values()) == t.total and len(t.records) == 10_000
+    assert len([r for r in caplog.records if "max_breakdown_keys" in r.getMessage()]) == 1
+
+
+def test_folded_breakdowns_stay_bounded_whatever_the_labels():
+    t = CostTracker({"flat": Pricing(1, 1)}, max_breakdown_keys=3, max_records=0)
+    usage = Usage(prompt_tokens=1, completion_tokens=0)
+    for i in range(50):
+        t.record("flat", usage, dag_id=f"dag-{i}", task_id=f"t{i}", provider=f"p{i % 7}")
+    assert len(t.by_task()) <= 7 and len(t.by_provider()) <= 7
+    assert sum(t.by_dag().values()) == t.total == D("0.00005")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    ({"alert_at": 0.9}, TypeError, r"alert_at must be a list or tuple.*0\.9"),
+    ({"alert_at": "0.5"}, TypeError, "alert_at"),
+    ({"alert_at": (0.5, float("nan"))}, ValueError, r"alert_at\[1\]"),
+    ({"alert_at": (True,)}, TypeError, r"alert_at\[0\]"),
+    ({"hard_limit": "yes"}, TypeError, "hard_limit must be True or False"),
+    ({"max_records": -1}, ValueError, "max_records"),
+    ({"max_records": 2.5}, TypeError, "max_records"),
+    ({"max_breakdown_keys": 0}, ValueError, "max_breakdown_keys"),
+    ({"budget": "lots"}, ValueError, "budget"),
+    ({"budget": [1]}, TypeError, "budget"),
+    ({"name": 3}, TypeError, "name"),
+    ({"wall": 5}, TypeError, "wall"),
+])
+def test_bad_arguments_name_the_parameter(kwargs, exc, words):
+    kwargs = {"budget": 1, **kwargs}
+    with pytest.raises(exc, match=words):
+        CostTracker(PRICES, **kwargs)
 
 
 # --------------------------------------------------------------------------- concurrency

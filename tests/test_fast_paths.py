@@ -205,8 +205,10 @@ def test_records_are_bounded_and_totals_stay_exact() -> None:
     for _ in range(5):
         everything.record("m", Usage(10, 1))
     assert len(everything.records) == 5
-    for bad in (-1, 1.5, True, "3"):
-        with pytest.raises(ValueError, match="max_records"):
+    with pytest.raises(ValueError, match="max_records"):
+        CostTracker({"m": Pricing(1, 2)}, max_records=-1)
+    for bad in (1.5, True, "3"):  # the wrong type is a TypeError (_validate's one rule)
+        with pytest.raises(TypeError, match="max_records"):
             CostTracker({"m": Pricing(1, 2)}, max_records=bad)
 
 
@@ -275,13 +277,11 @@ def test_client_events_reach_subscribers_in_order() -> None:
                              breakers={"p": breaker})
     client.complete("hi", max_tokens=8)  # nobody listens: nothing built, nothing queued
     assert not breaker._pending
-    seen, own, breaker_events = [], [], []
+    seen, breaker_events = [], []
     client.subscribe(lambda e: seen.append((e.source, e.name, e.kind)))
-    client.guarded[0].subscribe(lambda e: own.append(e.kind))
     breaker.subscribe(lambda e: breaker_events.append(e.kind))
     client.complete("hi", max_tokens=8)
     assert seen == [("client", "client", "attempt"), ("client", "client", "response")]
-    assert own == ["attempt", "response"]
     assert breaker_events == ["success"]
 
 

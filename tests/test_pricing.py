@@ -232,6 +232,7 @@ def _gp_usage(counts: TokenCounts):
 
     return Usage(input_tokens=counts.prompt_tokens, cache_read_tokens=counts.cached_tokens,
                  cache_write_tokens=counts.cache_write_tokens,
+                 cache_write_1h_tokens=counts.cache_write_1h_tokens,
                  output_tokens=counts.completion_tokens)
 
 
@@ -239,6 +240,7 @@ USAGES = [
     TokenCounts(1000, 500),
     TokenCounts(12_345, 678, 2_000),
     TokenCounts(150_000, 4_000, 50_000, 10_000),
+    TokenCounts(150_000, 4_000, 50_000, 10_000, 4_000),  # 4k of the writes with a 1-hour TTL
     TokenCounts(300_000, 1_000, 100_000),  # crosses the 200k long-context tier where there is one
     TokenCounts(200_000, 10),               # exactly at the threshold: still the base tier
 ]
@@ -257,7 +259,8 @@ def test_genai_prices_costs_match_calc_price(live_table, no_network, model):
 def test_genai_prices_pricing_is_the_base_tier(live_table, no_network):
     assert live_table["gpt-4o"] == Pricing("2.5", "10", "1.25")
     sonnet = live_table["claude-sonnet-4-5"]
-    assert sonnet == Pricing(3, 15, "0.3", cache_write_per_million="3.75")
+    assert sonnet == Pricing(3, 15, "0.3", cache_write_per_million="3.75",
+                             cache_write_1h_per_million=6)
     assert live_table["gemini-2.5-pro"] == Pricing("1.25", "10", "0.125")
     # the research report's check: 300k in (100k cached) + 1k out on the long-context tier
     big = {"prompt_tokens": 300_000, "completion_tokens": 1_000,
@@ -303,3 +306,105 @@ def test_lookups_are_cached(monkeypatch):
         table.cost("gpt-4o", {"prompt_tokens": 10, "completion_tokens": 10})
         table["gpt-4o"]
     assert calls == ["gpt-4o"]
+
+
+# --------------------------------------------------------------------------- usage as billed
+
+
+def test_cache_writes_on_the_provider_path_pay_the_cache_write_price():
+    """Issue 15: a ``Usage`` (what providers return) with a 100k-token cache write was priced
+    as plain input, 19.6 % under the bill."""
+    from llm_patterns.response import Usage
+
+    p = Pricing(3, 15, "0.3", cache_write_per_million="3.75")
+    usage = Usage.from_anthropic({"input_tokens": 2_000, "output_tokens": 500,
+                                  "cache_creation_input_tokens": 100_000})
+    billed = D(2_000 * 3 + 100_000 * D("3.75") + 500 * 15) / 1_000_000
+    assert p.cost(usage) == billed == D("0.3885")
+    as_input = D(102_000 * 3 + 500 * 15) / 1_000_000  # the old, wrong price
+    assert as_input < billed and (billed - as_input) / billed > D("0.19")
+    assert PriceTable({"m": p}).cost("m", usage) == billed  # the table's path too
+
+
+def test_one_hour_cache_writes_pay_the_one_hour_price():
+    from llm_patterns.response import Usage
+
+    p = Pricing(1, 5, "0.1", cache_write_per_million="1.25", cache_write_1h_per_million=2)
+    raw = {"input_tokens": 1_000, "output_tokens": 0, "cache_creation_input_tokens": 10_000,
+           "cache_creation": {"ephemeral_5m_input_tokens": 6_000,
+                              "ephemeral_1h_input_tokens": 4_000}}
+    # 1000 x 1 + 6000 x 1.25 + 4000 x 2 = 16,500 per million
+    assert p.cost(raw) == p.cost(Usage.from_anthropic(raw)) == D("0.0165")
+    assert normalize_usage(raw) == TokenCounts(11_000, 0, 0, 10_000, 4_000)
+    # only the split given: the writes are its sum
+    split_only = {"input_tokens": 1_000, "output_tokens": 0,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 6_000,
+                                     "ephemeral_1h_input_tokens": 4_000}}
+    assert p.cost(split_only) == D("0.0165")
+    # no 1-hour price known: the 5-minute write price, the best known
+    assert Pricing(1, 5, cache_write_per_million="1.25").cost(raw) == D("0.0135")
+    with pytest.raises(ValueError, match="1-hour"):
+        TokenCounts(100, 0, 0, 10, 11)
+
+
+def test_one_hour_writes_match_genai_prices(live_table, no_network):
+    from genai_prices import calc_price
+
+    counts = TokenCounts(50_000, 1_000, 10_000, 20_000, 15_000)
+    for model in ("claude-haiku-4-5", "claude-sonnet-4-5"):
+        assert live_table[model].cache_write_1h_per_million is not None
+        assert live_table.cost(model, counts) == calc_price(_gp_usage(counts), model).total_price
+
+
+def test_reasoning_tokens_are_billed_as_output():
+    from llm_patterns.response import Usage
+
+    usage = Usage.from_openai({"prompt_tokens": 100, "completion_tokens": 1_100,
+                               "completion_tokens_details": {"reasoning_tokens": 1_000}})
+    assert usage.reasoning_tokens == 1_000
+    assert Pricing(1, 10).cost(usage) == D(100 + 1_100 * 10) / 1_000_000
+
+
+# --------------------------------------------------------------------------- dated snapshots
+
+
+@pytest.mark.parametrize("dated, family", [
+    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+    ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+    ("claude-3-5-haiku@20241022", "claude-3-5-haiku"),
+    ("gpt-4-0613", "gpt-4"),
+    ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
+])
+def test_a_mapping_prices_a_dated_snapshot_as_its_family(dated, family, caplog):
+    from llm_patterns.pricing import model_family
+
+    assert model_family(dated) == family
+    table = PriceTable({family: Pricing(1, 2)})
+    with caplog.at_level(logging.INFO, logger="llm_patterns.pricing"):
+        assert table[dated] == Pricing(1, 2)
+        assert dated in table
+    assert any(dated in r.getMessage() and family in r.getMessage() for r in caplog.records)
+
+
+def test_a_listed_dated_name_keeps_its_own_price_and_non_dates_are_not_stripped():
+    from llm_patterns.pricing import model_family
+
+    table = PriceTable({"gpt-4o-mini": Pricing(1, 1), "gpt-4o-mini-2024-07-18": Pricing(9, 9)})
+    assert table["gpt-4o-mini-2024-07-18"] == Pricing(9, 9)
+    for name in ("gpt-4o-mini", "o3-mini", "model-1234", "gpt-4-1106-preview", "gpt-4-1399"):
+        assert model_family(name) is None, name
+    with pytest.raises(KeyError):
+        PriceTable({"gpt-4o": Pricing(1, 1)})["gpt-4o-mini-2024-07-18"]  # another family
+
+
+def test_the_model_cache_is_bounded():
+    from llm_patterns import pricing
+
+    table = PriceTable({"m": Pricing(1, 1)}, default=Pricing(2, 2))
+    logging.getLogger("llm_patterns.pricing").disabled = True
+    try:
+        for i in range(pricing._MODEL_CACHE_SIZE * 3):
+            table.cost(f"server-said-{i}", {"prompt_tokens": 1, "completion_tokens": 1})
+    finally:
+        logging.getLogger("llm_patterns.pricing").disabled = False
+    assert len(table._cache) <= pricing._MODEL_CACHE_SIZE

@@ -48,6 +48,7 @@ from llm_patterns import (  # noqa: E402 - after the skip checks above
     ServerError,
     VirtualClock,
 )
+from llm_patterns.errors import redact  # noqa: E402 - after the skip checks above
 from llm_patterns.state import (  # noqa: E402 - after the skip checks above
     BreakerConfig,
     Limit,
@@ -61,7 +62,6 @@ from llm_patterns.state.redis import (  # noqa: E402 - after the skip checks abo
     LimiterStateUnavailable,
     RedisStore,
     StateStoreUnavailable,
-    redact_url,
 )
 
 pytestmark = pytest.mark.redis
@@ -231,7 +231,7 @@ def test_server_time_ignores_the_callers_now_and_clock(redis_server):
     assert all(w > 900 for w in answers[3:]), answers  # the far-future `now` refilled nothing
     before = redis_server.server_time()
     snap = a.breaker_read(key, BreakerConfig(), now=123.0)
-    assert before - 1 <= snap["last_state_change"] <= redis_server.server_time() + 1
+    assert before - 1 <= snap.last_state_change <= redis_server.server_time() + 1
 
 
 def test_keys_expire_when_idle(redis_server):
@@ -261,9 +261,11 @@ def test_from_url_redaction_and_pickling(redis_server, monkeypatch):
     monkeypatch.setenv("LLM_PATTERNS_STATE_ON_FAILURE", "open")
     assert from_url(redis_server.url).on_failure == "open"
     assert from_url(redis_server.url + "?on_failure=closed").on_failure == "closed"
-    assert redact_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
-    assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
-    assert "pw" not in redact_url("unix:///run/r.sock?db=0&password=pw")
+    # the one redact() of the library masks a store URL's password wherever it is
+    assert redact("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert "pw" not in redact("unix:///run/r.sock?db=0&password=pw")
+    assert RedisStore("redis://u:pw@h:1/0").url == "redis://u:***@h:1/0"
     with pytest.raises(ValueError, match="on_failure"):
         RedisStore(redis_server.url, on_failure="maybe")
     with pytest.raises(ValueError, match="socket_timeout"):
@@ -559,8 +561,8 @@ def test_a_frozen_redis_cannot_hang_a_caller(own_server):
 
 
 def test_shared_cost_tracker_plugs_into_resilient_client(redis_server):
-    """``ResilientClient`` calls ``check`` then ``record``: the shared tracker reserves and
-    commits; a failed call's hold is given back at the next check."""
+    """``ResilientClient`` drives the ``CostGate``: the shared tracker reserves before the call
+    and commits after it; a failed call's hold is given back at once."""
     clock = VirtualClock()
     store = RedisStore(redis_server.url, prefix=_prefix())
     prices = {"gpt-4o-mini": {"input": "150", "output": "600"}}  # expensive, to hit the limit
@@ -574,16 +576,15 @@ def test_shared_cost_tracker_plugs_into_resilient_client(redis_server):
     spent = tracker.shared.status()
     assert r.text and 0 <= spent["spent"] - tracker.total < Decimal("1e-9")  # nano-USD, up
     assert spent["reserved"] == 0  # committed, not held
-    # a call that fails leaves its hold in this context until the next check
+    # a call that fails gives its hold back at once
     srv.take_down(400)
     with pytest.raises(InvalidRequestError):
         client.complete("hello there", max_tokens=100)
-    assert tracker.shared.status()["in_flight"] == 1
-    tracker.release_pending()
     assert tracker.shared.status()["in_flight"] == 0
+    assert tracker.shared.status()["reserved"] == 0 and tracker.reserved == 0
     # another process's tracker sees the same spend: the budget is one
     assert other.shared.status()["spent"] == spent["spent"]
-    with other.reserve(Decimal("0.50") - spent["spent"]), pytest.raises(
+    with other.shared.hold(Decimal("0.50") - spent["spent"]), pytest.raises(
             BudgetExceeded, match="shared"):
         tracker.check(Decimal("0.000001"))
 

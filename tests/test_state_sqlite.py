@@ -195,7 +195,7 @@ def test_breaker_protocol(store):
     assert not rejected.allowed and rejected.retry_after == pytest.approx(10)
     store.clock.advance(10)
     probe = store.breaker_admit("b", cfg)
-    assert probe.allowed and probe.lease and probe.transition == ("open", "half_open")
+    assert probe.allowed and probe.lease and probe.transitions == (("open", "half_open"),)
     assert not store.breaker_admit("b", cfg).allowed  # one probe only
     # a stale result from the earlier (closed) episode changes nothing
     assert store.breaker_record("b", cfg, "success", generation=a.generation).state == "half_open"
@@ -207,7 +207,8 @@ def test_breaker_protocol(store):
                                lease=second.lease)
     assert out.state == "closed" and out.transitions == (("half_open", "closed"),)
     snap = store.breaker_read("b", cfg)
-    assert snap["opened_count"] == 1 and snap["rejections"] == 2
+    assert snap.counters["opened_count"] == 1 and snap.counters["rejections"] == 2
+    assert snap.state == "closed" and snap.trials_in_flight == 0
 
 
 def test_sqlite_state_survives_reopening(tmp_path):
@@ -232,7 +233,7 @@ def test_from_url_and_env(tmp_path, monkeypatch):
         from_env()
     monkeypatch.setenv("LLM_PATTERNS_STATE", f"sqlite:///{tmp_path}/b.db")
     assert Path(from_env().path) == tmp_path / "b.db"
-    with pytest.raises(ValueError, match="a SQLite state store must be a file"):
+    with pytest.raises(ValueError, match="path must be a file"):
         SQLiteStateStore(":memory:")
 
 

@@ -84,7 +84,7 @@ class LiveDemo(Observable):
         return self.sim.client
 
     @property
-    def limiters(self) -> dict[str, RateLimiter]:
+    def limiters(self) -> dict[str, Any]:
         return self.sim.client.limiters
 
     @property
@@ -209,10 +209,7 @@ class LiveDemo(Observable):
         limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=self.clock, max_wait=30.0, name=PRIMARY,
                               burst_seconds=60.0)  # as the mock's per-minute buckets
         self.sim.limiters[PRIMARY] = limiter
-        self.client.limiters[PRIMARY] = limiter
-        for guarded in self.client.guarded:
-            if guarded.name == PRIMARY:
-                guarded.limiter = limiter
+        self.client.set_limiter(PRIMARY, limiter)
         self._control("limits", f"{rpm} RPM / {tpm} TPM")
         self._emit("rebuild", self.clock.now(), what="limiter")
 

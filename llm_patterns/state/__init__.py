@@ -12,13 +12,24 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .base import Admission, BreakerConfig, BreakerOutcome, Grant, Limit, StateStore, WallClock
+from ..circuit_breaker import check_clock
+from ..errors import redact
+from .base import (
+    Admission,
+    BreakerConfig,
+    BreakerOutcome,
+    BreakerSnapshot,
+    Grant,
+    Limit,
+    StateStore,
+    WallClock,
+)
 from .memory import MemoryStateStore
 from .shared import SharedCircuitBreaker, SharedRateLimiter
 from .sqlite import SQLiteStateStore
 
 __all__ = [
-    "ENV_VAR", "Admission", "BreakerConfig", "BreakerOutcome", "Grant", "Limit",
+    "ENV_VAR", "Admission", "BreakerConfig", "BreakerOutcome", "BreakerSnapshot", "Grant", "Limit",
     "MemoryStateStore",
     "SQLiteStateStore", "SharedCircuitBreaker", "SharedRateLimiter", "StateStore", "WallClock",
     "from_env", "from_url",
@@ -35,17 +46,19 @@ def from_url(url: str, *, clock: Any = None) -> StateStore:
     absolute when its directory exists only there. ``redis://``, ``rediss://``, ``unix://`` open
     a ``RedisStore`` (query items ``on_failure=closed|open``, ``prefix``, ``socket_timeout``).
     """
-    if not isinstance(url, str) or "://" not in url:
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str like 'sqlite:///path/state.db', got {url!r}")
+    if "://" not in url:
         raise ValueError(
-            f"url must look like 'sqlite:///path/state.db' or 'memory://', got {url!r}"
+            f"url must look like 'sqlite:///path/state.db' or 'memory://', got {redact(url)!r}"
         )
     scheme, rest = url.split("://", 1)
     scheme = scheme.lower()
     if scheme == "memory":
-        return MemoryStateStore(clock=clock)
+        return MemoryStateStore(clock=check_clock(clock))
     if scheme == "sqlite":
         if not rest.startswith("/") or rest == "/":
-            raise ValueError(f"url {url!r}: expected sqlite:///path/to/state.db")
+            raise ValueError(f"url must look like sqlite:///path/to/state.db, got {url!r}")
         path = rest[1:]  # sqlite:///rel.db -> rel.db ; sqlite:////abs.db -> /abs.db
         if not os.path.isabs(path):
             relative_dir = os.path.dirname(os.path.abspath(path))
@@ -57,7 +70,8 @@ def from_url(url: str, *, clock: Any = None) -> StateStore:
         from .redis import from_redis_url
 
         return from_redis_url(url, clock=clock)
-    raise ValueError(f"url {url!r}: unknown scheme {scheme!r}; expected memory, sqlite or redis")
+    raise ValueError(f"url has an unknown scheme {scheme!r}; expected memory, sqlite or redis, "
+                     f"got {redact(url)!r}")
 
 
 def from_env(default: str | None = None, *, clock: Any = None) -> StateStore:

@@ -6,18 +6,27 @@ A ``StateStore`` keeps that state in one place and changes it only through opera
 atomic where the state lives, so two processes can never spend the same token or both take the
 single half-open probe:
 
-| operation | what it does, atomically |
-|---|---|
-| ``limiter_acquire(key, limits, demand, ticket=, lease=, max_wait=)`` | first come, first served across processes: the caller's ticket (None: a newcomer) is renewed, expired tickets dropped; the head of the queue pays ALL buckets or none; a ``Grant``: 0.0 = paid, else the projected wait and the caller's ticket (None: refused past ``max_wait``, nothing queued) |
-| ``limiter_leave(key, ticket)`` | a waiter gave up: its ticket leaves the queue |
-| ``limiter_settle(key, limits, estimated, actual, ratio)`` | charge the excess (may go negative: a debt) or give back (capped at capacity); learn the estimate ratio |
-| ``limiter_lower(key, limits, ceilings)`` | level = min(level, ceiling) per bucket kind (a provider's ``x-ratelimit-remaining``) |
-| ``limiter_pause(key, limits, seconds)`` | nobody is admitted until ``seconds`` from now (a 429's Retry-After; at most ``MAX_PAUSE``); a longer pause is kept |
-| ``limiter_levels(key, limits)`` | the refilled levels, the pause left, the learned ratio, the queue's length |
-| ``breaker_admit(key, config, now)`` | closed: admit; open: reject with retry_after; due or half-open: hand out one of ``half_open_max_calls`` probe LEASES (each expires after ``probe_timeout``, so a crashed probe cannot wedge the breaker) |
-| ``breaker_record(key, config, outcome, generation, lease, now)`` | success / failure / ignored, with threshold and cooldown semantics |
-| ``breaker_release(key, lease)`` | give a probe lease back (an interrupted or ignored trial) |
-| ``breaker_read(key, config, now)`` / ``breaker_force(key, config, state, now)`` | snapshot; operator reset / trip |
+- ``limiter_acquire(key, limits, demand, ticket=, lease=, max_wait=)``: first come, first
+  served across processes: the caller's ticket (None: a newcomer) is renewed, expired tickets
+  dropped; the head of the queue pays ALL buckets or none. A ``Grant``: 0.0 = paid, else the
+  projected wait and the caller's ticket (None: refused past ``max_wait``, nothing queued).
+- ``limiter_leave(key, ticket)``: a waiter gave up: its ticket leaves the queue.
+- ``limiter_settle(key, limits, estimated, actual, ratio)``: charge the excess (may go
+  negative: a debt) or give back (capped at capacity); learn the estimate ratio.
+- ``limiter_lower(key, limits, ceilings)``: level = min(level, ceiling) per bucket kind (a
+  provider's ``x-ratelimit-remaining``).
+- ``limiter_pause(key, limits, seconds)``: nobody is admitted until ``seconds`` from now (a
+  429's Retry-After; at most ``MAX_PAUSE``); a longer pause is kept.
+- ``limiter_levels(key, limits)``: the refilled levels, the pause left, the learned ratio, the
+  queue's length.
+- ``breaker_admit(key, config)``: closed: admit; open: reject with ``retry_after``; due or
+  half-open: hand out one of ``half_open_max_calls`` trial LEASES (each expires after
+  ``probe_timeout``, so a crashed probe cannot wedge the breaker). An ``Admission``.
+- ``breaker_record(key, config, outcome, generation, lease, error)``: success / failure /
+  ignored, with threshold and cooldown semantics. A ``BreakerOutcome``.
+- ``breaker_release(key, config, lease)``: give a trial lease back (an interrupted call).
+- ``breaker_read(key, config)``: a ``BreakerSnapshot``; ``breaker_force(key, config, state)``:
+  an operator's reset / trip.
 
 Time is explicit: every operation takes ``now`` (seconds on the store's time base); ``None``
 means "the store's clock, read inside the atomic step". SQLite (one host): the store's clock,
@@ -26,11 +35,12 @@ reboots; read inside the write transaction, so grants are ordered. Redis (many h
 the server's ``TIME`` inside the Lua script, so workers with skewed clocks share one rate; a
 Redis store should ignore or reject a caller's ``now``.
 
-The semantics live once, as pure functions over plain dicts: the limiter's in
-``machines.bucket`` (run by ``limiter_*`` below), the breaker's here (``breaker_admit`` ...). The
-memory and SQLite stores run them under their lock / inside one ``BEGIN IMMEDIATE``
-transaction; a Redis store ports the same functions to Lua, and ``tests/test_state_sqlite.py``
-states the behaviour any implementation must have.
+The semantics live once, in the pure machines: the limiter's in ``machines.bucket`` (run by
+``limiter_*`` below), the breaker's in ``machines.breaker`` (``run_breaker`` below; every
+breaker answer carries the machine's ``changes``). The memory and SQLite stores run them under
+their lock / inside one ``BEGIN IMMEDIATE`` transaction over a JSON record; a Redis store ports
+them to Lua, and ``tests/test_state_sqlite.py`` and ``tests/test_breaker_machine.py`` state the
+behaviour any implementation must have.
 
 ``blocking``: whether an operation may wait on I/O or a lock (SQLite, Redis): async callers run
 those in a worker thread, never on the event loop.
@@ -39,40 +49,44 @@ those in a worker thread, never on the event loop.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from .._validate import real
 from ..clock import SystemClock
+from ..machines.breaker import (
+    Admission,
+    BreakerConfig,
+    BreakerOutcome,
+    BreakerSnapshot,
+    Circuit,
+    check_outcome,
+)
 from ..machines.bucket import KINDS, Buckets, Limit, new_record, queue_leave, queue_step
 
 __all__ = [
     "Admission",
     "BreakerConfig",
     "BreakerOutcome",
+    "BreakerSnapshot",
     "Grant",
     "Limit",
     "StateStore",
     "WallClock",
-    "breaker_admit",
-    "breaker_force",
-    "breaker_read",
-    "breaker_record",
-    "breaker_release",
+    "check_config",
+    "check_outcome",
     "limiter_acquire",
     "limiter_leave",
     "limiter_levels",
     "limiter_lower",
     "limiter_pause",
     "limiter_settle",
-    "new_breaker_state",
     "new_bucket_state",
+    "run_breaker",
 ]
 
-_MIN_RETRY_AFTER = 0.001
 Demand3 = tuple[float, float, float]  # a limiter demand: (requests, input tokens, output tokens)
+T = TypeVar("T")
 DEFAULT_LEASE = 2.0  # seconds a queue ticket outlives its holder's expected return
 
 
@@ -87,40 +101,6 @@ class WallClock(SystemClock):
 
     def __repr__(self) -> str:
         return "WallClock()"
-
-
-@dataclass(frozen=True)
-class BreakerConfig:
-    """What a breaker operation needs to know about the breaker (sent with every call)."""
-
-    failure_threshold: int = 5
-    reset_timeout: float = 60.0
-    half_open_max_calls: int = 1
-    probe_timeout: float = 60.0
-
-
-@dataclass(frozen=True)
-class Admission:
-    """``breaker_admit``'s answer: ``allowed``; the ``state`` it was admitted or refused in;
-    the breaker ``generation`` (bumped on every transition: a result from an older episode is
-    stale); the probe ``lease`` (half-open only); ``retry_after`` when refused; ``transition``
-    (old, new) if this call moved the breaker (open -> half-open)."""
-
-    allowed: bool
-    state: str
-    generation: int
-    lease: str | None = None
-    retry_after: float = 0.0
-    transition: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class BreakerOutcome:
-    """``breaker_record``'s answer: the state after the call and the transitions it caused."""
-
-    state: str
-    consecutive_failures: int
-    transitions: tuple[tuple[str, str], ...] = ()
 
 
 @runtime_checkable
@@ -155,31 +135,22 @@ class StateStore(Protocol):
     def limiter_levels(self, key: str, limits: Sequence[Limit],
                        now: float | None = None) -> dict[str, float]: ...
 
-    def breaker_admit(
-        self, key: str, config: BreakerConfig, now: float | None = None
-    ) -> Admission: ...
+    # -- breaker (the circuit machine, ``machines.breaker``)
+    def breaker_admit(self, key: str, config: BreakerConfig,
+                      now: float | None = None) -> Admission: ...
 
-    def breaker_record(
-        self,
-        key: str,
-        config: BreakerConfig,
-        outcome: str,
-        *,
-        generation: int | None = None,
-        lease: str | None = None,
-        error: str | None = None,
-        now: float | None = None,
-    ) -> BreakerOutcome: ...
+    def breaker_record(self, key: str, config: BreakerConfig, outcome: str,
+                       generation: int | None = None, lease: str | None = None,
+                       error: str | None = None, now: float | None = None) -> BreakerOutcome: ...
 
-    def breaker_release(self, key: str, lease: str) -> None: ...
+    def breaker_release(self, key: str, config: BreakerConfig, lease: str,
+                        now: float | None = None) -> BreakerOutcome: ...
 
-    def breaker_read(
-        self, key: str, config: BreakerConfig, now: float | None = None
-    ) -> dict[str, Any]: ...
+    def breaker_read(self, key: str, config: BreakerConfig,
+                     now: float | None = None) -> BreakerSnapshot: ...
 
-    def breaker_force(
-        self, key: str, config: BreakerConfig, state: str, now: float | None = None
-    ) -> BreakerOutcome: ...
+    def breaker_force(self, key: str, config: BreakerConfig, state: str,
+                      now: float | None = None) -> BreakerOutcome: ...
 
     def close(self) -> None: ...
 
@@ -229,8 +200,7 @@ def check_ticket(ticket: Any) -> str | None:
     return ticket
 
 
-OUTCOMES = ("success", "failure", "ignored")
-STATES = ("closed", "open", "half_open")
+
 
 
 # --------------------------------------------------------------------------- limiter (pure)
@@ -316,130 +286,30 @@ def limiter_levels(record: dict[str, Any], limits: Sequence[Limit],
     return _levels(m, record, now)
 
 
-# --------------------------------------------------------------------------- breaker (pure)
-
-_COUNTERS = ("calls", "successes", "failures", "ignored_errors", "rejections", "opened_count")
-
-
-def new_breaker_state(now: float) -> dict[str, Any]:
-    return {
-        "state": "closed", "consecutive": 0, "opened_at": 0.0, "generation": 0,
-        "changed_at": now, "leases": {}, "last_error": None, **dict.fromkeys(_COUNTERS, 0),
-    }
+# --------------------------------------------------------------------------- breaker
+# A breaker key's state is a ``machines.breaker`` record (``Circuit.save``; {} for a new key).
+# Each operation loads the machine from it with the caller's config, runs one transition and
+# saves it back.
 
 
-def _transition(s: dict[str, Any], new: str, at: float, out: list[tuple[str, str]]) -> None:
-    old = s["state"]
-    s["state"] = new
-    s["generation"] += 1
-    s["leases"] = {}
-    s["changed_at"] = at
-    if new == "closed":
-        s["consecutive"] = 0
-    if new == "open":
-        s["opened_at"] = at
-        s["opened_count"] += 1
-    out.append((old, new))
+def check_config(config: Any) -> BreakerConfig:
+    if not isinstance(config, BreakerConfig):
+        raise TypeError(f"config must be a BreakerConfig, got {config!r}")
+    return config
 
 
-def _breaker_refresh(s: dict[str, Any], cfg: BreakerConfig, now: float,
-                     out: list[tuple[str, str]]) -> str:
-    """The lazy OPEN -> HALF_OPEN move (stamped when it became due); drop expired leases."""
-    if s["state"] == "open" and now >= s["opened_at"] + cfg.reset_timeout:
-        _transition(s, "half_open", s["opened_at"] + cfg.reset_timeout, out)
-    if s["leases"]:
-        s["leases"] = {k: v for k, v in s["leases"].items() if v > now}
-    return s["state"]
+def check_lease(lease: Any, *, optional: bool = False) -> str | None:
+    if lease is None and optional:
+        return None
+    if not isinstance(lease, str) or not lease:
+        raise TypeError(f"lease must be a str from breaker_admit, got {lease!r}")
+    return lease
 
 
-def breaker_admit(s: dict[str, Any], cfg: BreakerConfig, now: float) -> Admission:
-    moved: list[tuple[str, str]] = []
-    state = _breaker_refresh(s, cfg, now, moved)
-    transition = moved[-1] if moved else None
-    if state == "closed":
-        s["calls"] += 1
-        return Admission(True, state, s["generation"], transition=transition)
-    if state == "half_open":
-        if len(s["leases"]) < cfg.half_open_max_calls:
-            lease = uuid.uuid4().hex
-            s["leases"][lease] = now + cfg.probe_timeout
-            s["calls"] += 1
-            return Admission(True, state, s["generation"], lease, transition=transition)
-        retry_after = max(_MIN_RETRY_AFTER, min(s["leases"].values()) - now)
-    else:
-        retry_after = max(_MIN_RETRY_AFTER, s["opened_at"] + cfg.reset_timeout - now)
-    s["rejections"] += 1
-    return Admission(False, state, s["generation"], None, retry_after, transition)
-
-
-def breaker_record(s: dict[str, Any], cfg: BreakerConfig, outcome: str, generation: int | None,
-                   lease: str | None, error: str | None, now: float) -> BreakerOutcome:
-    """Settle one admitted call. ``generation``/``lease`` None: the caller has no token (the
-    manual protocol); the result then counts for the current episode."""
-    if outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
-    moved: list[tuple[str, str]] = []
-    state = _breaker_refresh(s, cfg, now, moved)
-    if lease is None and state == "half_open" and generation is None and s["leases"]:
-        lease = next(iter(s["leases"]))  # manual protocol: the oldest live probe
-    current = (generation is None or generation == s["generation"]) and (
-        state != "half_open" or lease is None or lease in s["leases"]
-    )
-    if state == "half_open" and lease is not None:
-        s["leases"].pop(lease, None)
-    if outcome == "failure":
-        s["last_error"] = error
-    if outcome == "success":
-        s["successes"] += 1
-        if current and state != "open":
-            s["consecutive"] = 0
-            if state == "half_open":
-                _transition(s, "closed", now, moved)
-    elif outcome == "ignored":
-        s["ignored_errors"] += 1
-    else:
-        s["failures"] += 1
-        if current and state != "open":
-            s["consecutive"] += 1
-            if state == "half_open" or s["consecutive"] >= cfg.failure_threshold:
-                _transition(s, "open", now, moved)
-    return BreakerOutcome(s["state"], s["consecutive"], tuple(moved))
-
-
-def breaker_release(s: dict[str, Any], lease: str) -> None:
-    s["leases"].pop(lease, None)
-
-
-def breaker_force(s: dict[str, Any], cfg: BreakerConfig, state: str, now: float) -> BreakerOutcome:
-    if state not in ("open", "closed"):
-        raise ValueError(f"state must be 'open' or 'closed', got {state!r}")
-    moved: list[tuple[str, str]] = []
-    _breaker_refresh(s, cfg, now, moved)
-    if state == "closed":
-        s["consecutive"] = 0
-        if s["state"] != "closed":
-            _transition(s, "closed", now, moved)
-    elif s["state"] == "open":  # a fresh cooldown, no transition
-        s["opened_at"] = now
-        s["opened_count"] += 1
-        s["generation"] += 1
-    else:
-        _transition(s, "open", now, moved)
-    return BreakerOutcome(s["state"], s["consecutive"], tuple(moved))
-
-
-def breaker_read(s: dict[str, Any], cfg: BreakerConfig, now: float) -> dict[str, Any]:
-    moved: list[tuple[str, str]] = []
-    state = _breaker_refresh(s, cfg, now, moved)
-    retry_in = max(0.0, s["opened_at"] + cfg.reset_timeout - now) if state == "open" else 0.0
-    return {
-        "state": state,
-        "consecutive_failures": s["consecutive"],
-        "retry_in": retry_in,
-        "generation": s["generation"],
-        "trials_in_flight": len(s["leases"]),
-        "last_error": s["last_error"],
-        "last_state_change": s["changed_at"],
-        **{k: s[k] for k in _COUNTERS},
-        "transitions": tuple(moved),
-    }
+def run_breaker(record: dict[str, Any], config: BreakerConfig, now: float,
+                op: Callable[[Circuit], T]) -> T:
+    """``op`` on the machine of ``record`` (at ``now``), the record updated."""
+    m = Circuit.from_record(config, record, now)
+    result = op(m)
+    m.save(record)
+    return result

@@ -2,7 +2,8 @@
 
 Counting spend after the fact cannot enforce a hard budget across workers: N workers that all
 check "spent < budget" before their calls all pass, then all spend (LiteLLM #34732; research
-§7). ``SharedBudget`` makes the check and the hold ONE atomic store operation::
+§7). ``SharedBudget`` makes the check and the hold ONE atomic store operation
+(``machines.budget``)::
 
     r = budget.reserve(estimated_usd)     # BudgetExceeded if spent + held + est > limit
     try:
@@ -13,58 +14,59 @@ check "spent < budget" before their calls all pass, then all spend (LiteLLM #347
     budget.commit(r, actual_usd)          # held -> spent
 
 so the sum of what was spent and what is held never passes the limit while every call costs
-at most its estimate (``CostTracker.estimate`` gives that worst case). A reservation expires
-after ``reservation_ttl`` seconds, so a worker that dies mid-call frees its hold.
+at most its estimate. A reservation expires after ``reservation_ttl`` seconds, so a worker that
+dies mid-call frees its hold.
 
-``SharedCostTracker`` is a ``CostTracker`` whose hard limit is a ``SharedBudget``: it plugs into
-``ResilientClient(cost=...)`` unchanged, because the client already calls ``check(estimate)``
-before a provider call and ``record(...)`` after it: ``check`` reserves (and releases this
-context's earlier reservation that never got a ``record``: that call failed), ``record``
-commits. ``with tracker.reserve(est): ...`` also works and releases on failure at once.
+``SharedCostTracker`` is a ``CostTracker`` whose hard gate is a ``SharedBudget``: the same
+``CostGate`` protocol (``reserve(model, demand)`` -> ``commit`` | ``release``) that
+``ResilientClient`` drives for every call, released on every failure path. Its async twins run
+the store calls in a worker thread when the store does I/O (SQLite, Redis): the event loop never
+waits for another process's lock.
 
 Money is held in the store as integer nano-USD (exact, and Lua's doubles are exact up to 2**53
 units, $9M), estimates and actual costs rounded UP (conservative). Stores: ``RedisStore`` (Lua
-script); memory / SQLite stores through their atomic step (``dict_budget_ops``).
+script); memory / SQLite stores run ``machines.budget`` in their atomic step. The store
+operations (``budget_reserve``, ``budget_commit``, ``budget_release``, ``budget_read``,
+``budget_reset``, each answering ``(ok, spent, held, in_flight)``) are public, so a script can
+drive any store through the same steps.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import math
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from ..cost import CostTracker, usd
+from .. import _validate as v
+from ..cost import BudgetHold, CostTracker, check_labels, check_reserve, usd
 from ..errors import BudgetExceeded
-from ..pricing import to_money
-from .memory import DictStateStore
+from ..machines.budget import MAX_AMOUNT, check_amount
+from ..protocols import Demand
 
-__all__ = ["Reservation", "SharedBudget", "SharedCostTracker", "dict_budget_ops"]
+__all__ = ["Reservation", "SharedBudget", "SharedCostTracker", "check_units",
+           "dict_budget_ops"]
 
 logger = logging.getLogger("llm_patterns.cost")
 
 UNITS_PER_USD = Decimal(10) ** 9  # nano-USD
-_MAX_UNITS = 2**53
+_ZERO = Decimal(0)
 
 
 def check_units(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_UNITS:
-        raise ValueError(f"{name} must be an int in [0, 2**53] (budget units), got {value!r}")
-    return value
+    """An amount in budget units (an int in [0, 2**53])."""
+    return check_amount(name, value)
 
 
 def to_units(name: str, usd_amount: Any) -> int:
     """USD -> integer nano-USD, rounded up."""
-    money = to_money(name, usd_amount)
-    assert money is not None
+    money = v.money(name, usd_amount)
     units = int((money * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
-    if units > _MAX_UNITS:
+    if units > MAX_AMOUNT:
         raise ValueError(f"{name}={usd_amount!r} is more than a budget can hold "
-                         f"(at most ${Decimal(_MAX_UNITS) / UNITS_PER_USD})")
+                         f"(at most ${Decimal(MAX_AMOUNT) / UNITS_PER_USD})")
     return units
 
 
@@ -72,73 +74,10 @@ def to_usd(units: int) -> Decimal:
     return Decimal(units) / UNITS_PER_USD
 
 
-# --------------------------------------------------------------------------- pure semantics
-# The budget lives in a limiter-kind state dict under "budget": {"spent": int, "res": {id: [amt,
-# expires]}}; the Redis script does the same with a hash, a sorted set and a hash.
-
-
-def _purge(b: dict[str, Any], now: float) -> None:
-    b["res"] = {k: v for k, v in b["res"].items() if v[1] > now}
-
-
-def _answer(ok: bool, b: dict[str, Any]) -> tuple[bool, int, int, int]:
-    return ok, b["spent"], sum(v[0] for v in b["res"].values()), len(b["res"])
-
-
-def budget_reserve(state: dict[str, Any], rid: str, amount: int, limit: int, ttl: float,
-                   now: float) -> tuple[bool, int, int, int]:
-    b = state.setdefault("budget", {"spent": 0, "res": {}})
-    _purge(b, now)
-    held = sum(v[0] for v in b["res"].values())
-    if b["spent"] + held + amount > limit:
-        return _answer(False, b)
-    b["res"][rid] = [amount, now + ttl]
-    return _answer(True, b)
-
-
-def budget_settle(state: dict[str, Any], rid: str, actual: int | None,
-                  now: float) -> tuple[bool, int, int, int]:
-    """Commit (``actual`` is an int) or release (``actual`` None) a reservation."""
-    b = state.setdefault("budget", {"spent": 0, "res": {}})
-    _purge(b, now)
-    live = b["res"].pop(rid, None) is not None
-    if actual is not None:
-        b["spent"] += actual
-    return _answer(live, b)
-
-
-class _DictBudgetOps:
-    """The budget operations on a memory / SQLite store, inside its atomic step."""
-
-    def __init__(self, store: DictStateStore) -> None:
-        self.store = store
-
-    def budget_reserve(self, key: str, reservation: str, amount: int, limit: int,
-                       ttl: float) -> tuple[bool, int, int, int]:
-        return self.store._limiter(key, None, lambda s, t: budget_reserve(
-            s, reservation, amount, limit, ttl, t))
-
-    def budget_commit(self, key: str, reservation: str | None,
-                      actual: int) -> tuple[bool, int, int, int]:
-        return self.store._limiter(key, None, lambda s, t: budget_settle(
-            s, reservation or "", actual, t))
-
-    def budget_release(self, key: str, reservation: str) -> tuple[bool, int, int, int]:
-        return self.store._limiter(key, None, lambda s, t: budget_settle(s, reservation, None, t))
-
-    def budget_read(self, key: str) -> tuple[bool, int, int, int]:
-        return self.store._limiter(key, None, lambda s, t: budget_settle(s, "", None, t))
-
-    def budget_reset(self, key: str) -> None:
-        self.store._limiter(key, None, lambda s, t: s.pop("budget", None))
-
-
 def dict_budget_ops(store: Any) -> Any:
-    """The object carrying the budget operations for ``store``."""
+    """The object carrying the budget operations for ``store`` (the store itself)."""
     if callable(getattr(store, "budget_reserve", None)):
         return store
-    if isinstance(store, DictStateStore):
-        return _DictBudgetOps(store)
     raise TypeError(f"store {store!r} has no budget operations (budget_reserve ...)")
 
 
@@ -164,54 +103,65 @@ class SharedBudget:
 
     ``limit`` in USD (> 0); ``store`` a store or URL (None: ``LLM_PATTERNS_STATE``);
     ``reservation_ttl`` seconds a hold lives if never settled (longer than your slowest call).
+    ``blocking``: whether its operations wait on I/O (the store's), so async callers run them
+    in a worker thread.
     """
 
     def __init__(self, limit: Any, *, store: Any = None, name: str,
                  reservation_ttl: float = 600.0) -> None:
         from .shared import _resolve_store
 
-        money = to_money("limit", limit)
-        if money is None or money <= 0:
+        money = v.money("limit", limit)
+        if money <= 0:
             raise ValueError(f"limit must be > 0 dollars, got {limit!r}")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty str (the shared key), got {name!r}")
-        if isinstance(reservation_ttl, bool) or not isinstance(reservation_ttl, (int, float)) \
-                or not (math.isfinite(reservation_ttl) and reservation_ttl > 0):
-            raise ValueError(f"reservation_ttl must be a finite number of seconds > 0, "
-                             f"got {reservation_ttl!r}")
+        self.name = v.text("name", name)
+        self.reservation_ttl = v.real("reservation_ttl", reservation_ttl, minimum=0.0,
+                                      strict_min=True)
         self.limit = money
-        self.name = name
         self.key = f"budget:{name}"
-        self.reservation_ttl = float(reservation_ttl)
         self.store = _resolve_store(store)
         self._ops = dict_budget_ops(self.store)
+        self.blocking = bool(getattr(self.store, "blocking", True))
         self._limit_units = to_units("limit", money)
+
+    def _refused(self, units: int, answer: tuple[bool, int, int, int]) -> BudgetExceeded:
+        _, spent, held, n = answer
+        est = to_usd(units)
+        logger.warning("shared budget %r: refusing %s: %s spent + %s held by %d call(s) in "
+                       "flight would pass %s", self.name, usd(est), usd(to_usd(spent)),
+                       usd(to_usd(held)), n, usd(self.limit))
+        return BudgetExceeded(
+            f"estimated {usd(est)} would pass the shared {usd(self.limit)} budget "
+            f"{self.name!r}: {usd(to_usd(spent))} spent, {usd(to_usd(held))} reserved by "
+            f"{n} call(s) in flight")
 
     def try_reserve(self, estimated_usd: Any) -> Reservation | None:
         """Hold ``estimated_usd`` if it fits under the limit with everything spent and held."""
         units = to_units("estimated_usd", estimated_usd)
+        return self._reserve(units)[0]
+
+    def _reserve(self, units: int) -> tuple[Reservation | None, tuple[bool, int, int, int]]:
         rid = uuid.uuid4().hex
-        ok, spent, held, n = self._ops.budget_reserve(self.key, rid, units, self._limit_units,
-                                                      self.reservation_ttl)
-        self._last = (spent, held, n)
-        if not ok:
-            return None
-        return Reservation(rid, to_usd(units), units, self.name)
+        answer = self._ops.budget_reserve(self.key, rid, units, self._limit_units,
+                                          self.reservation_ttl)
+        if not answer[0]:
+            return None, answer
+        return Reservation(rid, to_usd(units), units, self.name), answer
 
     def reserve(self, estimated_usd: Any) -> Reservation:
         """``try_reserve`` or ``BudgetExceeded`` naming the numbers."""
-        r = self.try_reserve(estimated_usd)
+        units = to_units("estimated_usd", estimated_usd)
+        r, answer = self._reserve(units)
         if r is None:
-            spent, held, n = self._last
-            est = to_usd(to_units("estimated_usd", estimated_usd))
-            logger.warning("shared budget %r: refusing %s: %s spent + %s held by %d call(s) "
-                           "in flight would pass %s", self.name, usd(est), usd(to_usd(spent)),
-                           usd(to_usd(held)), n, usd(self.limit))
-            raise BudgetExceeded(
-                f"estimated {usd(est)} would pass the shared {usd(self.limit)} budget "
-                f"{self.name!r}: {usd(to_usd(spent))} spent, {usd(to_usd(held))} reserved by "
-                f"{n} call(s) in flight")
+            raise self._refused(units, answer)
         return r
+
+    def check(self, estimated_usd: Any) -> None:
+        """``BudgetExceeded`` if ``estimated_usd`` would not fit now; holds nothing."""
+        units = to_units("estimated_usd", estimated_usd)
+        answer = self._ops.budget_read(self.key)
+        if answer[1] + answer[2] + units > self._limit_units:
+            raise self._refused(units, answer)
 
     def commit(self, reservation: Reservation | None, actual_usd: Any) -> None:
         """Turn the hold into the real spend (``reservation`` None: spend without a hold)."""
@@ -257,7 +207,7 @@ class SharedBudget:
 
     @property
     def spent(self) -> Decimal:
-        return self.status()["spent"]
+        return self.status()["spent"]  # type: ignore[no-any-return]
 
     def reset(self) -> None:
         """Forget spend and holds (a new budget period; operators only)."""
@@ -270,13 +220,13 @@ class SharedBudget:
 # --------------------------------------------------------------------------- the tracker
 
 class SharedCostTracker(CostTracker):
-    """A ``CostTracker`` whose hard limit is a ``SharedBudget`` (every process, one budget).
+    """A ``CostTracker`` whose hard gate is a ``SharedBudget`` (every process, one budget).
 
     Same arguments as ``CostTracker`` plus ``store`` (store or URL; None:
     ``LLM_PATTERNS_STATE``), ``budget_name`` (default ``name`` or ``"cost"``) and
     ``reservation_ttl``. ``hard_limit`` defaults to True and needs ``budget``. Totals, the
     breakdowns and alerts are the ``CostTracker``'s (per process, or global with a ledger);
-    the hard gate is the shared budget.
+    the gate (``check``, ``reserve``/``commit``/``release``) is the shared budget.
     """
 
     def __init__(self, prices: Any = None, *, budget: Any, store: Any = None,
@@ -287,50 +237,60 @@ class SharedCostTracker(CostTracker):
         self.shared = SharedBudget(self.budget, store=store,
                                    name=budget_name or self.name or "cost",
                                    reservation_ttl=reservation_ttl)
-        # this tracker's reservation awaiting its ``record``, per thread / asyncio task
-        self._pending: contextvars.ContextVar[tuple[Reservation, ...]] = contextvars.ContextVar(
-            f"llm_patterns_budget_pending_{id(self)}", default=())
 
-    def _release_pending(self) -> None:
-        for r in self._pending.get():
-            self.shared.release(r)
-        self._pending.set(())
+    @property
+    def blocking(self) -> bool:
+        return self.shared.blocking or self.ledger is not None
 
     def check(self, estimated_usd: Any) -> None:
-        """Reserve ``estimated_usd`` in the shared budget for this context's next ``record``
-        (``BudgetExceeded`` if it does not fit). A reservation this context made earlier and
-        never recorded belonged to a call that failed: it is released first."""
-        estimate = to_money("estimated_usd", estimated_usd)
+        """``BudgetExceeded`` if ``estimated_usd`` more would pass the shared budget (spent and
+        held by every process); holds nothing."""
+        estimate = v.money("estimated_usd", estimated_usd)
+        if self.hard_limit:
+            self.shared.check(estimate)
+
+    def reserve(self, model: str, demand: Demand) -> BudgetHold:
+        """Hold the call's estimate in the shared budget (``BudgetExceeded`` if it does not
+        fit beside what every process spent and holds); ``reserved`` shows this process's."""
+        check_reserve(model, demand)
         if not self.hard_limit:
-            return
-        self._release_pending()
-        self._pending.set((self.shared.reserve(estimate),))
+            return BudgetHold(_ZERO, model, demand)
+        amount = self._estimate_demand(model, demand)
+        reservation = self.shared.reserve(amount)
+        with self._lock:
+            self._reserved += reservation.amount
+        return BudgetHold(reservation.amount, model, demand, reservation)
 
-    def release_pending(self) -> None:
-        """Give back this context's reservation now (a call that will not be recorded)."""
-        self._release_pending()
-
-    @contextmanager
-    def reserve(self, estimated_usd: Any) -> Iterator[Decimal]:
-        """Hold ``estimated_usd`` in the shared budget for the block; a ``record`` inside it
-        commits the hold, otherwise it is released when the block ends."""
-        estimate = to_money("estimated_usd", estimated_usd)
-        assert estimate is not None
-        r = self.shared.reserve(estimate) if self.hard_limit else None
-        token = self._pending.set((r,) if r is not None else ())
+    def commit(self, hold: BudgetHold, model: str, usage: object, *,
+               dag_id: str | None = None, task_id: str | None = None,
+               run_id: str | None = None, provider: str | None = None) -> Decimal | None:
+        """Record the call in this tracker's totals and turn its shared hold into the spend
+        (the estimate, when the model has no price)."""
+        self._check_hold(hold)
+        reservation = hold.reservation
         try:
-            yield estimate
-        finally:
-            if r is not None:
-                self.shared.release(r)
-            self._pending.reset(token)
+            cost, charged = self._commit(hold, model, usage,
+                                         check_labels(dag_id, task_id, run_id, provider))
+        except BaseException:
+            if reservation is not None:  # paid, but unreadable or unwritable: keep it charged
+                self.shared.commit(reservation, reservation.amount)
+            raise
+        if reservation is not None:
+            self.shared.commit(reservation, charged)
+        else:
+            self.shared.add(charged)
+        return cost
+
+    def release(self, hold: BudgetHold) -> None:
+        """Give the hold back to the shared budget. Idempotent."""
+        if hold.settled:
+            return
+        super().release(hold)
+        if hold.reservation is not None:
+            self.shared.release(hold.reservation)
 
     def record(self, model: str, usage: object, **labels: Any) -> Decimal:
+        """``CostTracker.record``, the cost added to the shared spend (no hold)."""
         cost = super().record(model, usage, **labels)
-        pending = self._pending.get()
-        if pending:
-            self._pending.set(pending[1:])
-            self.shared.commit(pending[0], cost)
-        else:
-            self.shared.add(cost)
+        self.shared.add(cost)
         return cost

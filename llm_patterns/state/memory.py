@@ -8,15 +8,25 @@ processes. Default time base: ``SystemClock`` (monotonic), or the ``clock`` you 
 
 from __future__ import annotations
 
-import copy
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..clock import Clock, SystemClock
+from ..circuit_breaker import check_clock
+from ..clock import Clock
+from ..machines import budget as budget_machine
+from ..machines.breaker import Circuit
 from . import base
-from .base import Admission, BreakerConfig, BreakerOutcome, Demand3, Grant, Limit
+from .base import (
+    Admission,
+    BreakerConfig,
+    BreakerOutcome,
+    BreakerSnapshot,
+    Demand3,
+    Grant,
+    Limit,
+)
 
 __all__ = ["DictStateStore", "MemoryStateStore"]
 
@@ -84,37 +94,90 @@ class DictStateStore:
         ls = base.check_limits(limits)
         return self._limiter(key, now, lambda s, t: base.limiter_levels(s, ls, t))
 
-    # -- breakers
+    # -- budgets (``machines.budget``; its record sits in the key's record under "budget")
+    def budget_reserve(self, key: str, reservation: str, amount: int, limit: int, ttl: float,
+                       now: float | None = None) -> budget_machine.Answer:
+        """Atomically: drop expired holds; hold ``amount`` under ``reservation`` for ``ttl`` s
+        if ``spent + held + amount <= limit``. -> (ok, spent, held, in_flight)."""
+        rid = base.check_key(reservation)
+        amount = budget_machine.check_amount("amount", amount)
+        limit = budget_machine.check_amount("limit", limit)
+        ttl = base.check_finite("ttl", ttl, minimum=0.001)
+        return self._limiter(key, now, lambda s, t: budget_machine.reserve(
+            _budget(s), rid, amount, limit, ttl, t))
+
+    def budget_commit(self, key: str, reservation: str | None, actual: int,
+                      now: float | None = None) -> budget_machine.Answer:
+        """Drop ``reservation`` (if still held; None: spend without a hold) and add ``actual``
+        to the spend. -> (was_live, spent, held, in_flight)."""
+        actual = budget_machine.check_amount("actual", actual)
+        rid = reservation or ""
+        return self._limiter(key, now, lambda s, t: budget_machine.settle(
+            _budget(s), rid, actual, t))
+
+    def budget_release(self, key: str, reservation: str,
+                       now: float | None = None) -> budget_machine.Answer:
+        """Give a hold back (the call was not answered)."""
+        rid = base.check_key(reservation)
+        return self._limiter(key, now, lambda s, t: budget_machine.settle(
+            _budget(s), rid, None, t))
+
+    def budget_read(self, key: str, now: float | None = None) -> budget_machine.Answer:
+        return self._limiter(key, now, lambda s, t: budget_machine.read(_budget(s), t))
+
+    def budget_reset(self, key: str) -> None:
+        """Forget the spend and the holds (a new budget period)."""
+        self._limiter(key, None, lambda s, t: budget_machine.reset(_budget(s)))
+
+    # -- breakers (see ``base``: the circuit machine over the key's record)
+    def _circuit(self, key: str, config: BreakerConfig, now: float | None,
+                 op: Callable[[Circuit, float], T]) -> T:
+        cfg = base.check_config(config)
+        return self._breaker(key, now, lambda s, t: base.run_breaker(s, cfg, t,
+                                                                    lambda m: op(m, t)))
+
     def breaker_admit(self, key: str, config: BreakerConfig,
                       now: float | None = None) -> Admission:
-        return self._breaker(key, now, lambda s, t: base.breaker_admit(s, config, t))
+        return self._circuit(key, config, now, lambda m, t: m.admit(t))
 
-    def breaker_record(self, key: str, config: BreakerConfig, outcome: str, *,
+    def breaker_record(self, key: str, config: BreakerConfig, outcome: str,
                        generation: int | None = None, lease: str | None = None,
                        error: str | None = None, now: float | None = None) -> BreakerOutcome:
-        return self._breaker(key, now, lambda s, t: base.breaker_record(
-            s, config, outcome, generation, lease, error, t))
+        outcome = base.check_outcome(outcome)
+        lease = base.check_lease(lease, optional=True)
+        return self._circuit(key, config, now, lambda m, t: m.record(
+            outcome, generation, lease, error, t))
 
-    def breaker_release(self, key: str, lease: str) -> None:
-        self._breaker(key, None, lambda s, t: base.breaker_release(s, lease))
+    def breaker_release(self, key: str, config: BreakerConfig, lease: str,
+                        now: float | None = None) -> BreakerOutcome:
+        lease = base.check_lease(lease)  # type: ignore[assignment]
+        return self._circuit(key, config, now, lambda m, t: m.release(lease, t))
 
     def breaker_read(self, key: str, config: BreakerConfig,
-                     now: float | None = None) -> dict[str, Any]:
-        return self._breaker(key, now, lambda s, t: copy.deepcopy(base.breaker_read(s, config, t)))
+                     now: float | None = None) -> BreakerSnapshot:
+        return self._circuit(key, config, now, lambda m, t: m.read(t))
 
     def breaker_force(self, key: str, config: BreakerConfig, state: str,
                       now: float | None = None) -> BreakerOutcome:
-        return self._breaker(key, now, lambda s, t: base.breaker_force(s, config, state, t))
+        return self._circuit(key, config, now, lambda m, t: m.force(state, t))
 
     def close(self) -> None:
         """Release resources (nothing here; kept for the protocol)."""
+
+
+def _budget(record: dict[str, Any]) -> dict[str, Any]:
+    """The budget machine's state inside a key's record."""
+    b = record.get("budget")
+    if b is None:
+        b = record["budget"] = budget_machine.new_budget()
+    return b
 
 
 class MemoryStateStore(DictStateStore):
     """In-process state store; see the module docstring."""
 
     def __init__(self, *, clock: Clock | None = None) -> None:
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = check_clock(clock)
         self.url = "memory://"
         self._lock = threading.Lock()
         self._buckets: dict[str, dict[str, Any]] = {}
@@ -133,10 +196,7 @@ class MemoryStateStore(DictStateStore):
         base.check_key(key)
         with self._lock:
             t = self.clock.now() if now is None else base.check_finite("now", now)
-            state = self._breakers.get(key)
-            if state is None:
-                state = self._breakers[key] = base.new_breaker_state(t)
-            return fn(state, t)
+            return fn(self._breakers.setdefault(key, {}), t)
 
     def __repr__(self) -> str:
         return f"MemoryStateStore(clock={self.clock!r})"

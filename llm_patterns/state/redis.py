@@ -37,7 +37,6 @@ Error messages and logs name the URL with its password replaced by ``***``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import uuid
@@ -45,10 +44,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..clock import Clock, SystemClock
-from ..errors import CircuitOpenError, LLMError, RateLimitTimeout
+from .._validate import boolean, choice, integer, real, text
+from ..circuit_breaker import check_clock
+from ..clock import Clock
+from ..errors import CircuitOpenError, LLMError, RateLimitTimeout, redact
+from ..machines.breaker import CLOSED, COUNTERS, OPEN, Change
 from . import base
-from .base import Admission, BreakerConfig, BreakerOutcome, Demand3, Grant, Limit
+from .base import (
+    Admission,
+    BreakerConfig,
+    BreakerOutcome,
+    BreakerSnapshot,
+    Demand3,
+    Grant,
+    Limit,
+)
 from .memory import MemoryStateStore
 
 __all__ = [
@@ -56,13 +66,14 @@ __all__ = [
     "LimiterStateUnavailable",
     "RedisStore",
     "StateStoreUnavailable",
-    "redact_url",
 ]
 
 logger = logging.getLogger("llm_patterns.state")
 T = TypeVar("T")
 
 ON_FAILURE = ("closed", "open")
+MAX_TIMEOUT = 3600.0  # seconds: the longest socket timeout or reconnect back-off accepted
+MAX_IDLE_TTL = 366 * 86400.0  # seconds an unused breaker key may be kept (a year)
 _BUCKET_SLACK = 60.0  # seconds a full bucket key outlives its refill (cheap; avoids churn)
 
 
@@ -82,25 +93,6 @@ class LimiterStateUnavailable(StateStoreUnavailable, RateLimitTimeout):
 
 class BreakerStateUnavailable(StateStoreUnavailable, CircuitOpenError):
     """The breaker's shared state is unreachable (fail closed): the call is refused."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password (in the netloc or a ``password=`` query item) as ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        cred, host = netloc.rsplit("@", 1)
-        if ":" in cred:  # user:password@host (user may be empty)
-            netloc = f"{cred.split(':', 1)[0]}:***@{host}"
-    query = parts.query
-    if query:
-        items = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(
-            query, keep_blank_values=True)]
-        query = urlencode(items, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 # --------------------------------------------------------------------------- Lua
@@ -347,177 +339,191 @@ end
 return redis.error_reply('unknown limiter op ' .. tostring(op))
 """
 
-# KEYS[1] breaker hash, KEYS[2] lease hash (lease id -> expiry)
+# The circuit machine (``machines.breaker``), ported line by line; tests/test_breaker_machine.py
+# holds it to the Python machine. KEYS[1]: one hash: the machine's fields, a counter per
+# statistic, ``last_error`` when set, and ``l:<id>`` -> expiry per live trial lease.
 # ARGV: op, now|'', key ttl, failure_threshold, reset_timeout, half_open_max_calls,
-#       probe_timeout, then per op
+#       probe_timeout, then per op. Every answer ends with the changes, 5 strings each
+#       (kind, at, state, new, number).
 _BREAKER_LUA = _PRELUDE + r"""
-local key, lkey, op = KEYS[1], KEYS[2], ARGV[1]
+local key, op = KEYS[1], ARGV[1]
 local now = clock_now(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local threshold, reset = tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_calls, probe_timeout = tonumber(ARGV[6]), tonumber(ARGV[7])
+local MIN_RETRY_AFTER = 0.001
 local COUNTERS = {'calls', 'successes', 'failures', 'ignored_errors', 'rejections', 'opened_count'}
-local NUMS = {'consecutive', 'opened_at', 'generation', 'changed_at'}
+local NUMS = {'consecutive', 'opened_at', 'generation', 'changed_at', 'serial'}
 
-local s = {}
+local s = {state = 'closed', consecutive = 0, opened_at = 0, generation = 0, changed_at = now,
+           serial = 0}
+for _, c in ipairs(COUNTERS) do s[c] = 0 end
+local leases, nleases = {}, 0
 local raw = redis.call('HGETALL', key)
-for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
-if s.state == nil then
-  s = {state = 'closed', consecutive = 0, opened_at = 0, generation = 0, changed_at = now}
-  for _, c in ipairs(COUNTERS) do s[c] = 0 end
-else
-  for _, c in ipairs(COUNTERS) do s[c] = tonumber(s[c]) or 0 end
-  for _, c in ipairs(NUMS) do s[c] = tonumber(s[c]) or 0 end
+for i = 1, #raw, 2 do
+  local k, val = raw[i], raw[i + 1]
+  if string.sub(k, 1, 2) == 'l:' then
+    leases[string.sub(k, 3)] = tonumber(val)
+    nleases = nleases + 1
+  elseif k == 'state' or k == 'last_error' then s[k] = val
+  else s[k] = tonumber(val) end
 end
-local leases = {}
-raw = redis.call('HGETALL', lkey)
-for i = 1, #raw, 2 do leases[raw[i]] = tonumber(raw[i + 1]) end
 
-local moved = {}
-local function transition(new, at)
+local changes = {}
+local function change(kind, at, state, new, number)
+  changes[#changes + 1] = {kind, at, state, new, number}
+end
+local function move(new, at)
   local old = s.state
   s.state = new
   s.generation = s.generation + 1
-  leases = {}
+  leases, nleases = {}, 0
   s.changed_at = at
-  if new == 'closed' then s.consecutive = 0 end
-  if new == 'open' then s.opened_at = at; s.opened_count = s.opened_count + 1 end
-  moved[#moved + 1] = old; moved[#moved + 1] = new
+  if new == 'closed' then s.consecutive = 0
+  elseif new == 'open' then s.opened_at = at; s.opened_count = s.opened_count + 1 end
+  change('state_change', at, old, new, s.consecutive)
 end
 local function refresh()
   if s.state == 'open' and now >= s.opened_at + reset then
-    transition('half_open', s.opened_at + reset)
+    move('half_open', s.opened_at + reset)
   end
-  for id, exp in pairs(leases) do
-    if not (exp > now) then leases[id] = nil end
+  if nleases > 0 then
+    local expired = 0
+    for id, untl in pairs(leases) do
+      if untl <= now then leases[id] = nil; expired = expired + 1 end
+    end
+    if expired > 0 then
+      nleases = nleases - expired
+      change('lease_expired', now, s.state, '', expired)
+    end
   end
   return s.state
 end
-local function live()
-  local n, oldest, first = 0, nil, nil
-  for id, exp in pairs(leases) do
-    n = n + 1
-    if oldest == nil or exp < oldest or (exp == oldest and id < first) then oldest = exp; first = id end
+local function oldest()
+  local first = nil
+  for id, _ in pairs(leases) do
+    if first == nil or tonumber(id) < tonumber(first) then first = id end
   end
-  return n, oldest, first
+  return first
 end
 local function save()
-  local args = {'state', s.state, 'consecutive', f(s.consecutive), 'opened_at', f(s.opened_at),
-                'generation', f(s.generation), 'changed_at', f(s.changed_at)}
+  redis.call('DEL', key)
+  local args = {'state', s.state}
+  for _, c in ipairs(NUMS) do args[#args + 1] = c; args[#args + 1] = f(s[c]) end
   for _, c in ipairs(COUNTERS) do args[#args + 1] = c; args[#args + 1] = f(s[c]) end
-  if s.last_error ~= nil and s.last_error ~= false then
-    args[#args + 1] = 'last_error'; args[#args + 1] = s.last_error
-  else
-    redis.call('HDEL', key, 'last_error')
-  end
-  redis.call('HSET', key, unpack(args))
-  redis.call('DEL', lkey)
-  local la = {}
-  for id, exp in pairs(leases) do la[#la + 1] = id; la[#la + 1] = f(exp) end
+  if s.last_error ~= nil then args[#args + 1] = 'last_error'; args[#args + 1] = s.last_error end
   local keep = ttl
+  for id, untl in pairs(leases) do
+    args[#args + 1] = 'l:' .. id; args[#args + 1] = f(untl)
+    if untl - now + ttl > keep then keep = untl - now + ttl end
+  end
   if s.state == 'open' and s.opened_at + reset - now + probe_timeout > keep then
     keep = s.opened_at + reset - now + probe_timeout
   end
-  if #la > 0 then
-    redis.call('HSET', lkey, unpack(la))
-    redis.call('PEXPIRE', lkey, math.ceil((probe_timeout + ttl) * 1000))
-    if probe_timeout + ttl > keep then keep = probe_timeout + ttl end
-  end
+  redis.call('HSET', key, unpack(args))
   redis.call('PEXPIRE', key, math.ceil(keep * 1000))
+end
+local function finish(out)
+  save()
+  for _, c in ipairs(changes) do
+    out[#out + 1] = c[1]; out[#out + 1] = f(c[2]); out[#out + 1] = c[3]; out[#out + 1] = c[4]
+    out[#out + 1] = f(c[5])
+  end
+  return out
+end
+local function outcome()
+  return finish({s.state, f(s.consecutive), f(now)})
 end
 
 if op == 'admit' then
-  local state = refresh()
-  local tr_old, tr_new = '', ''
-  if #moved > 0 then tr_old = moved[#moved - 1]; tr_new = moved[#moved] end
-  if state == 'closed' then
+  if s.state == 'closed' then
     s.calls = s.calls + 1
-    save()
-    return {'1', state, f(s.generation), '', '0', tr_old, tr_new}
+    return finish({'1', 'closed', f(s.generation), '', '0', f(now)})
   end
+  local state = refresh()
   local retry_after
   if state == 'half_open' then
-    local n, oldest = live()
-    if n < max_calls then
-      local lease = ARGV[8]
+    if nleases < max_calls then
+      s.serial = s.serial + 1
+      local lease = f(s.serial)
       leases[lease] = now + probe_timeout
+      nleases = nleases + 1
       s.calls = s.calls + 1
-      save()
-      return {'1', state, f(s.generation), lease, '0', tr_old, tr_new}
+      return finish({'1', state, f(s.generation), lease, '0', f(now)})
     end
-    retry_after = math.max(0.001, oldest - now)
+    for _, untl in pairs(leases) do
+      if retry_after == nil or untl < retry_after then retry_after = untl end
+    end
+    retry_after = math.max(MIN_RETRY_AFTER, retry_after - now)
   else
-    retry_after = math.max(0.001, s.opened_at + reset - now)
+    retry_after = math.max(MIN_RETRY_AFTER, s.opened_at + reset - now)
   end
   s.rejections = s.rejections + 1
-  save()
-  return {'0', state, f(s.generation), '', f(retry_after), tr_old, tr_new}
+  change('rejected', now, state, '', retry_after)
+  return finish({'0', state, f(s.generation), '', f(retry_after), f(now)})
 elseif op == 'record' then
-  local outcome = ARGV[8]
+  local result = ARGV[8]
   local generation = nil
   if ARGV[9] ~= '' then generation = tonumber(ARGV[9]) end
   local lease = nil
   if ARGV[10] ~= '' then lease = ARGV[10] end
   local state = refresh()
-  if lease == nil and state == 'half_open' and generation == nil then
-    local n, oldest, first = live()
-    if n > 0 then lease = first end
+  if lease == nil and generation == nil and state == 'half_open' and nleases > 0 then
+    lease = oldest()
   end
   local current = (generation == nil or generation == s.generation) and
     (state ~= 'half_open' or lease == nil or leases[lease] ~= nil)
-  if state == 'half_open' and lease ~= nil then leases[lease] = nil end
-  if outcome == 'failure' then
-    if ARGV[11] == '1' then s.last_error = ARGV[12] else s.last_error = nil end
+  if state == 'half_open' and lease ~= nil and leases[lease] ~= nil then
+    leases[lease] = nil
+    nleases = nleases - 1
   end
-  if outcome == 'success' then
+  local deciding = current and state ~= 'open'
+  if result == 'success' then
     s.successes = s.successes + 1
-    if current and state ~= 'open' then
-      s.consecutive = 0
-      if state == 'half_open' then transition('closed', now) end
-    end
-  elseif outcome == 'ignored' then
+    if deciding then s.consecutive = 0 end
+    change('success', now, state, '', s.consecutive)
+    if deciding and state == 'half_open' then move('closed', now) end
+  elseif result == 'ignored' then
     s.ignored_errors = s.ignored_errors + 1
+    change('ignored', now, state, '', s.consecutive)
   else
     s.failures = s.failures + 1
-    if current and state ~= 'open' then
-      s.consecutive = s.consecutive + 1
-      if state == 'half_open' or s.consecutive >= threshold then transition('open', now) end
-    end
+    if ARGV[11] == '1' then s.last_error = ARGV[12] else s.last_error = nil end
+    if deciding then s.consecutive = s.consecutive + 1 end
+    change('failure', now, state, '', s.consecutive)
+    if deciding and (state == 'half_open' or s.consecutive >= threshold) then move('open', now) end
   end
-  save()
-  local out = {s.state, f(s.consecutive)}
-  for _, m in ipairs(moved) do out[#out + 1] = m end
-  return out
+  return outcome()
+elseif op == 'release' then
+  refresh()
+  local lease = ARGV[8]
+  if leases[lease] ~= nil then leases[lease] = nil; nleases = nleases - 1 end
+  return outcome()
 elseif op == 'force' then
   local target = ARGV[8]
   refresh()
   if target == 'closed' then
     s.consecutive = 0
-    if s.state ~= 'closed' then transition('closed', now) end
+    if s.state ~= 'closed' then move('closed', now) end
   elseif s.state == 'open' then
     s.opened_at = now
     s.opened_count = s.opened_count + 1
     s.generation = s.generation + 1
   else
-    transition('open', now)
+    move('open', now)
   end
-  save()
-  local out = {s.state, f(s.consecutive)}
-  for _, m in ipairs(moved) do out[#out + 1] = m end
-  return out
+  return outcome()
 elseif op == 'read' then
   local state = refresh()
   local retry_in = 0
   if state == 'open' then retry_in = math.max(0, s.opened_at + reset - now) end
-  local n = live()
-  save()
   local has_err, err = '0', ''
-  if s.last_error ~= nil and s.last_error ~= false then has_err = '1'; err = s.last_error end
-  local out = {state, f(s.consecutive), f(retry_in), f(s.generation), f(n), has_err, err,
-               f(s.changed_at)}
+  if s.last_error ~= nil then has_err = '1'; err = s.last_error end
+  local out = {state, f(s.consecutive), f(retry_in), f(nleases), has_err, err, f(s.changed_at),
+               f(s.generation)}
   for _, c in ipairs(COUNTERS) do out[#out + 1] = f(s[c]) end
-  for _, m in ipairs(moved) do out[#out + 1] = m end
-  return out
+  out[#out + 1] = f(now)
+  return finish(out)
 end
 return redis.error_reply('unknown breaker op ' .. tostring(op))
 """
@@ -622,40 +628,37 @@ class RedisStore:
                 "RedisStore needs the 'redis' package: pip install 'llm-patterns[redis]'"
             ) from exc
         self._redis = redis_lib
-        if on_failure not in ON_FAILURE:
-            raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
-        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} "):
+        self.on_failure = choice("on_failure", text("on_failure", on_failure), ON_FAILURE)
+        self.prefix = text("prefix", prefix)
+        if any(c in prefix for c in "{} "):
             raise ValueError(f"prefix must be a non-empty str without braces or spaces, "
                              f"got {prefix!r}")
-        for name, value in (("socket_timeout", socket_timeout),
-                            ("connect_timeout", connect_timeout),
-                            ("reconnect_after", reconnect_after),
-                            ("max_reconnect_after", max_reconnect_after),
-                            ("idle_ttl", idle_ttl)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value > 0
-            ):
-                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-        if max_reconnect_after < reconnect_after:
-            raise ValueError(f"max_reconnect_after={max_reconnect_after!r} must be >= "
-                             f"reconnect_after={reconnect_after!r}")
+        self.socket_timeout, self.connect_timeout, self.reconnect_after, \
+            self.max_reconnect_after = (
+                real(name, value, minimum=0.0, strict_min=True, maximum=MAX_TIMEOUT)
+                for name, value in (("socket_timeout", socket_timeout),
+                                    ("connect_timeout", connect_timeout),
+                                    ("reconnect_after", reconnect_after),
+                                    ("max_reconnect_after", max_reconnect_after)))
+        if self.max_reconnect_after < self.reconnect_after:
+            raise ValueError(f"max_reconnect_after must be >= reconnect_after "
+                             f"({reconnect_after!r}), got {max_reconnect_after!r}")
+        self.idle_ttl = real("idle_ttl", idle_ttl, minimum=0.0, strict_min=True,
+                             maximum=MAX_IDLE_TTL)
+        self.server_time = boolean("server_time", server_time)
         if not server_time and clock is None:
-            raise ValueError("server_time=False needs a clock= to read the time from")
-        self.prefix = prefix
-        self.on_failure = on_failure
-        self.socket_timeout = float(socket_timeout)
-        self.connect_timeout = float(connect_timeout)
-        self.reconnect_after = float(reconnect_after)
-        self.max_reconnect_after = float(max_reconnect_after)
-        self.idle_ttl = float(idle_ttl)
-        self.server_time = bool(server_time)
-        self.clock: Clock = clock if clock is not None else SystemClock()
+            raise ValueError("server_time=False needs a clock= to read the time from, "
+                             "got clock=None")
+        self.clock: Clock = check_clock(clock)
         if isinstance(url_or_client, str):
             if "://" not in url_or_client:
-                raise ValueError(f"url must look like 'redis://host:6379/0', got "
-                                 f"{redact_url(url_or_client)!r}")
+                shown = redact(url_or_client)
+                if "@" in shown:  # user:password@host without a scheme: mask the credentials
+                    shown = "***@" + shown.rsplit("@", 1)[1]
+                raise ValueError(f"url_or_client must look like 'redis://host:6379/0', got "
+                                 f"{shown!r}")
             self._url_raw: str | None = url_or_client
-            self.url = redact_url(url_or_client)
+            self.url = redact(url_or_client)
             self.client = self._make_client(url_or_client)
         elif callable(getattr(url_or_client, "evalsha", None)):
             self._url_raw = None
@@ -859,78 +862,79 @@ class RedisStore:
         return self._run("limiter", lambda: self._levels(self._limiter("levels", key, ls, [])),
                          lambda m: m.limiter_levels(key, ls), gate=True)
 
-    # -- breakers
+    # -- breakers (the Lua port of ``machines.breaker``; see ``base`` for the operations)
     def _breaker(self, op: str, key: str, cfg: BreakerConfig, args: list[str]) -> list[str]:
         k = self._key(key)
         ttl = max(self.idle_ttl, cfg.reset_timeout + cfg.probe_timeout + 60.0)
-        out = self._breaker_script(keys=[k, f"{k}:leases"], args=[
-            op, self._now_arg(), _num(ttl), str(int(cfg.failure_threshold)),
-            _num(cfg.reset_timeout), str(int(cfg.half_open_max_calls)), _num(cfg.probe_timeout),
-            *args])
+        out = self._breaker_script(keys=[k], args=[
+            op, self._now_arg(), _num(ttl), str(cfg.failure_threshold), _num(cfg.reset_timeout),
+            str(cfg.half_open_max_calls), _num(cfg.probe_timeout), *args])
         return [_s(x) for x in out]
 
     @staticmethod
-    def _moves(flat: Sequence[str]) -> tuple[tuple[str, str], ...]:
-        return tuple((flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2))
+    def _changes(flat: Sequence[str]) -> tuple[Change, ...]:
+        return tuple(Change(flat[i], float(flat[i + 1]), flat[i + 2], flat[i + 3],
+                            float(flat[i + 4])) for i in range(0, len(flat), 5))
+
+    def _breaker_outcome(self, op: str, key: str, cfg: BreakerConfig,
+                         args: list[str]) -> BreakerOutcome:
+        r = self._breaker(op, key, cfg, args)
+        return BreakerOutcome(r[0], int(float(r[1])), self._changes(r[3:]), float(r[2]))
 
     def breaker_admit(self, key: str, config: BreakerConfig,
                       now: float | None = None) -> Admission:
         base.check_key(key)
+        cfg = base.check_config(config)
 
         def remote() -> Admission:
-            r = self._breaker("admit", key, config, [uuid.uuid4().hex])
+            r = self._breaker("admit", key, cfg, [])
             return Admission(r[0] == "1", r[1], int(float(r[2])), r[3] or None, float(r[4]),
-                             (r[5], r[6]) if r[5] else None)
-        return self._run("breaker", remote, lambda m: m.breaker_admit(key, config), gate=True)
+                             self._changes(r[6:]), float(r[5]))
+        return self._run("breaker", remote, lambda m: m.breaker_admit(key, cfg), gate=True)
 
-    def breaker_record(self, key: str, config: BreakerConfig, outcome: str, *,
+    def breaker_record(self, key: str, config: BreakerConfig, outcome: str,
                        generation: int | None = None, lease: str | None = None,
                        error: str | None = None, now: float | None = None) -> BreakerOutcome:
         base.check_key(key)
-        if outcome not in base.OUTCOMES:
-            raise ValueError(f"outcome must be one of {base.OUTCOMES}, got {outcome!r}")
+        cfg = base.check_config(config)
+        outcome = base.check_outcome(outcome)
+        lease = base.check_lease(lease, optional=True)
+        gen = "" if generation is None else str(integer("generation", generation, minimum=0))
+        args = [outcome, gen, lease or "", "0" if error is None else "1", error or ""]
+        return self._run("breaker", lambda: self._breaker_outcome("record", key, cfg, args),
+                         lambda m: m.breaker_record(key, cfg, outcome, generation, lease, error),
+                         gate=False)
 
-        def remote() -> BreakerOutcome:
-            r = self._breaker("record", key, config, [
-                outcome, "" if generation is None else str(int(generation)), lease or "",
-                "0" if error is None else "1", "" if error is None else str(error)])
-            return BreakerOutcome(r[0], int(float(r[1])), self._moves(r[2:]))
-        return self._run("breaker", remote, lambda m: m.breaker_record(
-            key, config, outcome, generation=generation, lease=lease, error=error), gate=False)
-
-    def breaker_release(self, key: str, lease: str) -> None:
-        k = self._key(key)
-        self._run("breaker", lambda: self.client.hdel(f"{k}:leases", lease),
-                  lambda m: m.breaker_release(key, lease), gate=False)
+    def breaker_release(self, key: str, config: BreakerConfig, lease: str,
+                        now: float | None = None) -> BreakerOutcome:
+        base.check_key(key)
+        cfg = base.check_config(config)
+        lid = base.check_lease(lease) or ""
+        return self._run("breaker", lambda: self._breaker_outcome("release", key, cfg, [lid]),
+                         lambda m: m.breaker_release(key, cfg, lid), gate=False)
 
     def breaker_read(self, key: str, config: BreakerConfig,
-                     now: float | None = None) -> dict[str, Any]:
+                     now: float | None = None) -> BreakerSnapshot:
         base.check_key(key)
+        cfg = base.check_config(config)
 
-        def remote() -> dict[str, Any]:
-            r = self._breaker("read", key, config, [])
-            counters = dict(zip(base._COUNTERS, (int(float(x)) for x in r[8:14])))
-            return {
-                "state": r[0], "consecutive_failures": int(float(r[1])),
-                "retry_in": float(r[2]), "generation": int(float(r[3])),
-                "trials_in_flight": int(float(r[4])),
-                "last_error": r[6] if r[5] == "1" else None,
-                "last_state_change": float(r[7]), **counters,
-                "transitions": self._moves(r[14:]),
-            }
-        return self._run("breaker", remote, lambda m: m.breaker_read(key, config), gate=True)
+        def remote() -> BreakerSnapshot:
+            r = self._breaker("read", key, cfg, [])
+            counters = {name: int(float(x)) for name, x in zip(COUNTERS, r[8:14], strict=True)}
+            return BreakerSnapshot(
+                r[0], int(float(r[1])), float(r[2]), int(float(r[3])),
+                r[5] if r[4] == "1" else None, float(r[6]), int(float(r[7])), counters,
+                self._changes(r[15:]), float(r[14]))
+        return self._run("breaker", remote, lambda m: m.breaker_read(key, cfg), gate=True)
 
     def breaker_force(self, key: str, config: BreakerConfig, state: str,
                       now: float | None = None) -> BreakerOutcome:
         base.check_key(key)
-        if state not in ("open", "closed"):
+        cfg = base.check_config(config)
+        if state not in (CLOSED, OPEN):
             raise ValueError(f"state must be 'open' or 'closed', got {state!r}")
-
-        def remote() -> BreakerOutcome:
-            r = self._breaker("force", key, config, [state])
-            return BreakerOutcome(r[0], int(float(r[1])), self._moves(r[2:]))
-        return self._run("breaker", remote, lambda m: m.breaker_force(key, config, state),
-                         gate=True)
+        return self._run("breaker", lambda: self._breaker_outcome("force", key, cfg, [state]),
+                         lambda m: m.breaker_force(key, cfg, state), gate=True)
 
     # -- budgets (integer amounts, e.g. nano-USD; see budget.SharedBudget)
     def _budget(self, op: str, key: str, args: list[str]) -> tuple[bool, int, int, int]:
@@ -1031,19 +1035,33 @@ class RedisStore:
         return f"RedisStore({self.url!r}, on_failure={self.on_failure!r})"
 
 
+_URL_TEXT = ("on_failure", "prefix")
+_URL_SECONDS = ("socket_timeout", "connect_timeout", "reconnect_after", "max_reconnect_after",
+                "idle_ttl")
+
+
 def from_redis_url(url: str, *, clock: Any = None) -> RedisStore:
     """``RedisStore`` for ``url``; query items ``on_failure``, ``prefix``, ``socket_timeout``,
-    ``connect_timeout`` configure the store (they are removed before redis-py sees the URL)."""
+    ``connect_timeout``, ``reconnect_after``, ``max_reconnect_after``, ``idle_ttl`` configure
+    the store (they are removed before redis-py sees the URL)."""
     parts = urlsplit(url)
-    ours, theirs = {}, []
-    for k, v in parse_qsl(parts.query, keep_blank_values=True):
-        if k in ("on_failure", "prefix", "socket_timeout", "connect_timeout", "idle_ttl"):
-            ours[k] = v if k in ("on_failure", "prefix") else float(v)
+    texts: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    theirs = []
+    for k, value in parse_qsl(parts.query, keep_blank_values=True):
+        if k in _URL_TEXT:
+            texts[k] = value
+        elif k in _URL_SECONDS:
+            try:
+                seconds[k] = float(value)
+            except ValueError:
+                raise ValueError(f"url item {k} must be a number of seconds, got "
+                                 f"{redact(value)!r}") from None
         else:
-            theirs.append((k, v))
+            theirs.append((k, value))
     clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(theirs),
                         parts.fragment))
     env_mode = os.environ.get("LLM_PATTERNS_STATE_ON_FAILURE")
-    if env_mode and "on_failure" not in ours:
-        ours["on_failure"] = env_mode
-    return RedisStore(clean, clock=clock, **ours)
+    if env_mode and "on_failure" not in texts:
+        texts["on_failure"] = env_mode
+    return RedisStore(clean, clock=clock, **texts, **seconds)  # type: ignore[arg-type]

@@ -19,31 +19,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
 from .. import _validate as v
-from .._decorate import decorate
 from .._flow import Call, Flow, arun, run
-from ..circuit_breaker import CircuitState, is_outage
-from ..errors import CircuitOpenError
-from ..events import Observable
+from ..circuit_breaker import BreakerBase
+from ..circuit_breaker import check_clock as check_breaker_clock
+from ..machines.breaker import BreakerConfig
 from ..machines.bucket import MAX_PAUSE, as_demand
 from ..protocols import Demand
 from ..rate_headers import parse_rate_headers
 from ..rate_limit import LimiterConfig, check_clock
-from .base import DEFAULT_LEASE, Admission, BreakerConfig, Grant, StateStore
+from .base import DEFAULT_LEASE, Grant, StateStore
 
 __all__ = ["SharedCircuitBreaker", "SharedRateLimiter"]
 
 T = TypeVar("T")
 limit_logger = logging.getLogger("llm_patterns.rate_limit")
-breaker_logger = logging.getLogger("llm_patterns.circuit_breaker")
 
 _MIN_SLEEP = 0.001  # a waiter never busy-loops on the store
 
@@ -56,7 +53,10 @@ def _resolve_store(store: StateStore | str | None) -> StateStore:
     if isinstance(store, str):
         from . import from_url
 
-        return from_url(store)
+        try:
+            return from_url(store)
+        except ValueError as exc:  # name the argument the caller passed
+            raise ValueError(f"store: {exc}") from None
     for op in ("limiter_acquire", "breaker_admit"):
         if not callable(getattr(store, op, None)):
             raise TypeError(f"store must be a StateStore or a URL string, got {store!r}")
@@ -302,18 +302,21 @@ class SharedRateLimiter(LimiterConfig):
         return f"{super().__repr__()[:-1]}, store={self.store!r})"
 
 
-StateListener = Callable[[Any, CircuitState, CircuitState], None]
+class SharedCircuitBreaker(BreakerBase):
+    """A ``CircuitBreaker`` whose state, counters and trial leases live in a ``StateStore``.
 
-
-class SharedCircuitBreaker(Observable):
-    """A ``CircuitBreaker`` whose state, counters and probe leases live in a ``StateStore``.
-
-    The arguments mean what they mean for ``CircuitBreaker``; ``name`` is the shared key.
+    The arguments mean what they mean for ``CircuitBreaker`` (the same machine,
+    ``machines.breaker``, runs inside the store's atomic step); ``name`` is the shared key.
     ``probe_timeout`` (default ``reset_timeout``) is the lease on a half-open trial: a probe
-    whose process dies gives its slot back when the lease expires.
+    whose process dies gives its slot back when the lease expires. Time is the store's (see
+    ``base``); ``clock`` is accepted for symmetry with the other patterns and unused.
+
+    The async paths (``admit_async``, ``call_async``) run store calls on this breaker's worker
+    thread, and a permit settled from inside a running event loop hands its write to that
+    thread: the loop never waits for SQLite's lock or a slow Redis.
     """
 
-    _event_source = "breaker"
+    _blocking = True
 
     def __init__(
         self,
@@ -327,225 +330,23 @@ class SharedCircuitBreaker(Observable):
         is_failure: Callable[[BaseException | None], bool] | None = None,
         probe_timeout: float | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty str (the shared key), got {name!r}")
-        for param, value in (("failure_threshold", failure_threshold),
-                             ("half_open_max_calls", half_open_max_calls)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{param} must be an int >= 1, got {value!r}")
-        for param, value in (("reset_timeout", reset_timeout), ("probe_timeout", probe_timeout)):
-            if value is None and param == "probe_timeout":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value > 0
-            ):
-                raise ValueError(f"{param} must be a finite number of seconds > 0, got {value!r}")
-        if is_failure is not None and not callable(is_failure):
-            raise TypeError(f"is_failure must be callable(error) -> bool, got {is_failure!r}")
+        v.text("name", name)  # the shared key: never empty
+        config = BreakerConfig.of(failure_threshold, reset_timeout, half_open_max_calls,
+                                  probe_timeout)
         self.store = _resolve_store(store)
-        self.name = name
+        self.clock = check_breaker_clock(clock if clock is not None else self.store.clock)
         self.key = f"breaker:{name}"
-        self.failure_threshold = failure_threshold
-        self.reset_timeout = float(reset_timeout)
-        self.half_open_max_calls = half_open_max_calls
-        self.probe_timeout = float(reset_timeout if probe_timeout is None else probe_timeout)
-        self.config = BreakerConfig(failure_threshold, self.reset_timeout, half_open_max_calls,
-                                    self.probe_timeout)
-        self.clock = clock if clock is not None else self.store.clock
-        self.is_failure = is_failure or is_outage
-        self._listeners: tuple[StateListener, ...] = ()
-        self._lock = threading.Lock()
-        self._seen: CircuitState | None = None  # baseline: the first state this object reads
-        self._manual = threading.local()  # the manual protocol's admission, per thread
+        self._setup(name, config, is_failure, None)
+        self._blocking = bool(getattr(self.store, "blocking", True))
 
-    # -- state
-    def _observe(self, state: str, transitions: tuple[tuple[str, str], ...] = ()) -> CircuitState:
-        """Fire listeners for what this object has not seen yet; returns the new state."""
-        new = CircuitState(state)
+    def _run(self, op: str, *args: Any, error: BaseException | None = None) -> Any:
+        result = getattr(self.store, f"breaker_{op}")(self.key, self.config, *args)
         with self._lock:
-            seen = self._seen
-            self._seen = new
-        if seen is None:  # first look: what others did before we existed is not news
-            seen = CircuitState(transitions[0][0]) if transitions else new
-        steps = [(CircuitState(a), CircuitState(b)) for a, b in transitions]
-        if not steps or steps[0][0] is not seen:
-            chain = [(seen, steps[0][0])] if steps else [(seen, new)]
-            steps = [s for s in chain if s[0] is not s[1]] + steps
-        for old, nxt in steps:
-            self._notify(old, nxt)
-        return new
-
-    def _notify(self, old: CircuitState, new: CircuitState) -> None:
-        if new is CircuitState.OPEN:
-            breaker_logger.warning("breaker %s (shared) OPEN; half-open in %.1f s", self.name,
-                                   self.reset_timeout)
-        elif new is CircuitState.HALF_OPEN:
-            breaker_logger.info("breaker %s (shared) HALF_OPEN; allowing %d trial call(s)",
-                                self.name, self.half_open_max_calls)
-        else:
-            breaker_logger.info("breaker %s (shared) CLOSED", self.name)
-        for cb in self._listeners:
-            try:
-                cb(self, old, new)
-            except Exception:
-                breaker_logger.exception("breaker %s: state-change listener %r failed",
-                                         self.name, cb)
-        self._emit("state_change", self.clock.now(), old=old.value, new=new.value)
-
-    def _read(self) -> dict[str, Any]:
-        snap = self.store.breaker_read(self.key, self.config)
-        self._observe(snap["state"], snap.pop("transitions"))
-        return snap
-
-    @property
-    def state(self) -> CircuitState:
-        """The shared state (HALF_OPEN once ``reset_timeout`` has passed since opening)."""
-        return CircuitState(self._read()["state"])
-
-    @property
-    def consecutive_failures(self) -> int:
-        return int(self._read()["consecutive_failures"])
-
-    def retry_in(self) -> float:
-        """Seconds until the shared breaker turns half-open; 0 when it is not open."""
-        return float(self._read()["retry_in"])
-
-    def health(self) -> dict[str, Any]:
-        snap = self._read()
-        return {
-            "name": self.name,
-            "store": self.store.url,
-            "state": snap["state"],
-            "consecutive_failures": snap["consecutive_failures"],
-            "failure_threshold": self.failure_threshold,
-            "retry_in": snap["retry_in"],
-            "calls": snap["calls"],
-            "successes": snap["successes"],
-            "failures": snap["failures"],
-            "ignored_errors": snap["ignored_errors"],
-            "rejections": snap["rejections"],
-            "opened_count": snap["opened_count"],
-            "trials_in_flight": snap["trials_in_flight"],
-            "half_open_max_calls": self.half_open_max_calls,
-            "last_error": snap["last_error"],
-            "last_state_change": snap["last_state_change"],
-        }
-
-    # -- admission and settling
-    def _admit(self) -> Admission:
-        adm = self.store.breaker_admit(self.key, self.config)
-        self._observe(adm.state, (adm.transition,) if adm.transition else ())
-        if not adm.allowed:
-            self._emit("rejected", self.clock.now(), retry_in=adm.retry_after, state=adm.state)
-        return adm
-
-    def _settle(self, adm: Admission | None, error: BaseException | None, outcome: str) -> None:
-        out = self.store.breaker_record(
-            self.key, self.config, outcome,
-            generation=None if adm is None else adm.generation,
-            lease=None if adm is None else adm.lease,
-            error=None if error is None else f"{type(error).__name__}: {error}"[:200],
-        )
-        self._observe(out.state, out.transitions)
-        if outcome != "success":
-            self._emit(outcome, self.clock.now(), consecutive_failures=out.consecutive_failures,
-                       error_type=None if error is None else type(error).__name__)
-        else:
-            self._emit("success", self.clock.now())
-
-    def _classify(self, error: BaseException | None) -> str:
-        if error is None:
-            return "failure"
-        try:
-            return "failure" if self.is_failure(error) else "ignored"
-        except Exception:
-            breaker_logger.exception("breaker %s: is_failure(%r) raised; counting it", self.name,
-                                     error)
-            return "failure"
-
-    def _enter(self) -> Admission:
-        adm = self._admit()
-        if not adm.allowed:
-            what = ("is half-open and its trial call(s) are in flight"
-                    if adm.state == "half_open" else f"is open; half-open in {adm.retry_after:.1f} s")
-            raise CircuitOpenError(f"circuit {self.name!r} {what}", provider=self.name,
-                                   retry_after=adm.retry_after)
-        return adm
-
-    def allow_request(self) -> bool:
-        """May a call go through now? In half-open this takes a probe lease (shared)."""
-        adm = self._admit()
-        if adm.allowed:
-            self._manual.admission = adm
-        return adm.allowed
-
-    def _pop_manual(self) -> Admission | None:
-        adm = getattr(self._manual, "admission", None)
-        self._manual.admission = None
-        return adm
-
-    def record_success(self) -> None:
-        self._settle(self._pop_manual(), None, "success")
-
-    def record_failure(self, error: BaseException | None = None) -> None:
-        self._settle(self._pop_manual(), error, self._classify(error))
-
-    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` through the shared breaker; ``CircuitOpenError`` if not allowed."""
-        adm = self._enter()
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as error:
-            self._settle(adm, error, self._classify(error))
-            raise
-        except BaseException:
-            if adm.lease is not None:
-                self.store.breaker_release(self.key, adm.lease)
-            raise
-        self._settle(adm, None, "success")
+            self._queue(result, op, error)
         return result
 
-    async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any,
-                         **kwargs: Any) -> T:
-        adm = self._enter()
-        try:
-            result = await fn(*args, **kwargs)
-        except Exception as error:
-            self._settle(adm, error, self._classify(error))
-            raise
-        except BaseException:
-            if adm.lease is not None:
-                self.store.breaker_release(self.key, adm.lease)
-            raise
-        self._settle(adm, None, "success")
-        return result
-
-    def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Decorator use: ``@breaker`` wraps a sync or an async function, keeping its name."""
-        return decorate(fn, self.call, self.call_async)
-
-    # -- operators
-    def reset(self) -> None:
-        """Force the shared breaker closed (for every process)."""
-        out = self.store.breaker_force(self.key, self.config, "closed")
-        self._observe(out.state, out.transitions)
-
-    def trip(self) -> None:
-        """Force the shared breaker open now, with a fresh cooldown (for every process)."""
-        out = self.store.breaker_force(self.key, self.config, "open")
-        self._observe(out.state, out.transitions)
-
-    def on_state_change(self, callback: StateListener) -> Callable[[], None]:
-        """``callback(breaker, old, new)`` on every transition this object observes."""
-        if not callable(callback):
-            raise TypeError(f"callback must be callable(breaker, old, new), got {callback!r}")
-        with self._lock:
-            self._listeners = (*self._listeners, callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._listeners = tuple(c for c in self._listeners if c is not callback)
-        return unsubscribe
+    def _store_url(self) -> str | None:
+        return self.store.url
 
     def __repr__(self) -> str:
         return (f"SharedCircuitBreaker(name={self.name!r}, failure_threshold="

@@ -22,6 +22,8 @@ import os
 from typing import Any, TypeVar
 
 from .._sqlite import SQLiteFile
+from .._validate import real
+from ..circuit_breaker import check_clock
 from . import base
 from .base import WallClock
 from .memory import DictStateStore, Op
@@ -31,6 +33,7 @@ __all__ = ["SQLiteStateStore"]
 logger = logging.getLogger("llm_patterns.state")
 
 T = TypeVar("T")
+MAX_TIMEOUT = 3600.0  # seconds a writer may wait for another process's lock
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS llm_state ("
@@ -55,14 +58,17 @@ class SQLiteStateStore(DictStateStore):
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Any = None,
                  timeout: float = 30.0) -> None:
-        if isinstance(path, (str, os.PathLike)) and os.fspath(path) in ("", ":memory:"):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or os.PathLike), got {path!r}")
+        if os.fspath(path) in ("", ":memory:"):
             raise ValueError(
-                f"path {os.fspath(path)!r}: a SQLite state store must be a file (shared by "
-                "processes); use MemoryStateStore / 'memory://' for one process"
+                f"path must be a file (shared by processes), got {os.fspath(path)!r}; use "
+                "MemoryStateStore / 'memory://' for one process"
             )
-        self._db = SQLiteFile(path, timeout=timeout, label="state store", setup=_create)
+        seconds = real("timeout", timeout, minimum=0.0, strict_min=True, maximum=MAX_TIMEOUT)
+        self.clock = check_clock(clock if clock is not None else WallClock())
+        self._db = SQLiteFile(path, timeout=seconds, label="state store", setup=_create)
         self.path, self.timeout = self._db.path, self._db.timeout
-        self.clock = clock if clock is not None else WallClock()
         self.url = f"sqlite:///{os.path.abspath(self.path)}"
 
     def _atomic(self, kind: str, key: str, now: float | None, fn: Op[T]) -> T:
@@ -75,10 +81,8 @@ class SQLiteStateStore(DictStateStore):
                                (kind, key)).fetchone()
             if row is not None:
                 state = json.loads(row[0])
-            elif kind == "bucket":
-                state = base.new_bucket_state()
             else:
-                state = base.new_breaker_state(t)
+                state = base.new_bucket_state() if kind == "bucket" else {}
             result = fn(state, t)
             conn.execute(
                 "INSERT INTO llm_state (kind, key, value, updated) VALUES (?, ?, ?, ?) "
