@@ -297,17 +297,20 @@ print({who: sum(1 for _, p in answered if p == who) for who in ("openai", "anthr
 # as a model with a larger window may answer it (notebook 07); a 404 for a model this provider
 # does not have; and billing, `QuotaExceededError`, when this account is out of credit.)
 #
-# A request with a misspelled parameter (`temprature`) reaches OpenAI, which answers 400, and
-# the chain stops: Anthropic never sees it. A mistake the library can see for itself (a message
-# whose content is a dict, not text) never leaves your machine: it raises `TypeError` at once.
+# A request with a misspelled parameter (`temprature`) would reach OpenAI, which answers 400,
+# and the chain would stop there. Better still, a chain checks the request against every
+# provider before calling the first: Anthropic has no `temprature` field, so the mistake is a
+# `ValueError` naming it, raised before anything is sent to either provider. The same goes for a
+# message whose content is a dict, not text: a `TypeError`, at once, on your machine.
 
 # %%
-before = anthropic_server.stats["requests"]
+before = openai_server.stats["requests"], anthropic_server.stats["requests"]
 try:
     chain.complete("Summarize", max_tokens=30, temprature=0.2)
-except InvalidRequestError as err:
+except (InvalidRequestError, ValueError) as err:
     print(f"{type(err).__name__}: {err}")
-print("requests Anthropic received:", anthropic_server.stats["requests"] - before)
+print("requests sent:", openai_server.stats["requests"] - before[0], "to OpenAI,",
+      anthropic_server.stats["requests"] - before[1], "to Anthropic")
 
 # %% [markdown]
 # And a budget: `ResilientClient` (notebook 06) asks the cost tracker before each provider.
