@@ -2,7 +2,8 @@
 
 1. ``RateLimiter`` / ``TokenBucket`` (rate_limit.py): stay under RPM and TPM, wait or push back.
 2. ``BackoffPolicy`` / ``RetryPolicy`` (backoff.py, retry.py): retry what is retryable, with jitter.
-3. ``PriceTable`` / ``CostTracker`` / ``SQLiteLedger`` (pricing.py, cost.py, ledger.py): know the bill.
+3. ``PriceTable`` / ``CostTracker`` / ``SQLiteLedger`` (pricing.py, cost.py, ledger.py):
+   know the bill.
 4. ``FallbackChain`` and the providers (fallback.py, providers/): one answer format, many providers.
 5. ``CircuitBreaker`` (circuit_breaker.py): stop calling a provider that is down.
 

@@ -19,7 +19,8 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve-mock": ("llm_patterns.mock.cli", "serve the mock LLM API on 127.0.0.1 for real clients"),
     "demo": ("llm_patterns.course.demo", "simulate pipeline traffic through ResilientClient"),
-    "grade": ("llm_patterns.course.grading.grade", "run notebooks and print a score table per task"),
+    "grade": ("llm_patterns.course.grading.grade",
+              "run notebooks and print a score table per task"),
 }
 
 

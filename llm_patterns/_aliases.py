@@ -20,7 +20,8 @@ _OLD = tuple(f"llm_patterns.{name}" for name in MOVED)
 
 
 def new_name(fullname: str) -> str | None:
-    """``llm_patterns.grading.grade`` -> ``llm_patterns.course.grading.grade``; None if not moved."""
+    """``llm_patterns.grading.grade`` -> ``llm_patterns.course.grading.grade``; None if not
+    moved."""
     for old in _OLD:
         if fullname == old or fullname.startswith(old + "."):
             return "llm_patterns.course." + fullname[len("llm_patterns."):]

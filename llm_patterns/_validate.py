@@ -31,9 +31,10 @@ def real(name: str, value: Any, *, minimum: float | None = None, maximum: float 
     """``value`` as a float: a real number (not a bool), finite unless ``allow_inf``, within
     ``[minimum, maximum]`` (``(minimum, maximum]`` when ``strict_min``)."""
     cls = value.__class__
-    if cls is not int and cls is not float:  # the common cases skip the isinstance checks
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a number, got {value!r}")
+    # the common cases (int, float) skip the isinstance checks
+    if (cls is not int and cls is not float
+            and (isinstance(value, bool) or not isinstance(value, numbers.Real))):
+        raise TypeError(f"{name} must be a number, got {value!r}")
     v = float(value)
     bad = math.isnan(v) or (math.isinf(v) and not allow_inf)
     if not bad and minimum is not None:
@@ -88,12 +89,13 @@ def text(name: str, value: Any, *, empty: bool = False) -> str:
 def money(name: str, value: Any, *, minimum: Decimal | int = 0) -> Decimal:
     """A USD amount as an exact ``Decimal``: from an int, a finite float (through its shortest
     repr, so ``0.1`` is ``Decimal('0.1')``), a Decimal or a numeric string."""
+    is_float = isinstance(value, float)  # before narrowing: mypy sees Real and float as disjoint
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal, str)):
         raise TypeError(f"{name} must be an amount in USD (int, float, Decimal or str), "
                         f"got {value!r}")
     try:
         amount = value if isinstance(value, Decimal) else Decimal(
-            repr(value) if isinstance(value, float) else str(value))
+            repr(value) if is_float else str(value))
     except InvalidOperation:
         raise ValueError(f"{name} must be an amount in USD, got {value!r}") from None
     if not amount.is_finite() or amount < minimum:

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "VirtualClock", "ScaledClock"]
+__all__ = ["Clock", "ScaledClock", "SystemClock", "VirtualClock"]
 
 
 @runtime_checkable
@@ -94,7 +94,8 @@ class VirtualClock:
         self._lock = threading.RLock()
         self._seq = itertools.count()
         # one heap of (wake_time, seq, future) per event loop, and the loops being driven
-        self._heaps: dict[asyncio.AbstractEventLoop, list[tuple[float, int, asyncio.Future[None]]]] = {}
+        self._heaps: dict[asyncio.AbstractEventLoop,
+                          list[tuple[float, int, asyncio.Future[None]]]] = {}
 
     def now(self) -> float:
         return self._now

@@ -61,7 +61,8 @@ class Observable:
             try:
                 callback(event)
             except Exception:  # a broken listener must not break the call it watches
-                logger.exception("event subscriber %r failed on %s.%s", callback, event.source, kind)
+                logger.exception("event subscriber %r failed on %s.%s",
+                                 callback, event.source, kind)
 
 
 def _new_event(source: str, name: str, kind: str, time: float, data: dict[str, Any]) -> Event:

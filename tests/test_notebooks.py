@@ -49,6 +49,9 @@ def _nbval_cmd(mode: str, paths: list[Path], junit: Path | None = None) -> list[
         sys.executable, "-m", "pytest", "-p", "nbval.plugin", "-p", "pytest_timeout",
         "-p", "no:cacheprovider", mode, "--nbval-current-env",
         f"--nbval-cell-timeout={CELL_TIMEOUT}", f"--nbval-sanitize-with={SANITIZE}",
+        # several runs start kernels at once on 2 cores: a kernel slow to answer is load,
+        # not a failure of the notebook (one full run saw 08's kernel miss the 60 s default)
+        "--nbval-kernel-startup-timeout=240",
         "-o", "addopts=", "-q", "--color=no", *_rel(paths),
     ]
     if junit is not None:

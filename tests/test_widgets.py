@@ -15,10 +15,7 @@ import pytest
 from llm_patterns.circuit_breaker import CircuitBreaker
 from llm_patterns.clock import ScaledClock, VirtualClock
 from llm_patterns.cost import CostTracker
-from llm_patterns.events import Event
 from llm_patterns.course.live import LiveDemo
-from llm_patterns.pricing import Pricing
-from llm_patterns.rate_limit import RateLimiter, TokenBucket
 from llm_patterns.course.widgets import (
     BreakerLight,
     BucketGauge,
@@ -34,6 +31,10 @@ from llm_patterns.course.widgets import (
     watch,
 )
 from llm_patterns.course.widgets.breaker import clock_speed
+from llm_patterns.events import Event
+from llm_patterns.layers import LimiterLayer
+from llm_patterns.pricing import Pricing
+from llm_patterns.rate_limit import RateLimiter, TokenBucket
 from tests.student_impls import GoodEagerBreaker, GoodLazyBreaker, GoodLazyBucket, GoodLimiter
 
 
@@ -344,7 +345,10 @@ def test_live_demo_controls_change_the_pipeline():
         await demo.run_for(5)
         demo.set_limits(rpm=30, tpm=20_000)
         assert demo.limiters["primary"].rpm == 30 and demo.primary_server.rpm == 30
-        assert demo.client.guarded[0].limiter is demo.limiters["primary"]
+        layer = demo.client.stacks[0]  # the primary's layers, outermost first
+        while not isinstance(layer, LimiterLayer):
+            layer = layer.inner
+        assert layer.limiter is demo.limiters["primary"]
         demo.set_rate(20.0)
         await demo.run_for(10)  # 200 requests at 30 RPM: the limiter queues, the rest falls back
         assert demo.limiters["primary"].status()["requests_available"] < 5

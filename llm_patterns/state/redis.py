@@ -951,10 +951,11 @@ class RedisStore:
 
         amount, limit = check_units("amount", amount), check_units("limit", limit)
         ttl = base.check_finite("ttl", ttl, minimum=0.001)
-        return self._run("budget", lambda: self._budget(
+        answer: tuple[bool, int, int, int] = self._run("budget", lambda: self._budget(
             "reserve", key, [reservation, str(amount), str(limit), _num(ttl)]),
             lambda m: dict_budget_ops(m).budget_reserve(key, reservation, amount, limit, ttl),
             gate=True)
+        return answer
 
     def budget_commit(self, key: str, reservation: str | None,
                       actual: int) -> tuple[bool, int, int, int]:
@@ -972,8 +973,10 @@ class RedisStore:
     def budget_read(self, key: str) -> tuple[bool, int, int, int]:
         from .budget import dict_budget_ops
 
-        return self._run("budget", lambda: self._budget("read", key, []),
-                         lambda m: dict_budget_ops(m).budget_read(key), gate=True)
+        answer: tuple[bool, int, int, int] = self._run(
+            "budget", lambda: self._budget("read", key, []),
+            lambda m: dict_budget_ops(m).budget_read(key), gate=True)
+        return answer
 
     def budget_reset(self, key: str) -> None:
         """Forget the budget's spend and reservations (a new budget period)."""
