@@ -13,7 +13,8 @@ __all__ = [
     "construct", "describe_exception", "fmt", "is_student_file", "norm_state", "student_location",
 ]
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # llm_patterns/
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# llm_patterns/ itself (this file is llm_patterns/course/grading/_student.py)
 _NOT_STUDENT = tuple(
     os.path.abspath(p) + os.sep
     for p in {

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._framework import CheckFailed, CriterionResult, Fail, deadline, on_overrun, output_to
-from .extract import NotFound, find_program, load_documents
+from .extract import NotFound, Program, find_program, load_documents
 from .remote import SandboxError, Session, WorkerLost
 from .sandbox import Limits, Sandbox, isolation, read_no_follow
 from .script import TASKS, TaskSpec
@@ -110,13 +110,12 @@ def _task_report(spec: TaskSpec, notebook: str, criteria: Sequence[CriterionResu
     }
 
 
-def _grade_task(sandbox: Sandbox, documents: Sequence[Any], spec: TaskSpec, limits: Limits,
+def _grade_task(sandbox: Sandbox, program: Program | NotFound, spec: TaskSpec, limits: Limits,
                 stop_at: float) -> dict[str, Any]:
     started = time.monotonic()
     if time.monotonic() >= stop_at:
         return _zero(spec, f"not graded: the time limit for the submission "
                            f"({limits.submission_seconds:g} s) was reached")
-    program = find_program(documents, spec.number, spec.names, spec.notebook)
     if isinstance(program, NotFound):
         return _zero(spec, program.reason, program.document)
     task_stop = min(stop_at, started + limits.task_seconds)
@@ -194,15 +193,18 @@ def grade(path: str | os.PathLike[str], *, limits: Limits | None = None, jobs: i
                              "of it was copied for grading")
             if not documents:
                 notes.append("no notebooks (.ipynb) or Python files (.py) in the submission")
+            # static, and first: CPython 3.11's ast.parse is not safe in parallel threads
+            programs = {spec.key: find_program(documents, spec.number, spec.names, spec.notebook)
+                        for spec in specs}
             results: dict[str, dict[str, Any]] = {}
             if jobs > 1 and len(specs) > 1:
                 with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-                    futures = {spec.key: pool.submit(_grade_task, sandbox, documents, spec, limits,
-                                                     stop_at) for spec in specs}
+                    futures = {spec.key: pool.submit(_grade_task, sandbox, programs[spec.key],
+                                                     spec, limits, stop_at) for spec in specs}
                     results = {key: f.result() for key, f in futures.items()}
             else:
-                results = {spec.key: _grade_task(sandbox, documents, spec, limits, stop_at)
-                           for spec in specs}
+                results = {spec.key: _grade_task(sandbox, programs[spec.key], spec, limits,
+                                                 stop_at) for spec in specs}
             level_used = sandbox.level
     return _summary(results, notes, level_used, time.monotonic() - started)
 

@@ -442,6 +442,12 @@ class Codec:
     code that re-raises the grader's exception hands back the very same object)."""
 
     def encode_error(self, exc: BaseException) -> dict[str, Any]:
+        """An exception as an answer: a reference when it came from the other side (re-raised:
+        the same object goes back), else by value."""
+        with self._mutex:
+            imported = self._imported.get(id(exc))
+        if imported is not None and imported[1] is exc:
+            return {"$p": imported[0]}
         return {"$e": self._exception(exc, 0, [MAX_ITEMS])}
 
     # --- decode --------------------------------------------------------------------
