@@ -72,7 +72,7 @@ def test_a_renamed_notebook_is_found_by_the_names_it_defines_and_every_task_coun
     t3 = report["tasks"]["task3"]
     assert t3["notebook"] == "my work (final).ipynb"
     assert t3["points"] == t3["max"] == 6 and t3["passed"] and t3["reason"] is None
-    assert [c["name"] for c in t3["criteria"]][0] == "prices are per 1M tokens"
+    assert t3["criteria"][0]["name"] == "prices are per 1M tokens"
     assert all(c["passed"] and c["points"] == 1 and c["hint"] is None for c in t3["criteria"])
     # the denominator is the whole course; the missing tasks score 0 and say why
     assert set(report["tasks"]) == {"task1", "task2", "task3", "task4", "task5", "task7"}
@@ -138,7 +138,7 @@ def test_slicing_keeps_the_task_and_what_it_needs_and_stops_at_the_check_cell(tm
         ("check_task3(CostTracker)", ["check", "task:3"]),
         "CostTracker = lp.CostTracker  # after the check: not what the task is graded on",
     )
-    docs, notes = load_documents(tmp_path)
+    docs, _notes = load_documents(tmp_path)
     program = find_program(docs, 3, ("CostTracker",), "03_cost_tracking.ipynb")
     assert not isinstance(program, NotFound), program
     code = "\n".join(chunk["source"] for chunk in program.chunks)

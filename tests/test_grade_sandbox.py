@@ -303,3 +303,20 @@ def test_the_worker_sees_no_network_no_home_and_no_other_submission(tmp_path):
     assert all(s in mounted_back for s in seen if s.startswith("/root")), seen
     assert "/etc/shadow" not in seen
     assert " uid=0 " not in hint and " uid=" in hint  # an unprivileged user
+
+
+LEVELS = [lvl for lvl in ("none", "user", "namespaces")
+          if ("none", "user", "namespaces").index(lvl)
+          <= ("none", "user", "namespaces").index(isolation())]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_every_confinement_level_grades_alike_and_cleans_up(tmp_path, level):
+    good = SUB.solution_cell("03_cost_tracking", 3)
+    SUB.write(tmp_path / "good", "03_cost_tracking.ipynb", IMPORTS_3, good)
+    report = G.grade(tmp_path / "good", limits=LIMITS, tasks=[3], level=level)
+    assert report["sandbox"] == level and report["tasks"]["task3"]["points"] == 6
+    spawner = "def _attack():\n    import subprocess\n    subprocess.Popen(['sleep', '4242'])"
+    SUB.write(tmp_path / "bad", "03_cost_tracking.ipynb", IMPORTS_3, stub_with(spawner))
+    report = G.grade(tmp_path / "bad", limits=LIMITS, tasks=[3], level=level)
+    assert report["tasks"]["task3"]["points"] == 0

@@ -233,14 +233,12 @@ def test_a_lock_order_deadlock_under_the_scheduler_is_named_not_hung():
             self.a, self.b = threading.Lock(), threading.Lock()
 
         def ab(self):
-            with self.a:
-                with self.b:
-                    return 1
+            with self.a, self.b:
+                return 1
 
         def ba(self):
-            with self.b:
-                with self.a:
-                    return 2
+            with self.b, self.a:
+                return 2
 
     def setup():
         t = Transfer()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import dis
+import functools
 import logging
 import sys
 import threading
@@ -176,7 +177,7 @@ _CALL_OPS = frozenset(
 def _thread_cpu(thread: threading.Thread) -> float | None:
     """CPU seconds ``thread`` has used (Linux/Unix), or None where that cannot be read."""
     try:
-        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident or 0))
     except (AttributeError, OSError, TypeError, ValueError):
         return None
 
@@ -213,7 +214,7 @@ def _blocked_in_c(thread: threading.Thread, samples: int = 10, gap: float = 0.01
     seen = set()
     frame = None
     for i in range(samples):
-        frame = sys._current_frames().get(thread.ident)
+        frame = sys._current_frames().get(thread.ident or -1)
         if frame is None:
             return False
         seen.add((id(frame.f_code), frame.f_lasti))
@@ -224,11 +225,15 @@ def _blocked_in_c(thread: threading.Thread, samples: int = 10, gap: float = 0.01
     cpu_after = _thread_cpu(thread)
     if cpu_before is not None and cpu_after is not None and cpu_after - cpu_before > 0.002:
         return False
+    if frame is None:
+        return False
     code, lasti = frame.f_code.co_code, frame.f_lasti
     return 0 <= lasti < len(code) and code[lasti] in _CALL_OPS
 
 
-def _inject(thread: threading.Thread, exc: type[BaseException], guard: _Guard | None = None) -> None:
+def _inject(
+    thread: threading.Thread, exc: type[BaseException], guard: _Guard | None = None
+) -> None:
     if thread.ident is None or not thread.is_alive():
         return
     if _blocked_in_c(thread):
@@ -261,7 +266,7 @@ class _SleepPatch:
         global _patch_depth
         with _patch_lock:
             if _patch_depth == 0:
-                time.sleep = _guarded_sleep
+                time.sleep = _guarded_sleep  # type: ignore[assignment]
             _patch_depth += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -423,7 +428,7 @@ def _run_one(
     """Run ``fn`` in a guarded thread: ("ok" | "error" | "timeout", exception, guard)."""
     guard = _Guard()
     for hook in hooks:
-        guard.on_stop.append(lambda hook=hook: hook(guard))
+        guard.on_stop.append(functools.partial(hook, guard))
     box: dict[str, BaseException] = {}
 
     def body() -> None:

@@ -132,9 +132,9 @@ def read_document(path: Path, name: str) -> Document:
             source = "".join(str(s) for s in source)
         meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
         tags = meta.get("tags", []) if isinstance(meta, dict) else []
-        cells.append(Cell(number, str(source),
-                          tuple(str(t) for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
-                          str(raw.get("id", ""))))
+        tag_list = tuple(str(t) for t in tags if isinstance(t, str)) if isinstance(tags, list) \
+            else ()
+        cells.append(Cell(number, str(source), tag_list, str(raw.get("id", ""))))
     return Document(name, cells)
 
 
@@ -170,10 +170,10 @@ class _Binder(ast.NodeVisitor):
         if isinstance(node.ctx, (ast.Store, ast.Del)):
             self.names.add(node.id)
 
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         self.names.add(node.name)
 
-    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self.names.add(node.name)
@@ -184,7 +184,7 @@ class _Binder(ast.NodeVisitor):
     def visit_ListComp(self, node: ast.AST) -> None:
         return
 
-    visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_ListComp  # type: ignore[assignment]
+    visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_ListComp
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
@@ -346,8 +346,11 @@ def _analyse(doc: Document, task: int, names: Sequence[str]) -> _Candidate:
             continue
         parsed = _parse_cell(cell)
         if isinstance(parsed, SyntaxError):
-            if any(re.search(rf"^\s*(class|def)\s+{re.escape(n)}\b", cell.source, re.M) for n in names):
-                errors.append(f"cell {cell.index}: SyntaxError: {parsed.msg} (line {parsed.lineno})")
+            defines = (re.search(rf"^\s*(class|def)\s+{re.escape(n)}\b", cell.source, re.M)
+                       for n in names)
+            if any(defines):
+                errors.append(f"cell {cell.index}: SyntaxError: {parsed.msg} "
+                              f"(line {parsed.lineno})")
             continue
         source, module = parsed
         cell.source = source
@@ -392,7 +395,7 @@ def _library_names(statements: Iterable[_Stmt]) -> set[str]:
     return out
 
 
-def _borrowed(name: str, node: ast.stmt, library: set[str], defs: dict[str, ast.stmt]) -> str | None:
+def _borrowed(name: str, node: ast.stmt, library: set[str]) -> str | None:
     """Why ``name`` is the library's rather than the student's own, or None."""
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         if name in library:
@@ -437,13 +440,15 @@ def find_program(documents: Sequence[Document], task: int, names: Sequence[str],
             if not mine:
                 base += f" ({canonical} is missing)"
         extra = f"; unreadable: {'; '.join(unreadable)}" if unreadable else ""
-        seen = f" (looked in {', '.join(looked[:8])}{'…' if len(looked) > 8 else ''})" if looked else ""
+        more = "…" if len(looked) > 8 else ""
+        seen = f" (looked in {', '.join(looked[:8])}{more})" if looked else ""
         return NotFound(base + seen + extra)
 
     def rank(c: _Candidate) -> tuple[int, int, int, str]:
         defs = _own_definitions(c, names)
         real = any(not _stub(node) for node in defs.values())
-        tagged = any(_is_check_cell(cell, task) or f"task:{task}" in cell.tags for cell in c.doc.cells)
+        tagged = any(_is_check_cell(cell, task) or f"task:{task}" in cell.tags
+                     for cell in c.doc.cells)
         return (0 if real else 1, 0 if tagged else 1,
                 0 if Path(c.doc.path).name == canonical else 1, c.doc.path)
 
@@ -459,7 +464,7 @@ def _slice(c: _Candidate, names: Sequence[str]) -> Program | NotFound:
     defs = _own_definitions(c, names, imports=True)
     library = _library_names(statements)
     for name in names:
-        why = _borrowed(name, defs[name], library, defs)
+        why = _borrowed(name, defs[name], library)
         if why is not None:
             return NotFound(why, c.doc.path)
     needed = set(names)
@@ -486,11 +491,13 @@ def _slice(c: _Candidate, names: Sequence[str]) -> Program | NotFound:
         by_cell[st.cell.index].append(st)
     for cell in order:
         lines = cell.source.split("\n")
-        keep = set()
+        keep: set[int] = set()
         for st in by_cell[cell.index]:
             keep.update(range(st.start, st.end + 1))
         text = "\n".join(line if n in keep else "" for n, line in enumerate(lines, 1))
-        filename = f"{c.doc.path} (cell {cell.index})" if c.doc.path.endswith(".ipynb") else c.doc.path
+        filename = c.doc.path
+        if filename.endswith(".ipynb"):
+            filename = f"{filename} (cell {cell.index})"
         chunks.append({"filename": filename, "source": text, "full": cell.source})
     notes = [f"{c.doc.path}: {e}" for e in c.syntax_errors]
     return Program(c.doc.path, chunks, tuple(names), notes)

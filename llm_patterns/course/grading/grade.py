@@ -245,7 +245,7 @@ def is_class_folder(path: Path) -> bool:
 
 
 def _grade_one_student(args: tuple[str, str, Limits, str | None, str]) -> dict[str, Any]:
-    folder, name, limits, level, class_root = args
+    folder, _name, limits, level, class_root = args
     try:
         return grade(folder, limits=limits, jobs=1, hide=(class_root,), level=level)
     except GradeError as exc:
@@ -275,7 +275,8 @@ def grade_class(path: str | os.PathLike[str], *, limits: Limits | None = None,
         ctx = multiprocessing.get_context("forkserver" if sys.platform.startswith("linux")
                                           else "spawn")
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            for (_, name, *_rest), report in zip(work, pool.map(_grade_one_student, work)):
+            for item, report in zip(work, pool.map(_grade_one_student, work), strict=True):
+                name = item[1]
                 reports[name] = report
                 if progress is not None:
                     progress(name, report)
@@ -307,7 +308,7 @@ def format_table(report: dict[str, Any], details: bool = True) -> str:
         rows.append((key, t["notebook"] or "-", "✓" if t["passed"] else "✗",
                      f"{_pts(t['points'])}/{_pts(t['max'])}", note[:160]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join([*(c.ljust(w) for c, w in zip(r[:4], widths)), r[4]]).rstrip()
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)), r[4]]).rstrip()
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  ----")
     bonus = report.get("bonus") or {}
@@ -321,10 +322,8 @@ def format_table(report: dict[str, Any], details: bool = True) -> str:
             if len(failed) > 1 and len({c["hint"] for c in failed}) == 1:
                 lines.append(f"  {key} ✗ all {len(failed)} failing criteria — {failed[0]['hint']}")
                 continue
-            for c in failed:
-                lines.append(f"  {key} ✗ {c['name']} — {c['hint']}")
-    for note in report.get("notes", []):
-        lines.append(f"note: {note}")
+            lines.extend(f"  {key} ✗ {c['name']} — {c['hint']}" for c in failed)
+    lines.extend(f"note: {note}" for note in report.get("notes", []))
     return "\n".join(lines)
 
 
@@ -365,7 +364,8 @@ def write_csv(path: str, reports: dict[str, dict[str, Any]]) -> None:
     keys = _task_keys(reports.values())
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["student", *keys, "score", "max", "bonus", "bonus_max", "seconds", "notes"])
+        writer.writerow(["student", *keys, "score", "max", "bonus", "bonus_max", "seconds",
+                         "notes"])
         for name, report in reports.items():
             if "error" in report:
                 writer.writerow([name, *([""] * len(keys)), "", "", "", "", "", report["error"]])
@@ -381,15 +381,19 @@ def write_csv(path: str, reports: dict[str, dict[str, Any]]) -> None:
 def classroom_result(report: dict[str, Any]) -> dict[str, Any]:
     """The result a GitHub Classroom reporter reads (autograding-grading-reporter, version 1):
     one test per criterion, its points as score."""
-    tests = []
-    for key, t in report["tasks"].items():
-        for c in t["criteria"]:
-            tests.append({"name": f"{key}: {c['name']}", "status": "pass" if c["passed"] else "fail",
-                          "score": c["points"], "message": c["hint"] or "", "line_no": 0,
-                          "test_code": f"check_{key}", "filename": t["notebook"],
-                          "execution_time": "0s"})
+    tests = [{"name": f"{key}: {c['name']}", "status": "pass" if c["passed"] else "fail",
+              "score": c["points"], "message": c["hint"] or "", "line_no": 0,
+              "test_code": f"check_{key}", "filename": t["notebook"], "execution_time": "0s"}
+             for key, t in report["tasks"].items() for c in t["criteria"]]
     return {"version": 1, "status": "pass" if report["score"] == report["max"] else "fail",
             "max_score": report["max"], "tests": tests}
+
+
+def _one_line(report: dict[str, Any]) -> str:
+    if "error" in report:
+        return "error: " + report["error"]
+    return (f"{_pts(report['score'])}/{_pts(report['max'])} "
+            f"(+{_pts(report['bonus']['score'])} bonus)")
 
 
 def _safe_name(name: str) -> str:
@@ -510,9 +514,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _print(json.dumps(result, indent=2, ensure_ascii=False))
     elif class_mode:
-        lines = [f"{name}: " + ("error: " + r["error"] if "error" in r else
-                                f"{_pts(r['score'])}/{_pts(r['max'])} (+{_pts(r['bonus']['score'])} bonus)")
-                 for name, r in reports.items()]
+        lines = [f"{name}: " + _one_line(r) for name, r in reports.items()]
         lines.append(f"{result['count']} submissions in {result['seconds']:g} s "
                      f"({result['seconds_per_submission']:g} s each, {result['jobs']} jobs)")
         _print("\n".join(lines))

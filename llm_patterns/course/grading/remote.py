@@ -288,7 +288,7 @@ def _serve(channel: Channel, message: dict[str, Any]) -> Any:
     op = message.get("op")
     obj = codec.decode(message.get("obj"))
     if op == "getattr":
-        name = message.get("name")
+        name = str(message.get("name"))
         if not _public(name):
             raise AttributeError(f"the grader's {type(obj).__name__} has no readable {name!r}")
         return getattr(obj, name)
@@ -300,7 +300,7 @@ def _serve(channel: Channel, message: dict[str, Any]) -> Any:
         ):
             raise ProtocolError("bad call arguments")
         if op == "callm":
-            name = message.get("name")
+            name = str(message.get("name"))
             if not _public(name):
                 raise AttributeError(f"the grader's {type(obj).__name__} has no method {name!r}")
             fn = getattr(obj, name)
@@ -480,10 +480,9 @@ class Session:
         if not isinstance(answer, dict):
             raise ProtocolError("a race answer must be a mapping")
         errors = [e if isinstance(e, BaseException) else None for e in answer.get("errors", [])]
-        steps = []
-        for step in answer.get("interleaving", [])[:200]:
-            if isinstance(step, list) and len(step) == 4:
-                steps.append((int(step[0]), str(step[1])[:100], int(step[2]), str(step[3])[:120]))
+        steps = [(int(step[0]), str(step[1])[:100], int(step[2]), str(step[3])[:120])
+                 for step in answer.get("interleaving", [])[:200]
+                 if isinstance(step, list) and len(step) == 4]
         return scheduler.RaceRun(list(answer.get("results", [])), errors, steps,
                                  int(answer.get("steps", 0)), bool(answer.get("controlled")),
                                  bool(answer.get("deadlock")))

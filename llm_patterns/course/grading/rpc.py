@@ -432,7 +432,8 @@ class Codec:
             text = str(exc)[:4000]
         except Exception:
             text = ""
-        out = {"mro": mro, "args": args, "attrs": attrs, "str": text, "where": self.where(exc)[:500]}
+        out = {"mro": mro, "args": args, "attrs": attrs, "str": text,
+               "where": self.where(exc)[:500]}
         if getattr(exc, "__remote__", None) is None and self.exports_exceptions:
             out["ref"] = self.export(exc)
         return out
@@ -505,7 +506,8 @@ class Codec:
                 methods = data.get("m") or []
                 if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
                     raise ProtocolError("method names must be strings")
-                proxy = self.make_proxy(rid, bool(data.get("c")), str(data.get("n", "object"))[:100],
+                proxy = self.make_proxy(rid, bool(data.get("c")),
+                                        str(data.get("n", "object"))[:100],
                                         [m for m in methods[:500] if _public(m)])
                 with self._mutex:
                     proxy = self._proxies.setdefault(rid, proxy)

@@ -127,7 +127,7 @@ def _owner_alive(folder: Path) -> bool:
 
 def clean_stale(base: str | None = None) -> list[str]:
     """Remove grading folders whose grader is gone (a killed run); returns what was removed."""
-    removed = []
+    removed: list[str] = []
     root = Path(base or tempfile.gettempdir())
     try:
         entries = list(root.iterdir())
@@ -301,8 +301,8 @@ class WorkerProcess:
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        if self.isolation == "user" and self.uid is not None:
-            _kill_user(self.uid)
+        # (processes that left the group die with the sandbox: its user is killed at close,
+        # when no other worker of the same submission runs under that user any more)
         for fd in (self.rfd, self.wfd):
             with contextlib.suppress(OSError):
                 os.close(fd)

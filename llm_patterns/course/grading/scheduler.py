@@ -327,7 +327,7 @@ class SchedRLock:
         state = (self._count, self._owner)
         self._count, self._owner = 0, None
         self._lock.release()
-        return state  # type: ignore[return-value]
+        return state
 
     def _acquire_restore(self, state: tuple[int, int | None]) -> None:
         self.acquire()
@@ -377,19 +377,19 @@ _patch_guard = _allocate()
 def install_sched_locks() -> None:
     """Make ``threading.Lock``/``RLock`` (and ``_thread``'s) create cooperative locks from now
     on (a grading worker does this once, before the student's code is loaded)."""
-    threading.Lock = SchedLock  # type: ignore[misc,assignment]
-    threading.RLock = SchedRLock  # type: ignore[misc,assignment]
-    _thread.allocate_lock = SchedLock  # type: ignore[assignment]
-    if _RealThreadRLock is not None:
-        _thread.RLock = SchedRLock  # type: ignore[attr-defined]
+    _set_factories(SchedLock, SchedRLock, SchedLock, SchedRLock)
 
 
 def _uninstall_sched_locks() -> None:
-    threading.Lock = _RealLock  # type: ignore[misc]
-    threading.RLock = _RealRLock  # type: ignore[misc]
-    _thread.allocate_lock = _allocate
+    _set_factories(_RealLock, _RealRLock, _allocate, _RealThreadRLock)
+
+
+def _set_factories(lock: Any, rlock: Any, allocate: Any, thread_rlock: Any) -> None:
+    modules: tuple[Any, Any] = (threading, _thread)
+    modules[0].Lock, modules[0].RLock = lock, rlock
+    modules[1].allocate_lock = allocate
     if _RealThreadRLock is not None:
-        _thread.RLock = _RealThreadRLock  # type: ignore[attr-defined]
+        modules[1].RLock = thread_rlock
 
 
 _REAL_FACTORIES: dict[int, Any] = {id(_RealLock): SchedLock, id(_RealRLock): SchedRLock,
@@ -651,8 +651,8 @@ def run_race(
                   and not all(x.done for x in run.threads)):
                 run.controlled = False  # stuck outside traced code: let everyone run
                 run.cond.notify_all()
-    return RaceRun(results, errors, run.interleaving, run.steps, run.controlled and not run.deadlock,
-                   run.deadlock)
+    controlled = run.controlled and not run.deadlock
+    return RaceRun(results, errors, run.interleaving, run.steps, controlled, run.deadlock)
 
 
 def describe_interleaving(steps: Sequence[tuple[int, str, int, str]], limit: int = 3) -> str:

@@ -19,7 +19,7 @@ def _bucket(TokenBucket: Any, capacity: float, rate: float, clock: VirtualClock)
     return construct(TokenBucket, capacity, rate, clock=clock)
 
 
-def _limiter(RateLimiter: Any, rpm: float, tpm: float, clock: VirtualClock) -> Any:
+def _limiter(RateLimiter: Any, rpm: float, tpm: float, clock: Any) -> Any:
     return construct(RateLimiter, rpm=rpm, tpm=tpm, clock=clock)
 
 
@@ -176,9 +176,9 @@ def _thread_safe(TokenBucket: Any) -> None:
 # Two scenarios where only one of two concurrent acquires fits: requests are short (rpm=1), or
 # tokens are (tpm=100, two acquires of 60). The clock stands still and any wait ends the thread's
 # attempt, so a correct limiter lets exactly one through and the other starts waiting.
-_LIMITER_RACES = (
-    {"rpm": 1, "tpm": 1000, "tokens": 1, "what": "request", "room": "rpm=1 (one request)"},
-    {"rpm": 1000, "tpm": 100, "tokens": 60, "what": "60 tokens", "room": "tpm=100"},
+_LIMITER_RACES: tuple[dict[str, Any], ...] = (
+    {"rpm": 1, "tpm": 1000, "tokens": 1, "room": "rpm=1 (one request)"},
+    {"rpm": 1000, "tpm": 100, "tokens": 60, "room": "tpm=100"},
 )
 
 
@@ -211,7 +211,8 @@ def _limiter_thread_safe(RateLimiter: Any) -> None:
 
     found = explore(setup, student=(RateLimiter,))
     if found is not None:
-        raise found.fail("RateLimiter.acquire waits with clock.sleep and returns the seconds waited")
+        raise found.fail(
+            "RateLimiter.acquire waits with clock.sleep and returns the seconds waited")
 
 
 def _acquire_waits(RateLimiter: Any) -> None:

@@ -170,11 +170,13 @@ class Worker:
             return self.load(message)
         if op == "getattr":
             name = message.get("name")
-            if not isinstance(name, str) or (name.startswith("__") and name not in _ALLOWED_DUNDERS):
+            if not isinstance(name, str) or (
+                name.startswith("__") and name not in _ALLOWED_DUNDERS
+            ):
                 raise AttributeError(f"attribute {name!r} is not readable by the grader")
             return getattr(self.arg(message, "obj"), name)
         if op == "callm":
-            name = message.get("name")
+            name = str(message.get("name"))
             if not _public(name):
                 raise AttributeError(f"method {name!r} is not callable by the grader")
             fn = getattr(self.arg(message, "obj"), name)
@@ -311,7 +313,7 @@ def _forward_logging(channel: Channel) -> None:
 
 def _guard(channel: Channel) -> None:
     scheduler.install_sched_locks()
-    time.sleep = _refuse_sleep
+    time.sleep = _refuse_sleep  # type: ignore[assignment]
     sys.settrace = _refuse_tracing
     sys.setprofile = _refuse_tracing
     threading.settrace = _refuse_tracing
