@@ -258,3 +258,35 @@ def test_a_class_gradebook_and_feedback_files(tmp_path):
     bob = (feedback / "bob.md").read_text(encoding="utf-8")
     assert "- ✗ **prices are per 1M tokens** — not implemented yet" in bob
     assert not (feedback / "mallory.md").exists()
+
+
+def test_the_classroom_workflow_runs_grade_and_feeds_the_reporter(tmp_path):
+    """The workflow students' repositories run: its grade command works, and what it hands the
+    GitHub Classroom reporter decodes the way the reporter decodes it (base64 JSON, points per
+    criterion, runner name matching the environment variable)."""
+    import base64
+    import shlex
+
+    yaml = pytest.importorskip("yaml")
+    workflow = yaml.safe_load((SUB.ROOT / ".github" / "workflows" / "classroom.yml").read_text())
+    steps = workflow["jobs"]["run-autograding-tests"]["steps"]
+    grade_step = next(s for s in steps if s.get("id") == "grade")
+    reporter = next(s for s in steps if "autograding-grading-reporter" in s.get("uses", ""))
+    runner = reporter["with"]["runners"]
+    assert f"{runner.upper()}_RESULTS" in reporter["env"]
+    assert f"steps.{grade_step['id']}.outputs.result" in reporter["env"][f"{runner.upper()}_RESULTS"]
+    command = grade_step["run"].split("sudo ", 1)[1].split(" > grade.json")[0]
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[1:4] == ["-m", "llm_patterns", "grade"]
+    tracker_submission(tmp_path / "notebooks")
+    argv = [sys.executable, *argv[1:], "--task", "3"]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    encoded = base64.b64encode((tmp_path / "classroom.json").read_bytes()).decode()
+    result = json.loads(base64.b64decode(encoded))
+    assert result["version"] == 1 and result["max_score"] == 6
+    assert sum(t["score"] for t in result["tests"]) == 6
+    assert all({"name", "status", "score", "message"} <= set(t) for t in result["tests"])
+    assert json.loads(proc.stdout)["score"] == 6
+    assert (tmp_path / "feedback" / "notebooks.md").exists()
