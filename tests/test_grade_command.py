@@ -290,3 +290,23 @@ def test_the_classroom_workflow_runs_grade_and_feeds_the_reporter(tmp_path):
     assert all({"name", "status", "score", "message"} <= set(t) for t in result["tests"])
     assert json.loads(proc.stdout)["score"] == 6
     assert (tmp_path / "feedback" / "notebooks.md").exists()
+
+
+def test_the_submission_time_limit_leaves_a_reason_not_a_hang(tmp_path):
+    tracker_submission(tmp_path)
+    tight = Limits(criterion_seconds=3, task_seconds=30, submission_seconds=0.001)
+    report = G.grade(tmp_path, limits=tight, tasks=[1, 3])
+    for task in report["tasks"].values():
+        assert task["points"] == 0
+        assert task["reason"] == ("not graded: the time limit for the submission (0.001 s) "
+                                  "was reached")
+    # a task's own limit: the criteria after it are not run, and say so
+    short_task = Limits(criterion_seconds=3, task_seconds=0.3, submission_seconds=60)
+    slow = GOOD_TRACKER.replace("        if model not in self.pricing:",
+                                "        while model == 'gpt-4o':\n            pass\n"
+                                "        if model not in self.pricing:")
+    tracker_submission(tmp_path / "slow", body=slow)
+    t3 = G.grade(tmp_path / "slow", limits=short_task, tasks=[3])["tasks"]["task3"]
+    hints = [c["hint"] for c in t3["criteria"]]
+    assert "not run: the time limit for this task was reached" in hints
+    assert any(h and h.startswith("did not finish within") for h in hints)

@@ -134,6 +134,21 @@ ATTACKS = {
                 except OSError:
                     pass
     """,
+    "forge-a-keyboard-interrupt": """
+        def _attack():
+            import json, os
+            for kind in ("KeyboardInterrupt", "SystemExit"):
+                error = {"$e": {"mro": [["builtins", kind]], "args": {"$t": []}, "attrs": {},
+                                "str": "", "where": ""}}
+                for rid in range(1, 4):
+                    forged = json.dumps({"t": "res", "id": rid, "ok": False,
+                                         "error": error}).encode()
+                    for fd in range(3, 40):
+                        try:
+                            os.write(fd, len(forged).to_bytes(4, "big") + forged)
+                        except OSError:
+                            pass
+    """,
 }
 
 

@@ -31,6 +31,7 @@ __all__ = ["Remote", "SandboxError", "Session", "WorkerLost", "is_remote", "sess
 log = logging.getLogger("llm_patterns.course.grading")
 
 MAX_RESTARTS = 4
+MAX_LOG_EVENTS = 10_000
 
 
 class SandboxError(Exception):
@@ -71,6 +72,11 @@ class GraderCodec(Codec):
         return None
 
     def exception_class(self, mro: list[list[str]]) -> type[BaseException]:
+        """The local class that rebuilds an exception sent by value: the first class of its MRO
+        that is a builtin or one of the library's errors. A builtin that is not an
+        ``Exception`` (``KeyboardInterrupt``, ``SystemExit``...) is never rebuilt as itself:
+        raised in the grader it would stop the grader; a student's code that lets the grader's
+        own one through hands back the very object (by reference), not a copy."""
         import llm_patterns.errors as errors_module
 
         for module, qualname in mro:
@@ -81,7 +87,7 @@ class GraderCodec(Codec):
                 continue
             source = builtins if module == "builtins" else errors_module
             cls = getattr(source, qualname, None)
-            if isinstance(cls, type) and issubclass(cls, BaseException):
+            if isinstance(cls, type) and issubclass(cls, Exception):
                 return cls
         return RemoteError
 
@@ -343,6 +349,7 @@ class Session:
         self._lock = threading.RLock()
         self._toplevel: threading.Thread | None = None
         self._ready = threading.Event()
+        self._log_events = 0
         self.closed = False
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -368,6 +375,8 @@ class Session:
         try:
             loaded = channel.request("load", program=self.program, names=self.names,
                                      timeout=self.load_seconds)
+            if not isinstance(loaded, dict):
+                raise ProtocolError(f"the answer to 'load' is a {type(loaded).__name__}")
         except TimeoutError:
             self.lost.append(f"loading your cells took over {self.load_seconds:g} s")
             self._drop()
@@ -381,9 +390,18 @@ class Session:
                 raise SandboxError(f"the sandbox could not start ({worker.exit_description()})"
                                    f": {tail.strip()[-800:]}") from None
             raise self._lost_error() from None
-        self._roots = dict(loaded.get("names", {})) if isinstance(loaded, dict) else {}
-        errors = loaded.get("errors", []) if isinstance(loaded, dict) else []
-        self.load_errors = [(str(f), str(e)) for f, e in errors if isinstance(e, str)][:20]
+        except BaseException as exc:  # noqa: BLE001 - a forged answer: the worker broke the rules
+            if isinstance(exc, (SandboxError, WorkerLost)):
+                raise
+            self.lost.append(f"it broke the grading protocol ({type(exc).__name__})")
+            self._drop()
+            raise WorkerLost("the process running your code broke the grading protocol "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        names = loaded.get("names", {})
+        self._roots = dict(names) if isinstance(names, dict) else {}
+        errors = loaded.get("errors", [])
+        self.load_errors = [(str(item[0]), str(item[1])) for item in errors
+                            if isinstance(item, list) and len(item) == 2][:20]
 
     def _lost_error(self) -> WorkerLost:
         worker = self._worker
@@ -492,6 +510,9 @@ class Session:
             self._ready.set()
             return
         if message.get("kind") != "log":
+            return
+        self._log_events += 1
+        if self._log_events > MAX_LOG_EVENTS:  # a flood (a forged one, the worker caps its own)
             return
         record = (str(message.get("logger", ""))[:200], int(message.get("level", 0) or 0),
                   str(message.get("message", ""))[:2000])
