@@ -21,7 +21,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("rate_limit_utilization", "estimate_mismatch", "burst_default", "outage", "overhead",
-           "simulation_speed", "check_speed", "redis_acquire", "streaming")
+           "simulation_speed", "check_speed", "redis_acquire", "streaming", "grading_speed")
 BUDGET_S = 600.0
 PER_SCRIPT_TIMEOUT_S = 900.0
 

@@ -15,6 +15,7 @@ import threading
 import time
 from decimal import Decimal
 from enum import Enum
+from threading import Condition, Lock
 
 from llm_patterns.errors import (
     AllProvidersFailed,
@@ -166,6 +167,53 @@ class BugOneLineUnlockedBucket(BugUnlockedBucket):
         ok = self.tokens >= n; self.tokens = self.tokens - n if ok else self.tokens; return ok
 
 
+class BugRefillBeforeLockBucket(GoodLazyBucket):
+    """Refills before taking its lock: a refill that read the old level writes it back after
+    another thread took a token."""
+
+    def consume(self, n=1):
+        if n > self.capacity:
+            raise ValueError(f"n={n} is above capacity={self.capacity}")
+        self._refill()
+        with self.lock:
+            if self.tokens >= n:
+                self.tokens -= n
+                return True
+            return False
+
+
+class BugHintBucket:
+    """The seed hint's bucket with only the clock fixed: no lock at all."""
+
+    def __init__(self, capacity, refill_rate, clock):
+        self.capacity = capacity
+        self.refill_rate = refill_rate
+        self.clock = clock
+        self.tokens = capacity
+        self.last_refill = clock.now()
+
+    def _refill(self):
+        now = self.clock.now()
+        elapsed = now - self.last_refill
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.refill_rate)
+        self.last_refill = now
+
+    def consume(self, n=1):
+        if n > self.capacity:
+            raise ValueError(f"n={n} > capacity={self.capacity}")
+        self._refill()
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+    def wait_time(self, n=1):
+        if n > self.capacity:
+            raise ValueError(f"n={n} > capacity={self.capacity}")
+        self._refill()
+        return max(0.0, (n - self.tokens) / self.refill_rate)
+
+
 class BugNoCapacityCheckBucket(GoodLazyBucket):
     """n above capacity just waits (forever, in real life) instead of raising."""
 
@@ -206,12 +254,50 @@ class GoodLimiter:
 
 
 class GoodPollingLimiter:
-    """Polls in small clock.sleep steps; checks both buckets, then takes from both."""
+    """Polls in small clock.sleep steps; checks both buckets and takes from both under one
+    lock (the RLock of its own, taken again inside the buckets' calls, is fine)."""
 
     def __init__(self, rpm, tpm, *, clock):
         self.clock = clock
         self.req = GoodGCRABucket(rpm, rpm / 60, clock=clock)
         self.tok = GoodGCRABucket(tpm, tpm / 60, clock=clock)
+        self.lock = threading.RLock()
+
+    def acquire(self, tokens=0):
+        start = self.clock.now()
+        while True:
+            with self.lock:
+                if self.req.wait_time(1) == 0 and self.tok.wait_time(tokens) == 0:
+                    self.req.consume(1)
+                    self.tok.consume(tokens)
+                    return self.clock.now() - start
+            self.clock.sleep(0.125)
+
+
+class GoodConditionLimiter:
+    """A Condition around both buckets (``from threading import Condition`` style imports)."""
+
+    def __init__(self, rpm, tpm, clock):
+        self.clock = clock
+        self.requests = GoodLazyBucket(rpm, rpm / 60, clock)
+        self.tokens = GoodLazyBucket(tpm, tpm / 60, clock)
+        self.cond = Condition(Lock())
+
+    def acquire(self, tokens=0):
+        start = self.clock.now()
+        while True:
+            with self.cond:
+                wait = max(self.requests.wait_time(1), self.tokens.wait_time(tokens))
+                if wait <= 0:
+                    self.requests.consume(1)
+                    self.tokens.consume(tokens)
+                    return self.clock.now() - start
+            self.clock.sleep(max(wait, 1e-6))
+
+
+class BugCheckThenTakeLimiter(GoodPollingLimiter):
+    """Checks both (locked) buckets, then takes, with no lock across the check and the take:
+    two threads both pass the check."""
 
     def acquire(self, tokens=0):
         start = self.clock.now()
@@ -704,7 +790,8 @@ def stub_fallback(prompt, providers):
 
 
 class GoodLazyBreaker:
-    """The hint's spelling ("half-open") and a lazy move to half-open in can_execute()."""
+    """The hint's spelling ("half-open") and a lazy move to half-open in can_execute(), under
+    one lock."""
 
     def __init__(self, failure_threshold, reset_timeout, clock):
         self.failure_threshold = failure_threshold
@@ -714,6 +801,38 @@ class GoodLazyBreaker:
         self.failures = 0
         self.opened_at = None
         self.trial_in_flight = False
+        self.lock = threading.Lock()
+
+    def can_execute(self):
+        with self.lock:
+            if self.state == "open":
+                if self.clock.now() - self.opened_at >= self.reset_timeout:
+                    self.state = "half-open"
+                    self.trial_in_flight = False
+                else:
+                    return False
+            if self.state == "half-open":
+                if self.trial_in_flight:
+                    return False
+                self.trial_in_flight = True
+                return True
+            return True
+
+    def record_success(self):
+        with self.lock:
+            self.state = "closed"
+            self.failures = 0
+
+    def record_failure(self):
+        with self.lock:
+            self.failures += 1
+            if self.state == "half-open" or self.failures >= self.failure_threshold:
+                self.state = "open"
+                self.opened_at = self.clock.now()
+
+
+class BugUnlockedHalfOpenBreaker(GoodLazyBreaker):
+    """Right on one thread; with two, both see "no trial yet" and both become the trial."""
 
     def can_execute(self):
         if self.state == "open":
@@ -728,16 +847,6 @@ class GoodLazyBreaker:
             self.trial_in_flight = True
             return True
         return True
-
-    def record_success(self):
-        self.state = "closed"
-        self.failures = 0
-
-    def record_failure(self):
-        self.failures += 1
-        if self.state == "half-open" or self.failures >= self.failure_threshold:
-            self.state = "open"
-            self.opened_at = self.clock.now()
 
 
 class State(str, Enum):

@@ -146,6 +146,16 @@ def test_check_speed(tmp_path: Path) -> None:
     assert all(r["passed"] and r["median_s"] > 0 for r in data["checks"])
 
 
+@pytest.mark.slow
+def test_grading_speed(tmp_path: Path) -> None:
+    data = run("grading_speed.py", tmp_path, "--class-size", "2")
+    assert data["class"]["submissions"] == 2 and data["class"]["seconds"] > 0
+    earned, worth = data["one_submission"]["score"].split("/")
+    assert earned == worth and int(worth) > 0
+    assert data["targets"]["correct submissions get full marks"]
+    assert data["targets"]["stubs get 0"]
+
+
 def test_readme_row_is_appended_when_asked(tmp_path: Path) -> None:
     readme = tmp_path / "BENCH.md"
     readme.write_text("# Benchmarks\n")

@@ -1,96 +1,36 @@
-"""``grade``: canonical check cells are restored from solutions/, then each task is scored."""
+"""``grade``: tasks found by name, sliced, scored per criterion in a sandbox; every task counted;
+tables, JSON, gradebook, feedback and GitHub Classroom results; submissions copied safely."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+import submissions as SUB
 
 from llm_patterns.course.grading import grade as G
+from llm_patterns.course.grading.extract import NotFound, find_program, load_documents
+from llm_patterns.course.grading.sandbox import PREFIX, Limits, clean_stale, copy_tree
+
+FAST = Limits(criterion_seconds=3.0, task_seconds=30.0, submission_seconds=120.0)
+GOOD_TRACKER = SUB.solution_cell("03_cost_tracking", 3)
+IMPORTS_3 = SUB.imports("03_cost_tracking")
 
 
-def _check(task: int, source: str):
-    cell = new_code_cell(source, id=f"check-task{task}")
-    cell.metadata["tags"] = ["check", f"task:{task}"]
-    return cell
+def tracker_submission(folder: Path, name: str = "03_cost_tracking.ipynb",
+                       body: str = GOOD_TRACKER) -> Path:
+    return SUB.write(folder, name, IMPORTS_3, "print('a demo that is never graded')", body,
+                     ("from llm_patterns.course.grading import check_task3\n"
+                      "check_task3(CostTracker)", ["check", "task:3"]))
 
 
-def _nb(*cells):
-    nb = new_notebook(cells=list(cells))
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    return nb
-
-
-def solution_demo():
-    return _nb(
-        new_markdown_cell("# Demo", id="intro"),
-        new_code_cell("x = 1", id="task-1"),
-        _check(1, "assert x == 1, 'x must be 1'"),
-        new_code_cell("y = 2", id="task-2"),
-        _check(2, "assert y == 2, 'y must be 2'"),
-    )
-
-
-def solution_other():
-    return _nb(new_code_cell("z = 3", id="task-3"), _check(3, "assert z == 3"))
-
-
-@pytest.fixture
-def layout(tmp_path: Path):
-    sol, sub = tmp_path / "solutions", tmp_path / "submission"
-    sol.mkdir()
-    sub.mkdir()
-    nbformat.write(solution_demo(), sol / "01_demo.ipynb")
-    nbformat.write(solution_other(), sol / "02_other.ipynb")
-    return sol, sub
-
-
-def test_restore_replaces_tampered_and_reinserts_missing_check_cells():
-    canonical = solution_demo()
-    submission = _nb(
-        new_markdown_cell("# Demo", id="intro"),
-        new_code_cell("x = 5", id="task-1"),
-        _check(1, "pass  # tampered"),
-        new_code_cell("y = 2", id="task-2"),
-        # check-task2 deleted
-    )
-    fake = new_code_cell("pass", id="my-own")
-    fake.metadata["tags"] = ["check", "task:1"]  # a home-made second check for task 1
-    submission.cells.append(fake)
-    restored = G.restore_check_cells(submission, canonical)
-    ids = [c.get("id") for c in restored.cells]
-    assert ids == ["intro", "task-1", "check-task1", "task-2", "check-task2", "my-own"]
-    by_id = {c["id"]: c for c in restored.cells}
-    assert by_id["check-task1"].source == "assert x == 1, 'x must be 1'"
-    assert by_id["task-1"].source == "x = 5"  # the student's work is kept
-    assert by_id["check-task2"].source == "assert y == 2, 'y must be 2'"
-    assert by_id["check-task2"].metadata["tags"] == ["check", "task:2"]
-    assert "check" not in by_id["my-own"].metadata["tags"]  # a home-made check earns nothing
-    assert submission.cells[2].source == "pass  # tampered"  # the input is not modified
-
-
-def test_restore_replaces_a_renamed_check_cell_by_its_task_tag():
-    submission = solution_other()
-    submission.cells[1]["id"] = "renamed"
-    submission.cells[1].source = "pass"
-    restored = G.restore_check_cells(submission, solution_other())
-    assert [c["id"] for c in restored.cells] == ["task-3", "check-task3"]
-    assert restored.cells[1].source == "assert z == 3"
-
-
-def test_restore_gives_ids_to_old_notebooks_and_appends_when_no_anchor():
-    old = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
-    old.nbformat_minor = 4
-    del old.cells[0]["id"]
-    restored = G.restore_check_cells(old, solution_other())
-    assert restored.nbformat_minor >= 5
-    assert [c.get("id") for c in restored.cells] == ["cell-0", "check-task3"]
-    nbformat.validate(restored)
+# --- the command line -------------------------------------------------------------------
 
 
 def test_missing_path_is_a_clear_error(tmp_path, capsys):
@@ -98,9 +38,20 @@ def test_missing_path_is_a_clear_error(tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
 
 
-def test_empty_directory_is_an_error(tmp_path, capsys):
+def test_a_folder_without_notebooks_is_an_error(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
     assert G.main([str(tmp_path)]) == 2
     assert "no notebooks" in capsys.readouterr().err
+
+
+def test_bad_limits_and_jobs_are_refused(tmp_path, capsys):
+    tracker_submission(tmp_path)
+    assert G.main([str(tmp_path), "--criterion-seconds", "0"]) == 2
+    assert "--criterion-seconds must be > 0, got 0.0" in capsys.readouterr().err
+    assert G.main([str(tmp_path), "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+    assert G.main([str(tmp_path), "--task", "6"]) == 2
+    assert "no such task" in capsys.readouterr().err
 
 
 def test_add_parser_wires_a_grade_subcommand():
@@ -108,45 +59,254 @@ def test_add_parser_wires_a_grade_subcommand():
 
     parser = argparse.ArgumentParser()
     G.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["grade", "some/dir", "--json", "--solutions", "sol"])
-    assert args.func is G.run and args.json and args.path == "some/dir"
+    args = parser.parse_args(["grade", "some/dir", "--json", "--csv", "g.csv", "-j", "2"])
+    assert args.func is G.run and args.json and args.path == "some/dir" and args.jobs == 2
 
 
-def test_grade_restores_canonical_checks_and_scores(layout, capsys):
-    sol, sub = layout
-    # 01_demo: task 1 wrong but its check tampered to `pass`; task 2 right, check deleted
-    tampered = solution_demo()
-    tampered.cells[1].source = "x = 2"
-    tampered.cells[2].source = "pass"
-    del tampered.cells[4]
-    nbformat.write(tampered, sub / "01_demo.ipynb")
+# --- tasks found by name, every task counted ------------------------------------------------
 
-    assert G.main([str(sub), "--solutions", str(sol), "--json"]) == 0
+
+def test_a_renamed_notebook_is_found_by_the_names_it_defines_and_every_task_counts(tmp_path):
+    tracker_submission(tmp_path, name="my work (final).ipynb")
+    report = G.grade(tmp_path, limits=FAST)
+    t3 = report["tasks"]["task3"]
+    assert t3["notebook"] == "my work (final).ipynb"
+    assert t3["points"] == t3["max"] == 6 and t3["passed"] and t3["reason"] is None
+    assert t3["criteria"][0]["name"] == "prices are per 1M tokens"
+    assert all(c["passed"] and c["points"] == 1 and c["hint"] is None for c in t3["criteria"])
+    # the denominator is the whole course; the missing tasks score 0 and say why
+    assert set(report["tasks"]) == {"task1", "task2", "task3", "task4", "task5", "task7"}
+    assert report["max"] == sum(t["max"] for t in report["tasks"].values() if not t["bonus"])
+    assert report["score"] == 6 and report["max"] > 6
+    t1 = report["tasks"]["task1"]
+    assert t1["points"] == 0 and t1["max"] == 9 and not t1["passed"]
+    assert t1["reason"].startswith("no notebook defines TokenBucket and RateLimiter")
+    assert "01_rate_limiting.ipynb is missing" in t1["reason"]
+    assert all(c["hint"] == t1["reason"] for c in t1["criteria"])
+    assert report["tasks"]["task7"]["bonus"] and report["bonus"] == {"score": 0, "max": 6}
+
+
+def test_a_broken_notebook_scores_zero_with_the_reason(tmp_path):
+    (tmp_path / "03_cost_tracking.ipynb").write_text("{ this is not json", encoding="utf-8")
+    report = G.grade(tmp_path, limits=FAST, tasks=[3])
+    t3 = report["tasks"]["task3"]
+    assert t3["points"] == 0 and t3["max"] == 6
+    assert "03_cost_tracking.ipynb is not a valid notebook (JSON error" in t3["reason"]
+
+
+def test_a_stub_scores_zero_per_criterion_with_hints(tmp_path):
+    tracker_submission(tmp_path, body=SUB.STUB_TRACKER)
+    report = G.grade(tmp_path, limits=FAST, tasks=[3])
+    t3 = report["tasks"]["task3"]
+    assert t3["points"] == 0 and t3["reason"] is None
+    assert {c["hint"] for c in t3["criteria"]} == {
+        "not implemented yet — replace the `raise NotImplementedError` with your code"}
+
+
+def test_partial_credit_is_per_criterion(tmp_path):
+    unlocked = GOOD_TRACKER.replace("with self.lock:", "if True:")
+    tracker_submission(tmp_path, body=unlocked)
+    t3 = G.grade(tmp_path, limits=FAST, tasks=[3])["tasks"]["task3"]
+    assert (t3["points"], t3["max"]) == (5, 6)
+    (failed,) = [c for c in t3["criteria"] if not c["passed"]]
+    assert failed["name"] == "thread-safe: concurrent records add up exactly"
+    assert "one update was lost" in failed["hint"] and "how: thread" in failed["hint"]
+
+
+def test_the_library_s_own_class_is_not_the_student_s_work(tmp_path):
+    SUB.write(tmp_path, "03_cost_tracking.ipynb", "import llm_patterns as lp",
+              "class CostTracker(lp.CostTracker):\n    pass")
+    SUB.write(tmp_path, "02_backoff.ipynb",
+              "from llm_patterns import is_retryable\n"
+              "def calculate_backoff(attempt, base_delay=1.0, max_delay=60.0, rng=None):\n"
+              "    return 1.0")
+    report = G.grade(tmp_path, limits=FAST, tasks=[2, 3])
+    assert "built on llm_patterns's class (lp.CostTracker)" in report["tasks"]["task3"]["reason"]
+    assert "is_retryable is imported from llm_patterns" in report["tasks"]["task2"]["reason"]
+    assert report["score"] == 0
+
+
+# --- what is graded: the task's statements only --------------------------------------------
+
+
+def test_slicing_keeps_the_task_and_what_it_needs_and_stops_at_the_check_cell(tmp_path):
+    SUB.write(
+        tmp_path, "x.ipynb",
+        IMPORTS_3,
+        "raise RuntimeError('a demo cell that fails does not matter')",
+        "%%time\n" + GOOD_TRACKER + "\n!echo shell lines are left out",
+        ("check_task3(CostTracker)", ["check", "task:3"]),
+        "CostTracker = lp.CostTracker  # after the check: not what the task is graded on",
+    )
+    docs, _notes = load_documents(tmp_path)
+    program = find_program(docs, 3, ("CostTracker",), "03_cost_tracking.ipynb")
+    assert not isinstance(program, NotFound), program
+    code = "\n".join(chunk["source"] for chunk in program.chunks)
+    assert "class CostTracker" in code and "log = logging.getLogger" in code
+    assert "RuntimeError" not in code and "lp.CostTracker" not in code and "echo" not in code
+    assert [c["filename"] for c in program.chunks] == ["x.ipynb (cell 1)", "x.ipynb (cell 3)"]
+    report = G.grade(tmp_path, limits=FAST, tasks=[3])
+    assert report["tasks"]["task3"]["points"] == 6
+
+
+def test_a_syntax_error_in_the_task_cell_is_the_reason(tmp_path):
+    tracker_submission(tmp_path, body=GOOD_TRACKER.replace("def record(", "def record(:"))
+    t3 = G.grade(tmp_path, limits=FAST, tasks=[3])["tasks"]["task3"]
+    assert t3["points"] == 0
+    assert "SyntaxError" in t3["reason"] and "cell 3" in t3["reason"]
+
+
+def test_a_stub_notebook_does_not_hide_the_real_work_elsewhere(tmp_path):
+    tracker_submission(tmp_path, body=SUB.STUB_TRACKER)  # the course's notebook, untouched
+    tracker_submission(tmp_path, name="scratch.ipynb")  # the student worked here
+    t3 = G.grade(tmp_path, limits=FAST, tasks=[3])["tasks"]["task3"]
+    assert t3["notebook"] == "scratch.ipynb" and t3["points"] == 6
+
+
+# --- copying the submission -----------------------------------------------------------------
+
+
+def test_symbolic_links_are_never_followed(tmp_path):
+    sub = tmp_path / "sub"
+    tracker_submission(sub)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "data.bin").write_bytes(b"x" * (2 << 20))
+    (sub / "loop").symlink_to(".")
+    (sub / "big").symlink_to(big)
+    (sub / "secret.ipynb").symlink_to("/etc/passwd")
+    (sub / "dangling").symlink_to("/nowhere/at/all")
+    copied = copy_tree(sub, tmp_path / "copy", max_bytes=1 << 20)
+    assert copied.links == 4 and copied.files == 1 and not copied.truncated
+    assert os.readlink(tmp_path / "copy" / "loop") == "."
+    assert (tmp_path / "copy" / "big").is_symlink()
+    report = G.grade(sub, limits=FAST, tasks=[3])
+    assert report["tasks"]["task3"]["points"] == 6
+    assert "secret.ipynb is a symbolic link: not graded (submit the file itself)" in report["notes"]
+
+
+def test_the_copy_is_bounded(tmp_path):
+    tracker_submission(tmp_path)
+    (tmp_path / "zz_huge.bin").write_bytes(b"\0" * (3 << 20))
+    small = Limits(copy_bytes=1 << 20, criterion_seconds=3, task_seconds=30)
+    report = G.grade(tmp_path, limits=small, tasks=[3])
+    assert report["tasks"]["task3"]["points"] == 6
+    assert any("over 1 MB" in note for note in report["notes"])
+
+
+def test_a_submission_given_as_a_link_is_refused(tmp_path, capsys):
+    tracker_submission(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(G.GradeError, match="symbolic link"):
+        G.grade(tmp_path / "link", limits=FAST)
+
+
+def test_temporary_folders_are_removed_and_stale_ones_cleaned(tmp_path):
+    tracker_submission(tmp_path / "s")
+    base = Path(tempfile.gettempdir())
+    before = {p.name for p in base.glob(PREFIX + "*") if p.is_dir()}
+    G.grade(tmp_path / "s", limits=FAST, tasks=[3])
+    after = {p.name for p in base.glob(PREFIX + "*") if p.is_dir()}
+    assert after <= before
+    # a folder left by a killed grader (its owner process is gone) goes at the next run
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = base / f"{PREFIX}stale-test"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "owner").write_text(f"{dead.pid} 1\n")
+    assert str(stale) in clean_stale()
+    assert not stale.exists()
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+
+def test_table_json_and_classroom_result(tmp_path, capsys):
+    tracker_submission(tmp_path)
+    result_file = tmp_path / "classroom.json"
+    assert G.main([str(tmp_path), "--task", "3", "--classroom", str(result_file)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["task", "notebook", "status", "points", "note"]
+    assert lines[2].split() == ["task3", "03_cost_tracking.ipynb", "✓", "6/6"]
+    assert lines[3] == "score: 6/6"
+    classroom = json.loads(result_file.read_text())
+    assert classroom["version"] == 1 and classroom["max_score"] == 6
+    assert len(classroom["tests"]) == 6 and all(t["status"] == "pass" for t in classroom["tests"])
+    assert G.main([str(tmp_path), "--task", "3", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report == {
-        "tasks": {
-            "task1": {"passed": False, "notebook": "01_demo.ipynb", "points": 0, "max": 1},
-            "task2": {"passed": True, "notebook": "01_demo.ipynb", "points": 1, "max": 1},
-        },
-        "score": 1,
-        "max": 2,
-    }
-    # the submission on disk is untouched: grading ran on a copy
-    assert nbformat.read(sub / "01_demo.ipynb", as_version=4).cells[2].source == "pass"
+    assert {"tasks", "score", "max", "bonus", "sandbox", "seconds"} <= set(report)
 
 
-@pytest.mark.slow
-def test_grade_table_for_a_single_file_through_the_module_entry_point(layout):
-    sol, sub = layout
-    nbformat.write(solution_demo(), sub / "01_demo.ipynb")
-    proc = subprocess.run(
-        [sys.executable, "-m", "llm_patterns.course.grading.grade", str(sub / "01_demo.ipynb"),
-         "--solutions", str(sol)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+def test_a_class_gradebook_and_feedback_files(tmp_path):
+    klass = tmp_path / "class"
+    tracker_submission(klass / "alice")
+    tracker_submission(klass / "bob", body=SUB.STUB_TRACKER)
+    (klass / "carol").mkdir()
+    (klass / "carol" / "03_cost_tracking.ipynb").write_text("not a notebook")
+    (klass / "mallory").symlink_to(klass / "alice")  # a link to someone else's work
+    gradebook, feedback = tmp_path / "gradebook.csv", tmp_path / "feedback"
+    code = G.main([str(klass), "--csv", str(gradebook), "--feedback", str(feedback),
+                   "--jobs", "2", "--task-seconds", "30", "--criterion-seconds", "3"])
+    assert code == 0
+    rows = list(csv.DictReader(gradebook.open(encoding="utf-8")))
+    assert [r["student"] for r in rows] == ["alice", "bob", "carol"]
+    assert [r["task3"] for r in rows] == ["6", "0", "0"]
+    assert all(r["max"] == rows[0]["max"] and int(r["max"]) > 6 for r in rows)
+    assert "not a valid notebook" in rows[2]["notes"]
+    alice = (feedback / "alice.md").read_text(encoding="utf-8")
+    assert "# Feedback for alice" in alice and "- ✓ prices are per 1M tokens" in alice
+    bob = (feedback / "bob.md").read_text(encoding="utf-8")
+    assert "- ✗ **prices are per 1M tokens** — not implemented yet" in bob
+    assert not (feedback / "mallory.md").exists()
+
+
+def test_the_classroom_workflow_runs_grade_and_feeds_the_reporter(tmp_path):
+    """The workflow students' repositories run: its grade command works, and what it hands the
+    GitHub Classroom reporter decodes the way the reporter decodes it (base64 JSON, points per
+    criterion, runner name matching the environment variable)."""
+    import base64
+    import shlex
+
+    yaml = pytest.importorskip("yaml")
+    workflow = yaml.safe_load((SUB.ROOT / ".github" / "workflows" / "classroom.yml").read_text())
+    steps = workflow["jobs"]["run-autograding-tests"]["steps"]
+    grade_step = next(s for s in steps if s.get("id") == "grade")
+    reporter = next(s for s in steps if "autograding-grading-reporter" in s.get("uses", ""))
+    runner = reporter["with"]["runners"]
+    assert f"{runner.upper()}_RESULTS" in reporter["env"]
+    assert f"steps.{grade_step['id']}.outputs.result" in reporter["env"][f"{runner.upper()}_RESULTS"]
+    command = grade_step["run"].split("sudo ", 1)[1].split(" > grade.json")[0]
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[1:4] == ["-m", "llm_patterns", "grade"]
+    tracker_submission(tmp_path / "notebooks")
+    argv = [sys.executable, *argv[1:], "--task", "3"]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["task", "notebook", "status", "points"]
-    assert lines[2].split() == ["task1", "01_demo.ipynb", "✓", "1/1"]
-    assert lines[3].split() == ["task2", "01_demo.ipynb", "✓", "1/1"]
-    assert lines[-1] == "score: 2/2"
+    encoded = base64.b64encode((tmp_path / "classroom.json").read_bytes()).decode()
+    result = json.loads(base64.b64decode(encoded))
+    assert result["version"] == 1 and result["max_score"] == 6
+    assert sum(t["score"] for t in result["tests"]) == 6
+    assert all({"name", "status", "score", "message"} <= set(t) for t in result["tests"])
+    assert json.loads(proc.stdout)["score"] == 6
+    assert (tmp_path / "feedback" / "notebooks.md").exists()
+
+
+def test_the_submission_time_limit_leaves_a_reason_not_a_hang(tmp_path):
+    tracker_submission(tmp_path)
+    tight = Limits(criterion_seconds=3, task_seconds=30, submission_seconds=0.001)
+    report = G.grade(tmp_path, limits=tight, tasks=[1, 3])
+    for task in report["tasks"].values():
+        assert task["points"] == 0
+        assert task["reason"] == ("not graded: the time limit for the submission (0.001 s) "
+                                  "was reached")
+    # a task's own limit: the criteria after it are not run, and say so
+    short_task = Limits(criterion_seconds=3, task_seconds=0.3, submission_seconds=60)
+    slow = GOOD_TRACKER.replace("        if model not in self.pricing:",
+                                "        while model == 'gpt-4o':\n            pass\n"
+                                "        if model not in self.pricing:")
+    tracker_submission(tmp_path / "slow", body=slow)
+    t3 = G.grade(tmp_path / "slow", limits=short_task, tasks=[3])["tasks"]["task3"]
+    hints = [c["hint"] for c in t3["criteria"]]
+    assert "not run: the time limit for this task was reached" in hints
+    assert any(h and h.startswith("did not finish within") for h in hints)

@@ -49,9 +49,10 @@ T1 = {
     "overfill": "never holds more than capacity",
     "wait_time": "wait_time(n)",
     "above_capacity": "n above capacity",
-    "lock": "thread-safe",
+    "lock": "thread-safe: two threads",
     "acquire": "acquire waits",
     "all_or_nothing": "both buckets or from neither",
+    "limiter_lock": "RateLimiter is thread-safe",
 }
 T2 = {
     "first": "attempt 0",
@@ -82,9 +83,10 @@ T5 = {
     "reset": "success resets",
     "stays_open": "stays open",
     "half_opens": "half-opens after",
-    "one_trial": "exactly one trial",
+    "one_trial": "admits exactly one trial",
     "success_closes": "successful trial",
     "failure_reopens": "failed trial",
+    "lock": "thread-safe",
 }
 T7 = {
     "lost": "loses no text",
@@ -105,7 +107,8 @@ def assert_accepts(check, *impl):
     result, failures, printed = run(check, *impl)
     assert failures == {}, failures
     assert isinstance(result, CheckResult) and result.passed == result.total
-    assert printed.splitlines()[-1] == f"{result.total}/{result.total} criteria passed"
+    n = result.total
+    assert printed.splitlines()[-1] == f"{n}/{n} criteria passed · {n}/{n} points"
     assert "✗" not in printed
 
 
@@ -124,8 +127,8 @@ def assert_rejects(check, impl, keys, expected: set[str], **kw):
 @pytest.mark.parametrize(
     "impl",
     [(S.GoodLazyBucket, S.GoodLimiter), (S.GoodGCRABucket, S.GoodPollingLimiter),
-     (S.GoodLazyBucket, S.GoodPollingLimiter)],
-    ids=["lazy-refill", "gcra+polling", "lazy+polling"],
+     (S.GoodLazyBucket, S.GoodPollingLimiter), (S.GoodLazyBucket, S.GoodConditionLimiter)],
+    ids=["lazy-refill", "gcra+polling", "lazy+polling", "condition"],
 )
 def test_task1_accepts(impl):
     assert_accepts(check_task1, *impl)
@@ -138,11 +141,14 @@ def test_task1_accepts(impl):
         (S.BugWallClockBucket, S.GoodLimiter, {"refill", "overfill", "wait_time"}),
         (S.BugUnlockedBucket, S.GoodLimiter, {"lock"}),
         (S.BugOneLineUnlockedBucket, S.GoodLimiter, {"lock"}),
+        (S.BugRefillBeforeLockBucket, S.GoodLimiter, {"lock"}),
+        (S.BugHintBucket, S.GoodLimiter, {"lock"}),
+        (S.GoodGCRABucket, S.BugCheckThenTakeLimiter, {"limiter_lock"}),
         (S.BugNoCapacityCheckBucket, S.GoodLimiter, {"above_capacity"}),
         (S.GoodLazyBucket, S.BugSpendWhileWaitingLimiter, {"all_or_nothing"}),
         (S.GoodLazyBucket, S.BugTokensFirstLimiter, {"all_or_nothing"}),
         (S.GoodLazyBucket, S.BugShortCircuitLimiter, {"all_or_nothing"}),
-        (S.GoodLazyBucket, S.BugRealSleepLimiter, {"acquire", "all_or_nothing"}),
+        (S.GoodLazyBucket, S.BugRealSleepLimiter, {"acquire", "all_or_nothing", "limiter_lock"}),
     ],
     ids=lambda x: getattr(x, "__name__", None),
 )
@@ -164,25 +170,98 @@ def test_task1_real_sleep_is_refused_only_during_the_check_and_restored():
     assert time.sleep is original
 
 
-def test_lock_detection_is_reliable():
-    for _ in range(20):
-        _, failures, _ = run(check_task1, S.BugUnlockedBucket, S.GoodLimiter)
-        assert failed_keys(failures, T1) == {"lock"}
-        _, failures, _ = run(check_task1, S.GoodLazyBucket, S.GoodLimiter)
-        assert failures == {}
-        _, failures, _ = run(check_task3, S.BugUnlockedTracker)
-        assert failed_keys(failures, T3) == {"lock"}
-        _, failures, _ = run(check_task3, S.GoodFloatTracker)
-        assert failures == {}
+RACES = [
+    # (criterion, implementation, None if correct else a phrase the hint must hold)
+    ("bucket", S.BugUnlockedBucket, "both passed the check before either took"),
+    ("bucket", S.BugHintBucket, "both passed the check before either took"),
+    ("bucket", S.BugRefillBeforeLockBucket, "both granted"),
+    ("bucket", S.BugOneLineUnlockedBucket, "both granted"),
+    ("bucket", S.GoodLazyBucket, None),
+    ("bucket", S.GoodGCRABucket, None),
+    ("limiter", S.BugCheckThenTakeLimiter, "hold one lock across checking both buckets"),
+    ("limiter", S.GoodLimiter, None),
+    ("limiter", S.GoodPollingLimiter, None),
+    ("limiter", S.GoodConditionLimiter, None),
+    ("tracker", S.BugUnlockedTracker, "one update was lost"),
+    ("tracker", S.GoodFloatTracker, None),
+    ("tracker", S.GoodDecimalTracker, None),
+    ("breaker", S.BugUnlockedHalfOpenBreaker, "let through as the half-open trial"),
+    ("breaker", S.GoodLazyBreaker, None),
+    ("breaker", S.GoodEagerBreaker, None),
+]
+
+
+def _race_verdict(kind, impl):
+    """The race criterion alone: None when it passes, else its hint."""
+    from llm_patterns.course.grading import task1_rate_limit, task3_cost, task5_circuit_breaker
+    from llm_patterns.course.grading._framework import Fail
+
+    criterion = {
+        "bucket": task1_rate_limit._thread_safe,
+        "limiter": task1_rate_limit._limiter_thread_safe,
+        "tracker": task3_cost._thread_safe,
+        "breaker": task5_circuit_breaker._half_open_race,
+    }[kind]
+    try:
+        criterion(impl)
+    except Fail as exc:
+        return exc.hint
+    return None
+
+
+@pytest.mark.parametrize(("kind", "impl", "phrase"), RACES,
+                         ids=[f"{k}-{i.__name__}" for k, i, _ in RACES])
+def test_races_are_caught_whatever_the_shape_and_the_verdict_is_identical_20_times(
+        kind, impl, phrase):
+    verdicts = {_race_verdict(kind, impl) for _ in range(20)}
+    assert len(verdicts) == 1, verdicts  # same code, same schedules, same words
+    (verdict,) = verdicts
+    if phrase is None:
+        assert verdict is None
+    else:
+        assert verdict is not None and phrase in verdict, verdict
+        assert "how: thread" in verdict  # the hint says where the threads interleaved
+
+
+def test_a_lock_order_deadlock_under_the_scheduler_is_named_not_hung():
+    """Two threads taking two locks in opposite orders deadlock under some schedule: the
+    scheduler sees every thread waiting and reports it at once, without a timeout."""
+    from llm_patterns.course.grading.scheduler import Call, explore, race_errors
+
+    class Transfer:
+        def __init__(self):
+            self.a, self.b = threading.Lock(), threading.Lock()
+
+        def ab(self):
+            with self.a, self.b:
+                return 1
+
+        def ba(self):
+            with self.b, self.a:
+                return 2
+
+    def setup():
+        t = Transfer()
+
+        def judge(run):
+            race_errors(run)
+            return None
+
+        return [Call(t, "ab"), Call(t, "ba")], judge
+
+    t0 = time.perf_counter()
+    with pytest.raises(Exception, match="deadlocked"):
+        explore(setup, student=(Transfer,))
+    assert time.perf_counter() - t0 < 10  # a hang guard, not a speed test
 
 
 def test_endless_loop_fails_within_budget_and_returns():
     before = set(threading.enumerate())  # a deadlock test may leave a blocked daemon behind
     t0 = time.perf_counter()
-    _, failures, _ = run(check_task1, S.GoodLazyBucket, S.BugBusyWaitLimiter, budget=0.2)
+    _, failures, _ = run(check_task1, S.GoodLazyBucket, S.BugBusyWaitLimiter, budget=0.5)
     assert time.perf_counter() - t0 < 10  # a hang guard, not a speed test
-    assert failed_keys(failures, T1) == {"acquire", "all_or_nothing"}
-    assert all(h.startswith("did not finish within 0.2 s — an endless loop?")
+    assert failed_keys(failures, T1) == {"acquire", "all_or_nothing", "limiter_lock"}
+    assert all(h.startswith("did not finish within 0.5 s — an endless loop?")
                for h in failures.values())
     # the stopped threads are gone: the async exception reached them
     deadline = time.perf_counter() + 5
@@ -194,7 +273,11 @@ def test_endless_loop_fails_within_budget_and_returns():
 def test_deadlock_is_named_and_does_not_spill_into_later_checks():
     """A lock taken twice blocks forever: the hint says so, and the next check is unharmed."""
     _, failures, _ = run(check_task1, S.GoodLazyBucket, S.BugDeadlockLimiter, budget=0.3)
-    assert failures and all("stuck waiting for a lock" in h for h in failures.values())
+    assert failed_keys(failures, T1) == {"acquire", "all_or_nothing", "limiter_lock"}
+    # on one thread: a criterion stuck in the lock; under the race scheduler: named at once
+    assert all("stuck waiting for a lock" in h or "waits for a lock it already holds" in h
+               for h in failures.values()), failures
+    assert "waits for a lock it already holds" in hint_for(failures, T1["limiter_lock"])
     for _ in range(3):  # the lockstep thread-safety criteria still pass on correct code
         _, failures, _ = run(check_task3, S.GoodFloatTracker)
         assert failures == {}
@@ -219,7 +302,7 @@ def test_stub_reads_not_implemented_for_every_criterion(check, impl, keys):
     assert failed_keys(failures, keys) == set(keys)
     assert all(h == "not implemented yet — replace the `raise NotImplementedError` with your code"
                for h in failures.values())
-    assert printed.splitlines()[-1] == f"0/{len(keys)} criteria passed"
+    assert printed.splitlines()[-1] == f"0/{len(keys)} criteria passed · 0/{len(keys)} points"
 
 
 # --- task 2 ------------------------------------------------------------------------------------
@@ -336,13 +419,16 @@ def test_task5_accepts(impl):
 @pytest.mark.parametrize(
     ("impl", "expected"),
     [
-        (S.BugEveryoneInHalfOpen, {"one_trial"}),
-        (S.BugNeverHalfOpens, {"half_opens", "one_trial", "success_closes", "failure_reopens"}),
-        (S.BugWallClockBreaker, {"half_opens", "one_trial", "success_closes", "failure_reopens"}),
-        (S.BugTrialFailureStaysHalfOpen, {"failure_reopens"}),
+        (S.BugEveryoneInHalfOpen, {"one_trial", "lock"}),
+        (S.BugNeverHalfOpens,
+         {"half_opens", "one_trial", "success_closes", "failure_reopens", "lock"}),
+        (S.BugWallClockBreaker,
+         {"half_opens", "one_trial", "success_closes", "failure_reopens", "lock"}),
+        (S.BugTrialFailureStaysHalfOpen, {"failure_reopens", "lock"}),
         (S.BugStaleCooldown, {"failure_reopens"}),
         (S.BugNoSuccessReset, {"reset", "success_closes"}),
-        (S.BugStraightToClosed, {"half_opens", "one_trial", "failure_reopens"}),
+        (S.BugStraightToClosed, {"half_opens", "one_trial", "failure_reopens", "lock"}),
+        (S.BugUnlockedHalfOpenBreaker, {"lock"}),
     ],
     ids=lambda x: getattr(x, "__name__", None),
 )
@@ -350,6 +436,9 @@ def test_task5_rejects(impl, expected):
     failures = assert_rejects(check_task5, (impl,), T5, expected)
     if impl is S.BugEveryoneInHalfOpen:
         assert "6 of 6 callers" in failures["half-open admits exactly one trial"]
+        assert "fix 'half-open admits exactly one trial' first" in hint_for(failures, "thread-safe")
+    if impl is S.BugUnlockedHalfOpenBreaker:
+        assert "let through as the half-open trial" in hint_for(failures, "thread-safe")
 
 
 # --- task 7 ------------------------------------------------------------------------------------
@@ -390,7 +479,7 @@ def test_output_is_deterministic_and_short():
     second = run(check_task1, S.GoodGCRABucket, S.GoodLimiter)
     assert first[2] == second[2]
     assert first[2].splitlines()[0] == "Task 1 · Rate limiting"
-    assert repr(first[0]) == "CheckResult(passed=8, total=8)"
+    assert repr(first[0]) == "CheckResult(passed=9, total=9)"
     _, _, a = run(check_task3, S.BugCheapDefaultTracker)
     _, _, b = run(check_task3, S.BugCheapDefaultTracker)
     assert a == b and "0x" not in a
@@ -403,11 +492,11 @@ def test_check_failed_renders_short():
     exc = info.value
     assert isinstance(exc, AssertionError)
     lines = exc._render_traceback_()
-    assert lines[0] == "CheckFailed: Task 5 · Circuit breaker: 1 of 8 criteria failed"
+    assert lines[0] == "CheckFailed: Task 5 · Circuit breaker: 2 of 9 criteria failed"
     assert lines[1] == "  ✗ half-open admits exactly one trial"
     assert len(lines) <= 10
     assert "half-open admits exactly one trial" in str(exc)
-    assert out.getvalue().splitlines()[-1] == "7/8 criteria passed"
+    assert out.getvalue().splitlines()[-1] == "7/9 criteria passed · 7/9 points"
 
 
 def test_ipython_shows_the_short_rendering():
@@ -419,7 +508,7 @@ def test_ipython_shows_the_short_rendering():
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         shell.run_cell("check_task5(Impl)")
     text = out.getvalue() + err.getvalue()
-    assert "CheckFailed: Task 5 · Circuit breaker: 1 of 8 criteria failed" in text
+    assert "CheckFailed: Task 5 · Circuit breaker: 2 of 9 criteria failed" in text
     assert "Traceback" not in text and "task5_circuit_breaker.py" not in text
 
 

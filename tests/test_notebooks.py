@@ -4,7 +4,8 @@
 - strict ``--nbval`` (every stored output compared) and ``--nbval-lax`` pass on every solution
   notebook;
 - every student notebook fails exactly its check cells under ``--nbval-lax``, nothing else;
-- ``python -m llm_patterns grade`` gives the solutions full marks and the student notebooks 0.
+- ``python -m llm_patterns grade`` (sandboxed, per criterion) gives the solutions full marks and
+  the untouched student notebooks 0, every task found and every criterion run.
 
 The slow parts (kernels) start together in background processes when the first of them is
 needed, so the whole file costs about as long as its slowest run.
@@ -113,8 +114,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     }
     if _grade_available():
         for name, where in (("grade_solutions", SOLUTIONS), ("grade_notebooks", NOTEBOOKS)):
-            cmd = [sys.executable, "-m", "llm_patterns", "grade", str(where), "--json",
-                   f"--cell-timeout={CELL_TIMEOUT}"]
+            cmd = [sys.executable, "-m", "llm_patterns", "grade", str(where), "--json"]
             started[name] = _Run(cmd, tmp / f"{name}.log")
     started["_tmp"] = tmp  # type: ignore[assignment]
     yield started
@@ -276,6 +276,8 @@ def test_grade_gives_the_solutions_full_marks(runs):
         pytest.skip("llm_patterns.course.grading.grade is not there yet")
     report = _score(runs["grade_solutions"])
     assert report["max"] > 0 and report["score"] == report["max"], report
+    assert report["bonus"]["score"] == report["bonus"]["max"] > 0, report
+    assert all(t["reason"] is None for t in report["tasks"].values()), report
 
 
 @pytest.mark.slow
@@ -284,4 +286,7 @@ def test_grade_gives_the_untouched_student_notebooks_zero(runs):
     if "grade_notebooks" not in runs:
         pytest.skip("llm_patterns.course.grading.grade is not there yet")
     report = _score(runs["grade_notebooks"])
-    assert report["max"] > 0 and report["score"] == 0, report
+    assert report["max"] > 0 and report["score"] == 0 and report["bonus"]["score"] == 0, report
+    for task in report["tasks"].values():  # every task found, every criterion run and failed
+        assert task["reason"] is None and task["criteria"], task
+        assert not any(c["passed"] for c in task["criteria"]), task

@@ -12,22 +12,33 @@ from __future__ import annotations
 
 import ctypes
 import dis
+import functools
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import IO, Any
 
-from ._student import describe_exception
+from ._student import describe_exception, is_student_file
 
 __all__ = [
     "DEFAULT_BUDGET",
     "CheckFailed",
     "CheckResult",
     "Criterion",
+    "CriterionResult",
     "Fail",
     "RealSleepUsed",
+    "capture_logs",
+    "deadline",
+    "harness_code",
+    "log_listeners",
+    "on_overrun",
+    "output_to",
     "run_check",
     "spawn_guarded",
 ]
@@ -55,14 +66,30 @@ class _StopCriterion(BaseException):
     """Injected into a criterion's threads when it overruns its budget."""
 
 
+@dataclass(frozen=True)
+class CriterionResult:
+    """One criterion's outcome: its name, whether it passed, the hint if not, its points."""
+
+    name: str
+    passed: bool
+    hint: str | None = None
+    points: float = 1.0
+
+    @property
+    def earned(self) -> float:
+        return self.points if self.passed else 0.0
+
+
 class CheckFailed(AssertionError):
     """A check found failing criteria. Renders as a few lines in IPython and nbval."""
 
-    def __init__(self, title: str, failures: Sequence[tuple[str, str]], passed: int, total: int):
+    def __init__(self, title: str, failures: Sequence[tuple[str, str]], passed: int, total: int,
+                 results: Sequence[CriterionResult] = ()):
         self.title = title
         self.failures = list(failures)
         self.passed = passed
         self.total = total
+        self.results = tuple(results)
         names = "; ".join(name for name, _ in self.failures)
         super().__init__(f"{title}: {len(self.failures)} of {total} criteria failed: {names}")
 
@@ -80,6 +107,15 @@ class CheckResult:
     task: str
     passed: int
     total: int
+    criteria: tuple[CriterionResult, ...] = ()
+
+    @property
+    def points(self) -> float:
+        return sum(c.earned for c in self.criteria)
+
+    @property
+    def max_points(self) -> float:
+        return sum(c.points for c in self.criteria)
 
     def __repr__(self) -> str:
         return f"CheckResult(passed={self.passed}, total={self.total})"
@@ -90,10 +126,13 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class Criterion:
-    """A named expectation; ``run()`` returns normally on success or raises :class:`Fail`."""
+    """A named expectation; ``run()`` returns normally on success or raises :class:`Fail`.
+
+    ``points`` is what it is worth in ``grade`` (partial credit is per criterion)."""
 
     name: str
     run: Callable[[], object]
+    points: float = 1.0
 
 
 # --- guards ---------------------------------------------------------------------------------
@@ -109,7 +148,8 @@ class _Guard:
     real_sleep: list[float] = field(default_factory=list)
     stopped: bool = False
     blocked: bool = False  # a thread was stuck in a C call (a deadlock), not looping
-    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    on_stop: list[Callable[[], object]] = field(default_factory=list)
+    handled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def stop(self) -> None:
@@ -118,7 +158,11 @@ class _Guard:
             callbacks = list(self.on_stop)
             threads = [t for t in self.threads if t.is_alive()]
         for cb in callbacks:
-            cb()
+            # a callback that returns True has stopped the work itself (the grader killed the
+            # worker running the student's code): the threads wake up on their own
+            self.handled = bool(cb()) or self.handled
+        if self.handled:
+            return
         for t in threads:
             _inject(t, _StopCriterion, self)
 
@@ -133,9 +177,27 @@ _CALL_OPS = frozenset(
 def _thread_cpu(thread: threading.Thread) -> float | None:
     """CPU seconds ``thread`` has used (Linux/Unix), or None where that cannot be read."""
     try:
-        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident or 0))
     except (AttributeError, OSError, TypeError, ValueError):
         return None
+
+
+_HARNESS_CODES: set[types.CodeType] = set()
+
+
+def harness_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``fn`` as the checks' own waiting (a scheduler handing turns): a thread waiting
+    there is never taken for the student's deadlock, and is stopped by an injected exception."""
+    _HARNESS_CODES.add(fn.__code__)
+    return fn
+
+
+def _in_harness(frame: types.FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code in _HARNESS_CODES:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _blocked_in_c(thread: threading.Thread, samples: int = 10, gap: float = 0.01) -> bool:
@@ -146,11 +208,13 @@ def _blocked_in_c(thread: threading.Thread, samples: int = 10, gap: float = 0.01
     alone (it is a daemon and uses no CPU) instead of being interrupted. A thread that burns
     CPU meanwhile is looping, however still its frame looks on a busy machine.
     """
+    if _in_harness(sys._current_frames().get(thread.ident or -1)):
+        return False
     cpu_before = _thread_cpu(thread)
     seen = set()
     frame = None
     for i in range(samples):
-        frame = sys._current_frames().get(thread.ident)
+        frame = sys._current_frames().get(thread.ident or -1)
         if frame is None:
             return False
         seen.add((id(frame.f_code), frame.f_lasti))
@@ -161,11 +225,15 @@ def _blocked_in_c(thread: threading.Thread, samples: int = 10, gap: float = 0.01
     cpu_after = _thread_cpu(thread)
     if cpu_before is not None and cpu_after is not None and cpu_after - cpu_before > 0.002:
         return False
+    if frame is None:
+        return False
     code, lasti = frame.f_code.co_code, frame.f_lasti
     return 0 <= lasti < len(code) and code[lasti] in _CALL_OPS
 
 
-def _inject(thread: threading.Thread, exc: type[BaseException], guard: _Guard | None = None) -> None:
+def _inject(
+    thread: threading.Thread, exc: type[BaseException], guard: _Guard | None = None
+) -> None:
     if thread.ident is None or not thread.is_alive():
         return
     if _blocked_in_c(thread):
@@ -176,8 +244,11 @@ def _inject(thread: threading.Thread, exc: type[BaseException], guard: _Guard | 
 
 
 def _guarded_sleep(seconds: float) -> None:
+    """``time.sleep`` while a check runs: refused when the student's code calls it inside a
+    criterion; the checks' own machinery (waiting for a process, say) really sleeps."""
     guard = getattr(_local, "guard", None)
-    if guard is None:
+    caller = sys._getframe(1).f_code.co_filename
+    if guard is None or not is_student_file(caller):
         _real_sleep(seconds)
         return
     guard.real_sleep.append(seconds)
@@ -195,7 +266,7 @@ class _SleepPatch:
         global _patch_depth
         with _patch_lock:
             if _patch_depth == 0:
-                time.sleep = _guarded_sleep
+                time.sleep = _guarded_sleep  # type: ignore[assignment]
             _patch_depth += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -206,16 +277,126 @@ class _SleepPatch:
                 time.sleep = _real_sleep
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: list[logging.Handler] = []
+
+
 class _QuietLogging:
-    """Keep the student's log lines out of the check's output (it must stay deterministic)."""
+    """Keep the student's log lines out of the check's output (it must stay deterministic);
+    counted, so checks running at once in several threads restore the handlers once."""
 
     def __enter__(self) -> None:
-        root = logging.getLogger()
-        self._saved = root.handlers[:]
-        root.handlers = [logging.NullHandler()]
+        global _quiet_depth, _quiet_saved
+        with _quiet_lock:
+            if _quiet_depth == 0:
+                root = logging.getLogger()
+                _quiet_saved = root.handlers[:]
+                root.handlers = [logging.NullHandler()]
+            _quiet_depth += 1
 
     def __exit__(self, *exc: object) -> None:
-        logging.getLogger().handlers = self._saved
+        global _quiet_depth
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                logging.getLogger().handlers = _quiet_saved
+
+
+_thread_state = threading.local()
+
+
+@contextmanager
+def output_to(stream: IO[str]) -> Iterator[None]:
+    """Send the lines of checks run by this thread to ``stream`` (default: ``sys.stdout``)."""
+    saved = getattr(_thread_state, "stream", None)
+    _thread_state.stream = stream
+    try:
+        yield
+    finally:
+        _thread_state.stream = saved
+
+
+def _emit(line: str) -> None:
+    print(line, file=getattr(_thread_state, "stream", None) or sys.stdout, flush=True)
+
+
+@contextmanager
+def deadline(at: float) -> Iterator[None]:
+    """Checks run by this thread in the block stop starting criteria at ``time.monotonic()``
+    ``at`` (the rest fail as "not run"), and give each at most the time left."""
+    saved = getattr(_thread_state, "deadline", None)
+    _thread_state.deadline = at if saved is None else min(at, saved)
+    try:
+        yield
+    finally:
+        _thread_state.deadline = saved
+
+
+@contextmanager
+def on_overrun(callback: Callable[[_Guard], object]) -> Iterator[None]:
+    """Call ``callback(guard)`` when a criterion run by this thread overruns its budget (the
+    grader stops the worker that runs the student's code; it returns True when it did, and
+    sets ``guard.blocked`` when that code was waiting for a lock)."""
+    hooks = getattr(_thread_state, "overrun", None)
+    if hooks is None:
+        hooks = _thread_state.overrun = []
+    hooks.append(callback)
+    try:
+        yield
+    finally:
+        hooks.remove(callback)
+
+
+log_listeners: list[Callable[[tuple[str, int, str]], None]] = []
+"""Receivers of ``(logger name, level, message)`` for every logging call of student code (in
+this process while :func:`capture_logs` is active, and from every grading worker)."""
+
+_log_patch_depth = 0
+_log_patch_lock = threading.Lock()
+_real_is_enabled_for = logging.Logger.isEnabledFor
+_real_handle = logging.Logger.handle
+
+
+def _capturing_is_enabled_for(self: logging.Logger, level: int) -> bool:
+    return True
+
+
+def _capturing_handle(self: logging.Logger, record: logging.LogRecord) -> None:
+    if is_student_file(record.pathname):
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        for listener in log_listeners:
+            listener((self.name, record.levelno, text))
+    if _real_is_enabled_for(self, record.levelno):
+        _real_handle(self, record)
+
+
+@contextmanager
+def capture_logs() -> Iterator[list[tuple[str, int, str]]]:
+    """Collect ``(logger, level, message)`` for every logging call the student's code makes
+    in the block, at any level, through any logger or handler, propagating or not; what the
+    student's own handlers show is unchanged. Works in a notebook and through ``grade``."""
+    global _log_patch_depth
+    records: list[tuple[str, int, str]] = []
+    listener = records.append
+    with _log_patch_lock:
+        if _log_patch_depth == 0:
+            logging.Logger.isEnabledFor = _capturing_is_enabled_for  # type: ignore[method-assign]
+            logging.Logger.handle = _capturing_handle  # type: ignore[method-assign]
+        _log_patch_depth += 1
+    log_listeners.append(listener)
+    try:
+        yield records
+    finally:
+        log_listeners.remove(listener)
+        with _log_patch_lock:
+            _log_patch_depth -= 1
+            if _log_patch_depth == 0:
+                logging.Logger.isEnabledFor = _real_is_enabled_for  # type: ignore[method-assign]
+                logging.Logger.handle = _real_handle  # type: ignore[method-assign]
 
 
 def current_guard() -> _Guard | None:
@@ -241,16 +422,20 @@ def spawn_guarded(target: Callable[[], None], name: str = "check-worker") -> thr
     return thread
 
 
-def _run_one(fn: Callable[[], object], budget: float) -> tuple[str, BaseException | None, _Guard]:
+def _run_one(
+    fn: Callable[[], object], budget: float, hooks: Sequence[Callable[[_Guard], object]] = ()
+) -> tuple[str, BaseException | None, _Guard]:
     """Run ``fn`` in a guarded thread: ("ok" | "error" | "timeout", exception, guard)."""
     guard = _Guard()
+    for hook in hooks:
+        guard.on_stop.append(functools.partial(hook, guard))
     box: dict[str, BaseException] = {}
 
     def body() -> None:
         _local.guard = guard
         try:
             fn()
-        except BaseException as exc:  # noqa: BLE001 - everything is reported to the student
+        except BaseException as exc:
             box["exc"] = exc
         finally:
             _local.guard = None
@@ -263,7 +448,7 @@ def _run_one(fn: Callable[[], object], budget: float) -> tuple[str, BaseExceptio
         guard.stop()
         for _ in range(10):  # re-inject: a bare `except:` in student code may swallow one
             thread.join(0.05)
-            if not thread.is_alive() or guard.blocked:
+            if not thread.is_alive() or guard.blocked or guard.handled:
                 break
             _inject(thread, _StopCriterion, guard)
         return "timeout", None, guard
@@ -310,24 +495,40 @@ def run_check(
     budget: float = DEFAULT_BUDGET,
     timeout_hint: str = TIMEOUT_HINT,
 ) -> CheckResult:
-    """Run every criterion, print a line for each, raise :class:`CheckFailed` if any failed."""
+    """Run every criterion, print a line for each, raise :class:`CheckFailed` if any failed.
+
+    The last line gives the score: criteria passed and points earned (one per criterion unless
+    a criterion says otherwise). The result (or the exception) carries every criterion's
+    :class:`CriterionResult`.
+    """
     if not budget > 0:
         raise ValueError(f"budget must be > 0 seconds, got {budget!r}")
     criteria = list(criteria)
-    print(title, flush=True)
-    failures: list[tuple[str, str]] = []
+    hooks = list(getattr(_thread_state, "overrun", None) or [])
+    _emit(title)
+    results: list[CriterionResult] = []
+    stop_at = getattr(_thread_state, "deadline", None)
     with _SleepPatch(), _QuietLogging():
         for criterion in criteria:
-            status, exc, guard = _run_one(criterion.run, budget)
-            hint = _verdict(status, exc, guard, budget, timeout_hint)
-            if hint is None:
-                print(f"✓ {criterion.name}", flush=True)
+            allowed = budget
+            if stop_at is not None:
+                allowed = min(budget, stop_at - time.monotonic())
+            if allowed <= 0:
+                hint: str | None = "not run: the time limit for this task was reached"
             else:
-                failures.append((criterion.name, hint))
-                print(f"✗ {criterion.name} — {hint}", flush=True)
+                status, exc, guard = _run_one(criterion.run, allowed, hooks)
+                hint = _verdict(status, exc, guard, allowed, timeout_hint)
+            results.append(CriterionResult(criterion.name, hint is None, hint, criterion.points))
+            if hint is None:
+                _emit(f"✓ {criterion.name}")
+            else:
+                _emit(f"✗ {criterion.name} — {hint}")
+    failures = [(r.name, r.hint or "") for r in results if not r.passed]
     passed = len(criteria) - len(failures)
-    print(f"{passed}/{len(criteria)} criteria passed", flush=True)
+    earned = sum(r.earned for r in results)
+    worth = sum(r.points for r in results)
+    _emit(f"{passed}/{len(criteria)} criteria passed · {earned:g}/{worth:g} points")
     if failures:
-        err = CheckFailed(title, failures, passed, len(criteria))
+        err = CheckFailed(title, failures, passed, len(criteria), results)
         raise err.with_traceback(None)
-    return CheckResult(title, passed, len(criteria))
+    return CheckResult(title, passed, len(criteria), tuple(results))

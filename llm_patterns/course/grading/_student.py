@@ -9,9 +9,12 @@ import sysconfig
 import traceback
 from typing import Any
 
-__all__ = ["construct", "describe_exception", "fmt", "is_student_file", "norm_state"]
+__all__ = [
+    "construct", "describe_exception", "fmt", "is_student_file", "norm_state", "student_location",
+]
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # llm_patterns/
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# llm_patterns/ itself (this file is llm_patterns/course/grading/_student.py)
 _NOT_STUDENT = tuple(
     os.path.abspath(p) + os.sep
     for p in {
@@ -30,7 +33,8 @@ def is_student_file(filename: str) -> bool:
     return not path.startswith(_NOT_STUDENT)
 
 
-def _student_location(exc: BaseException) -> str:
+def student_location(exc: BaseException) -> str:
+    """`` (in consume, line 7: `self.tokens -= n`)`` for the student's deepest frame, or ""."""
     frames = traceback.extract_tb(exc.__traceback__)
     for frame in reversed(frames):
         if is_student_file(frame.filename):
@@ -41,18 +45,19 @@ def _student_location(exc: BaseException) -> str:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """The hint for an unexpected exception from student code, pointing at their line."""
+    """The hint for an unexpected exception from student code, pointing at their line.
+
+    An exception that crossed from a grading worker carries ``__remote__`` (its class name,
+    text and location as the worker saw them): those are used."""
     if isinstance(exc, NotImplementedError):
         return "not implemented yet — replace the `raise NotImplementedError` with your code"
-    text = str(exc)
+    remote = getattr(exc, "__remote__", None)
+    text = str(exc) if remote is None else remote.text
     if isinstance(exc, KeyError) and exc.args:
         text = repr(exc.args[0])
-    name = type(exc).__name__
-    return (
-        f"raised {name}: {text}{_student_location(exc)}"
-        if text
-        else (f"raised {name}{_student_location(exc)}")
-    )
+    name = type(exc).__name__ if remote is None else remote.cls
+    where = student_location(exc) if remote is None else remote.where
+    return f"raised {name}: {text}{where}" if text else f"raised {name}{where}"
 
 
 def construct(cls: Any, *args: Any, **keywords: Any) -> Any:

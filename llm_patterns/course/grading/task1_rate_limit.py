@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from llm_patterns.clock import VirtualClock
+
 from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
-from ._lockstep import run_in_lockstep
 from ._student import construct, fmt
+from .scheduler import Call, WaitingClock, explore, race_errors
 
 __all__ = ["check_task1"]
 
@@ -18,7 +19,7 @@ def _bucket(TokenBucket: Any, capacity: float, rate: float, clock: VirtualClock)
     return construct(TokenBucket, capacity, rate, clock=clock)
 
 
-def _limiter(RateLimiter: Any, rpm: float, tpm: float, clock: VirtualClock) -> Any:
+def _limiter(RateLimiter: Any, rpm: float, tpm: float, clock: Any) -> Any:
     return construct(RateLimiter, rpm=rpm, tpm=tpm, clock=clock)
 
 
@@ -145,27 +146,73 @@ def _n_above_capacity(TokenBucket: Any) -> None:
 
 
 def _thread_safe(TokenBucket: Any) -> None:
-    for _trial in range(3):
-        clock = VirtualClock()
-        bucket = _bucket(TokenBucket, 1, 1e-6, clock)
-        results, errors, stalled = run_in_lockstep([lambda b=bucket: b.consume(1)] * 2)
-        for err in errors:
-            if err is not None:
-                raise err
-        granted = sum(1 for r in results if r)
-        if granted > 1:
-            raise Fail(
-                f"two threads calling consume(1) at once on a bucket holding 1 token were both "
-                f"granted ({granted} grants): the check-then-take is not atomic. Guard the "
-                "refill, the check and the update with one threading.Lock (`with self.lock:`)"
-            )
-        if granted == 0:
-            raise Fail(
-                "two threads calling consume(1) on a bucket holding 1 token were both refused: "
-                "exactly one should get it"
-            )
-        if not stalled:
-            return
+    """Two threads take from a bucket holding one token, under many interleavings."""
+
+    def setup() -> tuple[list[Call], Any]:
+        bucket = _bucket(TokenBucket, 1, 1e-6, VirtualClock())
+
+        def judge(run: Any) -> str | None:
+            race_errors(run)
+            granted = sum(1 for r in run.results if r is True)
+            if granted > 1:
+                return (
+                    "two threads calling consume(1) at once on a bucket holding 1 token were "
+                    "both granted: both passed the check before either took the token. Hold "
+                    "one threading.Lock across the refill, the check and the take "
+                    "(`with self.lock:` around all three)"
+                )
+            if granted == 0:
+                return ("two threads calling consume(1) on a bucket holding 1 token were both "
+                        "refused: exactly one should get it")
+            return None
+
+        return [Call(bucket, "consume", (1,)), Call(bucket, "consume", (1,))], judge
+
+    found = explore(setup, student=(TokenBucket,))
+    if found is not None:
+        raise found.fail("starts full: a burst of capacity passes, the next request is refused")
+
+
+# Two scenarios where only one of two concurrent acquires fits: requests are short (rpm=1), or
+# tokens are (tpm=100, two acquires of 60). The clock stands still and any wait ends the thread's
+# attempt, so a correct limiter lets exactly one through and the other starts waiting.
+_LIMITER_RACES: tuple[dict[str, Any], ...] = (
+    {"rpm": 1, "tpm": 1000, "tokens": 1, "room": "rpm=1 (one request)"},
+    {"rpm": 1000, "tpm": 100, "tokens": 60, "room": "tpm=100"},
+)
+
+
+def _limiter_thread_safe(RateLimiter: Any) -> None:
+    """Two threads acquire from a limiter that has room for one of them."""
+    turn = [0]
+
+    def setup() -> tuple[list[Call], Any]:
+        case = _LIMITER_RACES[turn[0] % len(_LIMITER_RACES)]
+        turn[0] += 1
+        limiter = _limiter(RateLimiter, case["rpm"], case["tpm"], WaitingClock())
+        n = case["tokens"]
+
+        def judge(run: Any) -> str | None:
+            race_errors(run)
+            through = sum(1 for e in run.errors if e is None)
+            if through > 1:
+                return (
+                    f"two threads calling acquire({n}) at once both got through at the same "
+                    f"instant with {case['room']}: there was room for one. Both passed the check "
+                    "before either took from the buckets: hold one lock across checking both "
+                    "buckets and taking from both"
+                )
+            if through == 0:
+                return (f"two threads calling acquire({n}) at once on a fresh limiter with room "
+                        "for one both waited: the first should go through at once")
+            return None
+
+        return [Call(limiter, "acquire", (n,)), Call(limiter, "acquire", (n,))], judge
+
+    found = explore(setup, student=(RateLimiter,))
+    if found is not None:
+        raise found.fail(
+            "RateLimiter.acquire waits with clock.sleep and returns the seconds waited")
 
 
 def _acquire_waits(RateLimiter: Any) -> None:
@@ -289,6 +336,10 @@ def check_task1(
         Criterion(
             "RateLimiter takes from both buckets or from neither",
             lambda: _all_or_nothing(RateLimiter),
+        ),
+        Criterion(
+            "RateLimiter is thread-safe: concurrent acquires never get more than there is",
+            lambda: _limiter_thread_safe(RateLimiter),
         ),
     ]
     return run_check(TITLE, criteria, budget=budget)

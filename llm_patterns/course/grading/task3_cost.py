@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
-from ._lockstep import run_in_lockstep
 from ._student import construct, fmt
+from .scheduler import Call, explore, race_errors
 
 __all__ = ["check_task3"]
 
@@ -203,27 +203,30 @@ def _thread_safe(CostTracker: Any) -> None:
     for _ in range(2):
         baseline.record("gpt-4o", usage, dag_id="etl", task_id="extract")
     grouped_ok = _close(_grouped(baseline, key), expected)
-    for _trial in range(3):
+
+    def setup() -> tuple[list[Call], Any]:
         tracker = _tracker(CostTracker)
 
-        def work(tracker: Any = tracker) -> None:
-            tracker.record("gpt-4o", usage, dag_id="etl", task_id="extract")
-
-        _, errors, stalled = run_in_lockstep([work, work])
-        for err in errors:
-            if err is not None:
-                raise err
-        total = _num(_call_or_get(tracker, "total"), "total")
-        grouped = _grouped(tracker, key) if grouped_ok else expected
-        if not _close(total, expected) or not _close(grouped, expected):
-            raise Fail(
+        def judge(run: Any) -> str | None:
+            race_errors(run)
+            total = _num(_call_or_get(tracker, "total"), "total")
+            grouped = _grouped(tracker, key) if grouped_ok else expected
+            if _close(total, expected) and _close(grouped, expected):
+                return None
+            return (
                 f"two threads recording 0.0075 USD at once left total={fmt(total)}"
                 + (f" and by_task={fmt(grouped)}" if grouped_ok else "")
                 + f", expected {fmt(expected)}: `self.total += cost` is a read-modify-write and "
-                "one update was lost. Do the updates inside `with self.lock:` (a threading.Lock)"
+                "one update was lost (both threads read the old total before either wrote it "
+                "back). Do the updates inside `with self.lock:` (a threading.Lock)"
             )
-        if not stalled:
-            return
+
+        call = Call(tracker, "record", ("gpt-4o", usage), {"dag_id": "etl", "task_id": "extract"})
+        return [call, call], judge
+
+    found = explore(setup, student=(CostTracker,))
+    if found is not None:
+        raise found.fail("total adds up every record")
 
 
 def _grouped(tracker: Any, key: tuple[str, str]) -> float:

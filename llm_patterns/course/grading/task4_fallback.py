@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from llm_patterns import errors as E
-from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
+
+from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, capture_logs, run_check
 
 __all__ = ["check_task4"]
 
@@ -153,35 +153,16 @@ def _all_failed(call_with_fallback: Any) -> None:
     raise Fail(f"every provider failed but the call returned {got!r}: raise AllProvidersFailed")
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.messages.append(record.getMessage())
-        except Exception:  # noqa: BLE001 - a bad format string still counts as a log line
-            self.messages.append(str(record.msg))
-
-
 def _logs(call_with_fallback: Any) -> None:
-    root = logging.getLogger()
-    capture = _Capture()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    root.handlers = [capture]
-    root.setLevel(logging.DEBUG)
-    try:
-        a = _Provider(
-            "openai-main", E.ServerError("unavailable", provider="openai-main", status_code=503)
-        )
-        b = _Provider("anthropic-backup")
+    a = _Provider(
+        "openai-main", E.ServerError("unavailable", provider="openai-main", status_code=503)
+    )
+    b = _Provider("anthropic-backup")
+    with capture_logs() as records:
         call_with_fallback(PROMPT, [a.spec(), b.spec()])
-    finally:
-        root.handlers = saved_handlers
-        root.setLevel(saved_level)
-    text = "\n".join(capture.messages)
-    if not capture.messages:
+    messages = [message for _, _, message in records]
+    text = "\n".join(messages)
+    if not messages:
         raise Fail(
             "nothing was logged: log each failure and the provider that answered with the "
             "logging module (logger = logging.getLogger(__name__); logger.warning(...)), not print"
@@ -190,7 +171,7 @@ def _logs(call_with_fallback: Any) -> None:
     if missing:
         raise Fail(
             f"the log lines do not name {' or '.join(missing)}: log which provider failed (and "
-            f"why) and which one answered. Logged: {capture.messages[:3]!r}"
+            f"why) and which one answered. Logged: {messages[:3]!r}"
         )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from llm_patterns.clock import VirtualClock
+
 from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
 from ._student import construct, norm_state
+from .scheduler import Call, explore, race_errors
 
 __all__ = ["check_task5"]
 
@@ -171,6 +173,38 @@ def _trial_failure_reopens(CircuitBreaker: Any) -> None:
         raise Fail("reset_timeout after a failed trial the breaker did not half-open again")
 
 
+def _half_open_race(CircuitBreaker: Any) -> None:
+    """Two threads ask an open breaker whose cooldown is over: exactly one is the trial."""
+
+    def setup() -> tuple[list[Call], Any]:
+        clock = VirtualClock()
+        breaker = _breaker(CircuitBreaker, clock)
+        for _ in range(THRESHOLD):
+            breaker.can_execute()
+            breaker.record_failure()
+        clock.advance(RESET + 0.001)
+
+        def judge(run: Any) -> str | None:
+            race_errors(run)
+            allowed = sum(1 for r in run.results if r is True)
+            if allowed > 1:
+                return (
+                    f"{allowed} threads calling can_execute() at once after the cooldown were all "
+                    "let through as the half-open trial: each saw 'no trial yet' before any "
+                    "marked it taken. Check and mark the trial under one threading.Lock"
+                )
+            if allowed == 0:
+                return ("two threads calling can_execute() at once after the cooldown were both "
+                        "refused: one of them should be the trial")
+            return None
+
+        return [Call(breaker, "can_execute"), Call(breaker, "can_execute")], judge
+
+    found = explore(setup, student=(CircuitBreaker,))
+    if found is not None:
+        raise found.fail("half-open admits exactly one trial")
+
+
 def check_task5(CircuitBreaker: Any, *, budget: float = DEFAULT_BUDGET) -> CheckResult:
     """Check a student's ``CircuitBreaker(failure_threshold, reset_timeout, clock)``."""
     criteria = [
@@ -187,6 +221,10 @@ def check_task5(CircuitBreaker: Any, *, budget: float = DEFAULT_BUDGET) -> Check
         Criterion(
             "a failed trial re-opens it with a fresh cooldown",
             lambda: _trial_failure_reopens(CircuitBreaker),
+        ),
+        Criterion(
+            "thread-safe: concurrent callers after the cooldown get exactly one trial",
+            lambda: _half_open_race(CircuitBreaker),
         ),
     ]
     return run_check(TITLE, criteria, budget=budget, timeout_hint="a breaker never needs to loop")
