@@ -14,7 +14,8 @@ session, stopped (with every task process below it) when the module ends or fail
   where faults were injected and nowhere else; ``aggregate_costs`` equals the ledger exactly;
 - ``llm_variable_race``: parallel read-modify-writes lose updates of a ``Variable``; the
   ledger's rows do not;
-- the UI: log in, open the run's mapped ``summarize`` tasks in the grid view (a screenshot goes
+- the UI: log in, click Trigger (``llm_variable_race``: a run starts and succeeds), open the
+  retry run's mapped ``summarize`` tasks in the grid view (a screenshot goes
   to ``test-artifacts/``; ``LLM_PATTERNS_UPDATE_SCREENSHOTS=1`` also refreshes the committed
   ``notebooks/images/airflow_grid.png``).
 
@@ -50,7 +51,7 @@ from grants_audit import fullest, violations
 from llm_patterns import SQLiteLedger
 from llm_patterns.integrations.airflow_standalone import descendants, kill_all
 from llm_patterns.machines.bucket import limits_for
-from llm_patterns.state import SharedCircuitBreaker, from_url
+from llm_patterns.state import SharedCircuitBreaker, SQLiteStateStore, from_url
 
 if importlib.util.find_spec("airflow") is None:  # pragma: no cover - depends on the extra
     pytest.skip("apache-airflow (extra [airflow]) is not installed", allow_module_level=True)
@@ -301,7 +302,7 @@ def test_the_mapped_summaries_run_at_once_in_separate_processes(retry_run: Retry
     bodies = _most_overlapping([(r["started_at"], r["finished_at"]) for r in results])
     assert bodies >= 2, "no two summaries ever ran at the same time"
     # the pool (3 slots), not the executor's parallelism (4), capped them
-    assert 2 <= retry_run.run.most_running["summarize"] <= POOL_SLOTS
+    assert 2 <= retry_run.run.most_running.get("summarize", 0) <= POOL_SLOTS
     assert bodies <= POOL_SLOTS
 
 
@@ -310,6 +311,7 @@ def test_the_shared_rate_limits_held_over_every_window(retry_run: RetryRun,
     p = retry_run.params
     limits = limits_for({"requests": p["rpm"], "tokens": p["tpm"]}, RETRY["BURST_SECONDS"])
     store = from_url(airflow.state_url)
+    assert isinstance(store, SQLiteStateStore) and store.log_grants
     scope = f"{RETRY['DAG_ID']}:{retry_run.run.run_id}"
     calls = sum(sum(r["requests"].values()) for r in retry_run.summaries.values())
     granted = 0
@@ -404,9 +406,16 @@ def test_a_variable_loses_parallel_updates_the_ledger_does_not(airflow: Airflow)
           f"{RACE['WORKERS'] * RACE['INCREMENTS']} updates; the ledger all of them")
 
 
+def _runs(af: Airflow, dag_id: str) -> dict[str, dict[str, Any]]:
+    return {r["dag_run_id"]: r for r in af.get(f"/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]}
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium")
-def test_the_ui_shows_the_runs_mapped_tasks(retry_run: RetryRun, airflow: Airflow) -> None:
+def test_the_ui_triggers_a_run_and_shows_the_mapped_tasks(retry_run: RetryRun,
+                                                          airflow: Airflow) -> None:
+    """What a student does: log in, click Trigger (the short DAG, to stay quick), and look at
+    the mapped summaries of a run in the grid view."""
     sync_api = pytest.importorskip("playwright.sync_api")
     run = retry_run.run
     with sync_api.sync_playwright() as p:
@@ -420,6 +429,20 @@ def test_the_ui_shows_the_runs_mapped_tasks(retry_run: RetryRun, airflow: Airflo
             page.get_by_label("Password").fill(airflow.password)
             page.get_by_role("button", name="Sign in").click()
             page.wait_for_url(f"{airflow.url}/", timeout=60_000)
+
+            before = _runs(airflow, RACE["DAG_ID"])
+            page.goto(f"{airflow.url}/dags/{RACE['DAG_ID']}")
+            page.get_by_role("button", name="Trigger").first.click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text(f"Trigger Dag - {RACE['DAG_ID']}").wait_for(timeout=30_000)
+            dialog.get_by_role("button", name="Trigger").click()
+            deadline = time.monotonic() + RUN_S
+            while not (new := [r for k, r in _runs(airflow, RACE["DAG_ID"]).items()
+                               if k not in before and r["state"] in ("success", "failed")]):
+                assert time.monotonic() < deadline, "the clicked run did not finish"
+                time.sleep(POLL_S)
+            assert [(r["run_type"], r["state"]) for r in new] == [("manual", "success")]
+
             quoted = urllib.parse.quote(run.run_id, safe="")
             page.goto(f"{airflow.url}/dags/{run.dag_id}/runs/{quoted}/tasks/summarize/mapped")
             n = RETRY["N_DOCS"]
