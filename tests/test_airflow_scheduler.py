@@ -160,8 +160,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> list[int]:
         os.killpg(proc.pid, signal.SIGKILL)
     kill_all(left)
     proc.wait(timeout=30)
-    return [pid for pid in left if Path(f"/proc/{pid}").exists()
-            and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]]
+    alive = []
+    for pid in left:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(pid)
+    return alive
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import secrets
@@ -190,16 +191,26 @@ def healthy(report: Mapping[str, Any] | None, components: Sequence[str]) -> bool
     return all((report.get(w) or {}).get("status") == "healthy" for w in wanted)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children first), from ``/proc``; [] elsewhere."""
-    parents: dict[int, list[int]] = {}
+def _processes() -> list[tuple[int, int, str]]:
+    """``(pid, parent pid, state)`` of every process, from ``/proc``; [] elsewhere."""
+    out = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             stat = (entry / "stat").read_text()
         except OSError:
             continue  # exited meanwhile
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
-        parents.setdefault(ppid, []).append(int(entry.name))
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]  # after "pid (comm) "
+        out.append((int(entry.name), int(ppid), state))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, children first (zombies, which run nothing, are
+    left out)."""
+    parents: dict[int, list[int]] = {}
+    for child, parent, state in _processes():
+        if state != "Z":
+            parents.setdefault(parent, []).append(child)
     out, todo = [], [pid]
     while todo:
         children = parents.get(todo.pop(), [])
@@ -224,8 +235,9 @@ def become_subreaper() -> bool:
 
 def reap_orphans(keep: Sequence[int]) -> None:
     """Collect adopted orphans that exited (not ``keep``: the ``Popen`` children)."""
-    for pid in descendants(os.getpid()):
-        if pid not in keep:
+    me = os.getpid()
+    for pid, parent, state in _processes():
+        if parent == me and state == "Z" and pid not in keep:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
 
@@ -286,6 +298,10 @@ def _say(text: str) -> None:
 
 def run(settings: Settings) -> int:
     """Set up and run the course's Airflow until Ctrl-C / SIGTERM; the exit status."""
+    if importlib.util.find_spec("airflow") is None:
+        _say("apache-airflow is not installed in this environment: `make install` installs it "
+             "(the [airflow] extra)")
+        return 2
     if not port_free(settings.port):
         _say(f"port {settings.port} on {HOST} is in use (another Airflow?): stop it, or "
              f"choose another port: make airflow AIRFLOW_PORT={settings.port + 10}")
@@ -363,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("port", "parallelism", "pool_slots"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.port > 65535:
+        parser.error(f"--port must be a TCP port (1-65535), got {args.port}")
     components = tuple(c for c in COMPONENTS if not (args.no_triggerer and c == "triggerer"))
     return run(Settings(home=args.home, dags=args.dags, port=args.port,
                         parallelism=args.parallelism, pool_slots=args.pool_slots,
