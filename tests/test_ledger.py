@@ -168,9 +168,10 @@ def _worker(args):
 
 
 def _context():
-    # fork is quick; spawn (macOS, Windows) also works: the ledger pickles by path
+    # never plain fork here: a thread left running by an earlier test (a criterion stuck in
+    # student code) may hold a lock at fork time and hang the child; the ledger pickles by path
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def test_many_processes_lose_nothing_and_alerts_fire_once(tmp_path):
