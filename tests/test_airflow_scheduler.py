@@ -183,8 +183,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llm_patterns.integrations.airflow_standalone",
              "--home", str(home), "--dags", str(REPO / "dags"), "--port", str(port),
-             "--parallelism", "4",
-             "--pool-slots", str(POOL_SLOTS)],
+             "--parallelism", "4", "--pool-slots", str(POOL_SLOTS), "--stop-with-parent"],
             env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     started = time.monotonic()
     try:

@@ -135,3 +135,28 @@ def test_the_launcher_adopts_orphans_and_reaps_them():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_stop_with_parent_ends_the_launcher_when_its_parent_dies(tmp_path):
+    """``--stop-with-parent`` (the scheduler test uses it): a killed test runner takes the
+    launcher, and so its Airflow, with it."""
+    marker = tmp_path / "launcher.pid"
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        "import os, sys, time\n"
+        "from llm_patterns.integrations import airflow_standalone as af\n"
+        "assert af.stop_with_parent()\n"
+        f"open({str(marker)!r} + '.tmp', 'w').write(str(os.getpid()))\n"
+        f"os.replace({str(marker)!r} + '.tmp', {str(marker)!r})\n"
+        "time.sleep(60)\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text(  # starts the "launcher", waits until it is set up, exits
+        "import os, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, {str(launcher)!r}])\n"
+        f"while not os.path.exists({str(marker)!r}): time.sleep(0.02)\n")
+    subprocess.run([sys.executable, str(parent)], timeout=60, check=True)
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # SIGTERM is delivered when the parent exits
+    assert not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text()

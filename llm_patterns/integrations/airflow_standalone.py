@@ -225,6 +225,15 @@ def kill_all(pids: Sequence[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def stop_with_parent() -> bool:
+    """SIGTERM this process when its parent dies (Linux ``PR_SET_PDEATHSIG``): a test runner
+    killed outright does not leave an Airflow running."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def become_subreaper() -> bool:
     """Orphaned descendants are re-parented to this process (Linux ``PR_SET_CHILD_SUBREAPER``)."""
     try:
@@ -296,8 +305,13 @@ def _say(text: str) -> None:
     print(f"airflow | {text}", flush=True)
 
 
-def run(settings: Settings) -> int:
-    """Set up and run the course's Airflow until Ctrl-C / SIGTERM; the exit status."""
+def run(settings: Settings, *, with_parent: bool = False) -> int:
+    """Set up and run the course's Airflow until Ctrl-C / SIGTERM (or, ``with_parent``, until
+    the process that started this one dies); the exit status."""
+    parent = os.getppid()
+    if with_parent and (not stop_with_parent() or os.getppid() != parent):
+        _say("--stop-with-parent: the parent is gone (or this is not Linux): not starting")
+        return 2
     if importlib.util.find_spec("airflow") is None:
         _say("apache-airflow is not installed in this environment: `make install` installs it "
              "(the [airflow] extra)")
@@ -375,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"slots of the {POOL!r} pool")
     parser.add_argument("--no-triggerer", action="store_true",
                         help="skip the triggerer (only deferrable operators need it)")
+    parser.add_argument("--stop-with-parent", action="store_true",
+                        help="stop everything when the process that started this one dies "
+                             "(tests)")
     args = parser.parse_args(argv)
     for name in ("port", "parallelism", "pool_slots"):
         if getattr(args, name) < 1:
@@ -384,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     components = tuple(c for c in COMPONENTS if not (args.no_triggerer and c == "triggerer"))
     return run(Settings(home=args.home, dags=args.dags, port=args.port,
                         parallelism=args.parallelism, pool_slots=args.pool_slots,
-                        components=components))
+                        components=components), with_parent=args.stop_with_parent)
 
 
 if __name__ == "__main__":
