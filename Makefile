@@ -18,7 +18,7 @@ EXPORT := $(UV_ENV) $(UV) export --locked --no-hashes --no-emit-project --no-hea
 KEY_PACKAGES := httpx genai-prices openai anthropic jupyterlab nbval apache-airflow redis
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lint lab test test-fast notebooks grade demo bench sysdeps install lock upgrade clean
+.PHONY: lint lab test test-fast notebooks grade demo bench sysdeps install lock upgrade clean airflow
 
 install: $(STAMP)
 
@@ -76,6 +76,12 @@ grade: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/voila --no-browser --Voila.ip=127.0.0.1 --progressive_rendering=True notebooks/dashboard.ipynb
+
+# The course's Airflow 3.3 on 127.0.0.1 (AIRFLOW_HOME=airflow-home/, the dags/ folder, pool
+# llm_api, LocalExecutor); prints the URL and the admin password; Ctrl-C stops every component.
+AIRFLOW_PORT ?= 8080
+airflow: $(STAMP)
+	$(PY) -m llm_patterns.integrations.airflow_standalone --home airflow-home --dags dags --port $(AIRFLOW_PORT)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

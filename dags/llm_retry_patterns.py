@@ -1,6 +1,6 @@
 """llm_retry_patterns: summarize a batch of documents through two LLM providers, reliably.
 
-    load_documents -> summarize.expand(doc=...) (8 mapped tasks) -> aggregate_costs
+    load_documents -> summarize.expand(doc=...) (8 mapped tasks, pool "llm_api") -> aggregate_costs
 
 Every ``summarize`` instance calls ``ResilientClient`` (retry -> breaker -> rate limiter -> call
 -> cost record) over a primary and a secondary provider. Both are in-process mock providers
@@ -8,11 +8,18 @@ Every ``summarize`` instance calls ``ResilientClient`` (retry -> breaker -> rate
 ``VirtualClock``, so nothing here waits on a fake network), and faults are injected per document
 so that every pattern has something to do:
 
-| doc | fault | what happens |
-|---|---|---|
-| 1 | primary down, and the secondary answers 500 twice (try 1 only) | all providers fail -> ``LLMRetryPolicy`` -> Airflow retry (try 2) on the secondary |
-| 1-3 | the primary is down (503) | the SHARED breaker opens after 2 failures; every later task, in any process, skips the primary |
-| 6 | another pipeline's burst: both shared limiters paused 2 s (first try only) | ``RateLimitTimeout`` -> ``AirflowRescheduleException``: the slot is given back, no retry used |
+- doc 1: the primary is down and the secondary answers 500 twice on try 1: all providers
+  fail -> ``LLMRetryPolicy`` -> an Airflow retry (try 2) that the secondary answers;
+- docs 1-3: the primary is down (503): the SHARED breaker opens after 2 failures, and every
+  task that starts later, in whichever worker process, skips the primary;
+- doc 6: another pipeline's burst pauses both shared limiters for ``burst_pause`` s (first
+  look only), longer than ``max_wait``: ``RateLimitTimeout`` -> ``AirflowRescheduleException``:
+  the task gives its worker and pool slot back, in ``up_for_reschedule``, without using a try.
+
+The rate limits are tight on purpose (params ``rpm`` and ``tpm`` per provider, 2 s buckets), so
+the workers queue for them: the shared limiter serves them first come, first served across
+processes, and its grants log (``?log_grants=1`` on the state URL, as ``make airflow`` sets it)
+shows that no window ever went over. Trigger the DAG "with config" to change them.
 
 Shared state (every worker process sees it): the rate limiters and breakers live in the store
 named by ``LLM_PATTERNS_STATE`` (default: a SQLite file in the temp dir); cost records go to
@@ -20,9 +27,10 @@ the ``SQLiteLedger`` at ``LLM_PATTERNS_LEDGER``, with a hard budget checked befo
 The demo's faults are per run, so its state keys include the run id; a real pipeline keys the
 limiter and breaker by provider (and API key) only, so every run shares them.
 
-In production add ``pool="llm_api"`` to ``summarize`` (``airflow pools set llm_api 4 ...``): the
-pool caps how many instances run at once across all workers; the shared limiter caps their
-RPM/TPM; ``dag.test()`` ignores pools, so it is left out here.
+The pool ``llm_api`` (``make airflow`` creates it; ``airflow pools set llm_api 4 ...``) caps
+how many ``summarize`` instances run at once across all workers; the shared limiter caps their
+RPM/TPM. ``dag.test()`` ignores pools and runs one task at a time: only a real scheduler shows
+the workers racing (``tests/test_airflow_scheduler.py``).
 """
 
 from __future__ import annotations
@@ -30,13 +38,15 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
-from llm_patterns.airflow import (
+from llm_patterns.backoff import BackoffPolicy
+from llm_patterns.integrations.airflow import (
     LLMRetryPolicy,
     ledger_task_id,
     llm_result,
@@ -46,10 +56,9 @@ from llm_patterns.airflow import (
     reschedule_on_backpressure,
     task_labels,
 )
-from llm_patterns.airflow import (
+from llm_patterns.integrations.airflow import (
     aggregate_costs as sum_costs,
 )
-from llm_patterns.backoff import BackoffPolicy
 
 log = logging.getLogger("llm_patterns.dags.llm_retry_patterns")
 
@@ -57,8 +66,24 @@ DAG_ID = "llm_retry_patterns"
 N_DOCS = 8
 OUTAGE_DOCS = {1, 2, 3}  # the primary is down while these are processed
 FLAKY_SECONDARY_DOCS = {1}  # the secondary answers 500 twice on the first try
-BURST_DOCS = {6}  # another pipeline's burst pauses both shared limiters (first try)
-BURST_SECONDS = 2.0
+BURST_DOCS = {6}  # another pipeline's burst pauses both shared limiters (first look)
+POOL = "llm_api"
+BURST_SECONDS = 2.0  # each limiter bucket holds 2 s of its per-minute rate
+BREAKER_THRESHOLD = 2  # primary failures that open the shared breaker
+BREAKER_RESET = 120.0  # seconds it stays open: longer than a run, so every later task sees it
+PARAMS = {  # "Trigger DAG w/ config" in the UI; the run's values reach every task
+    "rpm": Param(60, type="integer", minimum=1, title="Requests per minute, per provider",
+                 description="shared by every worker through the state store"),
+    "tpm": Param(6000, type="integer", minimum=5000, title="Tokens per minute, per provider",
+                 description="a request asks for ~110-150 tokens; at least 5000 so one fits a "
+                             "2 s bucket"),
+    "max_wait": Param(5.0, type="number", minimum=0, title="max_wait (s)",
+                      description="how long a task may queue for the limiter before it gives "
+                                  "its slot back (reschedule)"),
+    "burst_pause": Param(8.0, type="number", minimum=0, title="Burst pause (s)",
+                         description="doc 6 pauses both limiters this long (another "
+                                     "pipeline's 429s); above max_wait it is rescheduled"),
+}
 BUDGET_USD = Decimal("5.00")
 PRICES = {  # USD per million tokens, for the mock models
     "mock-gpt": {"input": "0.15", "output": "0.60"},
@@ -78,7 +103,8 @@ def ledger_path() -> str:
         tempfile.gettempdir(), "llm_patterns_ledger.db")
 
 
-def build_client(run_id: str, doc_index: int, try_number: int, first_look: bool) -> Any:
+def build_client(run_id: str, doc_index: int, try_number: int, first_look: bool,
+                 params: dict[str, Any]) -> Any:
     """The task's client: two seeded mock providers behind shared limiters and breakers."""
     from llm_patterns import (
         AnthropicProvider,
@@ -111,31 +137,31 @@ def build_client(run_id: str, doc_index: int, try_number: int, first_look: bool)
     store = from_url(state_url())
     scope = f"{DAG_ID}:{run_id}"  # demo: per run (see the module docstring)
     limiters = {
-        "primary": SharedRateLimiter(rpm=600, tpm=200_000, burst_seconds=10, max_wait=1.0,
-                                     store=store, name=f"{scope}:primary"),
-        "secondary": SharedRateLimiter(rpm=300, tpm=100_000, burst_seconds=10, max_wait=1.0,
-                                       store=store, name=f"{scope}:secondary"),
+        name: SharedRateLimiter(rpm=params["rpm"], tpm=params["tpm"],
+                                burst_seconds=BURST_SECONDS, max_wait=params["max_wait"],
+                                store=store, name=f"{scope}:{name}")
+        for name in ("primary", "secondary")
     }
     breakers = {
-        "primary": SharedCircuitBreaker(f"{scope}:primary", failure_threshold=2,
-                                        reset_timeout=60.0, store=store),
+        "primary": SharedCircuitBreaker(f"{scope}:primary", failure_threshold=BREAKER_THRESHOLD,
+                                        reset_timeout=BREAKER_RESET, store=store),
         "secondary": SharedCircuitBreaker(f"{scope}:secondary", failure_threshold=3,
-                                          reset_timeout=60.0, store=store),
+                                          reset_timeout=BREAKER_RESET, store=store),
     }
     if doc_index in BURST_DOCS and first_look:
         for lim in limiters.values():  # what a 429 seen by another worker would do
-            lim.penalize(BURST_SECONDS)
+            lim.penalize(params["burst_pause"])
     cost = CostTracker(PRICES, budget=BUDGET_USD, hard_limit=True,
                        ledger=SQLiteLedger(ledger_path()), name=DAG_ID)
     retry = RetryPolicy(max_attempts=2, backoff=BackoffPolicy(base_delay=0.5, max_delay=2.0),
                         clock=clock)
     client = ResilientClient(providers, limiters=limiters, breakers=breakers, retry=retry,
                              cost=cost, clock=clock)
-    return client, {"primary": primary_srv, "secondary": secondary_srv}
+    return client, {"primary": primary_srv, "secondary": secondary_srv}, breakers["primary"]
 
 
 @dag(dag_id=DAG_ID, schedule=None, start_date=datetime(2025, 1, 1), catchup=False,
-     tags=["llm", "llm_patterns"], max_active_tasks=4)
+     tags=["llm", "llm_patterns"], max_active_tasks=4, params=PARAMS)
 def llm_retry_patterns() -> None:
     @task
     def load_documents() -> list[dict[str, Any]]:
@@ -146,6 +172,7 @@ def llm_retry_patterns() -> None:
         ]
 
     @task(
+        pool=POOL,
         retries=3,
         retry_delay=timedelta(seconds=1),
         retry_policy=LLMRetryPolicy(BackoffPolicy(base_delay=1.0, max_delay=4.0,
@@ -155,12 +182,15 @@ def llm_retry_patterns() -> None:
         on_success_callback=on_success,
     )
     def summarize(doc: dict[str, Any]) -> dict[str, Any]:
+        started_at = time.time()  # wall time: the state store's time base
         context = get_current_context()
         labels = task_labels(context)
         first_look = int(context.get("task_reschedule_count") or 0) == 0
         with reschedule_on_backpressure(context, max_reschedules=5):
-            client, servers = build_client(labels["run_id"], doc["doc_id"],
-                                           labels["try_number"], first_look)
+            client, servers, primary_breaker = build_client(
+                labels["run_id"], doc["doc_id"], labels["try_number"], first_look,
+                dict(context["params"]))
+            breaker_seen = primary_breaker.state.value  # what this worker found on arrival
             costs: list[Decimal] = []
             client.subscribe(lambda e: costs.append(e.data["cost"])
                              if e.kind == "response" and e.data.get("cost") is not None
@@ -173,7 +203,9 @@ def llm_retry_patterns() -> None:
         cost = sum(costs, Decimal(0))
         calls = {name: srv.stats["requests"] for name, srv in servers.items()}
         return llm_result(response, cost, context=context, doc_id=doc["doc_id"],
-                          summary=response.text[:80], requests=calls)
+                          summary=response.text[:80], requests=calls, pid=os.getpid(),
+                          started_at=started_at, finished_at=time.time(),
+                          primary_breaker=breaker_seen)
 
     @task
     def aggregate_costs(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,9 +1,11 @@
-"""Old import names of the course modules, kept working.
+"""Old import names of moved modules, kept working.
 
 The course kit moved from ``llm_patterns.grading`` (``widgets``, ``live``, ``demo``,
-``simulation``, ``charts``) to ``llm_patterns.course.*``. Notebooks students already saved say
-``from llm_patterns.grading import check_task1``: this finder makes every old name, submodules
-included, the very same module object as the new one (no second copy with its own state).
+``simulation``, ``charts``) to ``llm_patterns.course.*``, and ``llm_patterns.airflow`` to
+``llm_patterns.integrations.airflow``. Notebooks students already saved say
+``from llm_patterns.grading import check_task1`` and DAGs say ``from llm_patterns.airflow
+import ...``: this finder makes every old name, submodules included, the very same module object
+as the new one (no second copy with its own state).
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ import importlib.util
 import sys
 from types import ModuleType
 
-MOVED = ("grading", "widgets", "live", "demo", "simulation", "charts")
-_OLD = tuple(f"llm_patterns.{name}" for name in MOVED)
+# old name under llm_patterns -> its new name under llm_patterns
+MOVED = {name: f"course.{name}"
+         for name in ("grading", "widgets", "live", "demo", "simulation", "charts")}
+MOVED["airflow"] = "integrations.airflow"
+_OLD = tuple((f"llm_patterns.{old}", f"llm_patterns.{new}") for old, new in MOVED.items())
 
 
 def new_name(fullname: str) -> str | None:
-    """``llm_patterns.grading.grade`` -> ``llm_patterns.course.grading.grade``; None if not
-    moved."""
-    for old in _OLD:
+    """``llm_patterns.grading.grade`` -> ``llm_patterns.course.grading.grade``; None if the
+    name did not move."""
+    for old, new in _OLD:
         if fullname == old or fullname.startswith(old + "."):
-            return "llm_patterns.course." + fullname[len("llm_patterns."):]
+            return new + fullname[len(old):]
     return None
 
 
@@ -55,7 +60,7 @@ class _AliasLoader(importlib.abc.Loader):
 
 
 class AliasFinder(importlib.abc.MetaPathFinder):
-    """Resolves an old course module name to the module under ``llm_patterns.course``."""
+    """Resolves an old module name to the module it moved to (``MOVED``)."""
 
     def find_spec(self, fullname: str, path: object = None,
                   target: object = None) -> importlib.machinery.ModuleSpec | None:

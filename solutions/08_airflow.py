@@ -8,9 +8,28 @@
 # holding a worker slot, pools, shared limiter and breaker state, cost per task via XCom plus a
 # ledger, and why a `Variable` is the wrong place for a running total.
 #
-# **Time:** about 10 minutes. Nothing here starts Airflow: everything runs on a virtual clock.
-# The real thing is `dags/llm_retry_patterns.py`, tested with `dag.test()` in
-# `tests/test_airflow.py`.
+# **Time:** about 10 minutes. Nothing in this notebook starts Airflow: every cell runs on a
+# virtual clock. The real thing is one command away (section 0).
+#
+# ## 0 · The course DAGs in a real Airflow
+#
+# In a terminal, at the root of the kit:
+#
+# ```bash
+# make airflow     # Airflow 3.3 on http://127.0.0.1:8080; prints the admin password
+# ```
+#
+# It starts the API server (the UI), the scheduler with 4 worker slots, the DAG processor and
+# the triggerer, all on 127.0.0.1, with `AIRFLOW_HOME=airflow-home/` and the kit's `dags/`.
+# Log in as `admin`, open **llm_retry_patterns**, click **Trigger**, and watch the grid: eight
+# mapped `summarize` tasks queue for one shared rate limit, a shared breaker stops them all
+# calling a dead provider, one task is *rescheduled* (it gives its slot back without using a
+# try), one is *retried*, and `aggregate_costs` adds up what the ledger recorded. Then trigger
+# **llm_variable_race** and open its `compare` task's XCom (section 5). Ctrl-C stops Airflow.
+#
+# ![The run's mapped summarize tasks in the Airflow grid view](images/airflow_grid.png)
+#
+# The sections below take those pieces one at a time.
 
 # %%
 import hashlib
@@ -32,7 +51,7 @@ from llm_patterns import (
     SQLiteLedger,
     VirtualClock,
 )
-from llm_patterns.airflow import (  # cheap: Airflow itself is imported only by LLMRetryPolicy
+from llm_patterns.integrations.airflow import (  # cheap: Airflow is imported only by LLMRetryPolicy
     aggregate_costs,
     backoff_task_args,
     backpressure_delay,
@@ -138,7 +157,8 @@ for _ in range(3):
     worker_a.record_failure(ServerError("503"))
 print("worker B may call:", worker_b.allow_request(), "| state:", worker_b.state.value)
 clock.advance(30)
-print("30 s later, B probes:", worker_b.allow_request(), "| A probes too:", worker_a.allow_request())
+print("30 s later, B probes:", worker_b.allow_request(),
+      "| A probes too:", worker_a.allow_request())
 
 # %% [markdown]
 # ## 4 · Cost per task (XCom) and per run (ledger)
@@ -156,9 +176,12 @@ print("aggregate:", aggregate_costs(results)["total"])
 # %% [markdown]
 # ## 5 · Why not a Variable for the running total?
 #
-# `Variable.get` + `Variable.set` is read-modify-write with no compare-and-set. Measured with 8
-# parallel tasks x 5 increments under LocalExecutor: **7 of 40** survived (airflow.md §5). The
-# same semantics, simulated: each worker reads, does its LLM call, writes back.
+# `Variable.get` + `Variable.set` is read-modify-write with no compare-and-set: two workers that
+# read the same value both write value + 1, and one update is gone. The DAG
+# `llm_variable_race` does exactly that with 4 workers x 10 calls under the real scheduler
+# (`make airflow`, then its `compare` task's XCom; `tests/test_airflow_scheduler.py` checks
+# it), next to a ledger that records each call as one row. Here the same semantics, simulated:
+# each worker reads, does its LLM call, writes back.
 
 # %%
 def variable_race(workers: int = 8, increments: int = 5) -> int:
@@ -185,12 +208,17 @@ for i in range(40):
     ledger.add(CostRecord(time=0.0, model="m", provider="p", dag_id="d", task_id=f"t{i % 8}",
                           run_id="r", prompt_tokens=1, completion_tokens=1, cached_tokens=0,
                           cost=Decimal("0.001")))
-print("Variable read-modify-write kept:", variable_race(), "of 40")
-print("ledger kept:", ledger.count(), "of 40, total $", ledger.total())
+kept = variable_race()
+print(f"The Variable kept {kept} of 40 updates: read-modify-write lost {40 - kept}.")
+print(f"The ledger kept {ledger.count()} of 40 rows, total ${ledger.total()}: "
+      "one INSERT per call loses nothing.")
 
 # %% [markdown]
 # ## Where to go next
 #
 # - `dags/llm_retry_patterns.py`: 8 mapped summaries through `ResilientClient`, an outage on the
-#   primary, a 429 storm, a burst that triggers rescheduling, a budget, and `aggregate_costs`.
+#   primary, a burst that triggers rescheduling, a retry, a budget, and `aggregate_costs`.
+#   Trigger it "with config" to change its rate limits and watch more (or fewer) reschedules.
 # - `LLM_PATTERNS_STATE=sqlite:////shared/state.db` for workers on one host; Redis for many.
+#   `make airflow` adds `?log_grants=1`: `SQLiteStateStore.grants()` then lists every grant
+#   the shared limiter made, an audit that no window went over the limit.

@@ -30,10 +30,11 @@ if "airflow" not in __import__("sys").modules:
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
     os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
-from airflow.exceptions import AirflowRescheduleException
-from airflow.sdk import RetryAction
+# Airflow reads its configuration at import: these come after the environment above
+from airflow.exceptions import AirflowRescheduleException  # noqa: E402
+from airflow.sdk import RetryAction  # noqa: E402
 
-from llm_patterns import (
+from llm_patterns import (  # noqa: E402
     AllProvidersFailed,
     AuthenticationError,
     BackoffPolicy,
@@ -45,7 +46,7 @@ from llm_patterns import (
     RateLimitTimeout,
     ServerError,
 )
-from llm_patterns.airflow import (
+from llm_patterns.integrations.airflow import (  # noqa: E402
     LLMRetryPolicy,
     aggregate_costs,
     backoff_task_args,
@@ -196,7 +197,10 @@ def dag_run(airflow_db, tmp_path_factory):
         spec = importlib.util.spec_from_file_location("llm_retry_patterns_dag", DAG_FILE)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        dr = module.dag_obj.test()
+        # dag.test() runs one task at a time: loose limits keep it quick (the scheduler test
+        # runs the defaults, with workers racing for them)
+        dr = module.dag_obj.test(run_conf={"rpm": 600, "tpm": 200_000, "max_wait": 1.0,
+                                           "burst_pause": 2.0})
         yield dr, module, tmp
     finally:
         for k, v in old.items():

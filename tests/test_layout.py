@@ -1,5 +1,6 @@
-"""The package's shape: the library never imports the course kit, and the course modules' old
-names (``llm_patterns.grading`` ...) are the very modules under ``llm_patterns.course``."""
+"""The package's shape: the library never imports the course kit nor Airflow, and the moved
+modules' old names (``llm_patterns.grading``, ``llm_patterns.airflow`` ...) are the very modules
+under ``llm_patterns.course`` and ``llm_patterns.integrations``."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from llm_patterns import _aliases
 
 
 @pytest.mark.parametrize("name", _aliases.MOVED)
-def test_old_course_names_are_the_same_module_objects(name):
+def test_old_names_are_the_same_module_objects(name):
     old = importlib.import_module(f"llm_patterns.{name}")
-    new = importlib.import_module(f"llm_patterns.course.{name}")
+    new = importlib.import_module(f"llm_patterns.{_aliases.MOVED[name]}")
     assert old is new
-    assert new.__spec__.name == f"llm_patterns.course.{name}"
+    assert new.__spec__.name == f"llm_patterns.{_aliases.MOVED[name]}"
 
 
 def test_old_submodule_names_resolve_to_the_same_module():
@@ -38,7 +39,7 @@ def _core_modules() -> list[str]:
     names = []
     for info in pkgutil.walk_packages(llm_patterns.__path__, "llm_patterns."):
         if info.name.startswith(("llm_patterns.course", "llm_patterns.integrations",
-                                 "llm_patterns.airflow", "llm_patterns.__main__")):
+                                 "llm_patterns.__main__")):
             continue
         names.append(info.name)
     return names

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from typing import Any
 
 from ..circuit_breaker import check_clock
@@ -43,7 +44,8 @@ def from_url(url: str, *, clock: Any = None) -> StateStore:
 
     ``memory://``; ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's
     spelling) -- ``sqlite:///tmp/x.db`` with a path that exists from the root is also taken as
-    absolute when its directory exists only there. ``redis://``, ``rediss://``, ``unix://`` open
+    absolute when its directory exists only there; ``?log_grants=1`` keeps the grants log
+    (``SQLiteStateStore``). ``redis://``, ``rediss://``, ``unix://`` open
     a ``RedisStore`` (query items ``on_failure=closed|open``, ``prefix``, ``socket_timeout``).
     """
     if not isinstance(url, str):
@@ -57,6 +59,12 @@ def from_url(url: str, *, clock: Any = None) -> StateStore:
     if scheme == "memory":
         return MemoryStateStore(clock=check_clock(clock))
     if scheme == "sqlite":
+        rest, _, query = rest.partition("?")
+        options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        unknown = sorted(set(options) - {"log_grants"})
+        if unknown or options.get("log_grants", "0") not in ("0", "1"):
+            raise ValueError(f"url {url!r}: the only sqlite option is log_grants=0|1, "
+                             f"got {query!r}")
         if not rest.startswith("/") or rest == "/":
             raise ValueError(f"url must look like sqlite:///path/to/state.db, got {url!r}")
         path = rest[1:]  # sqlite:///rel.db -> rel.db ; sqlite:////abs.db -> /abs.db
@@ -65,7 +73,8 @@ def from_url(url: str, *, clock: Any = None) -> StateStore:
             absolute = "/" + path
             if not os.path.isdir(relative_dir) and os.path.isdir(os.path.dirname(absolute)):
                 path = absolute  # sqlite:///tmp/x.db written meaning /tmp/x.db
-        return SQLiteStateStore(path, clock=clock)
+        return SQLiteStateStore(path, clock=clock,
+                                log_grants=options.get("log_grants") == "1")
     if scheme in ("redis", "rediss", "unix"):  # issue 8; needs the [redis] extra
         from .redis import from_redis_url
 

@@ -1,19 +1,24 @@
 """Apache Airflow 3.3 integration: the patterns mapped onto Airflow's own machinery.
 
 The only module of the library that imports Airflow, and only when an Airflow-bound name is
-used: ``import llm_patterns.airflow`` itself is cheap and Airflow-free, so the pure helpers
+used: importing it (``llm_patterns.integrations.airflow``, or its old name
+``llm_patterns.airflow``) is cheap and Airflow-free, so the pure helpers
 (``retry_decision``, ``backoff_task_args``, ``backpressure_delay``, ``aggregate_costs`` ...)
 work in a notebook without Airflow installed.
 
-| our pattern | in Airflow |
-|---|---|
-| classify the error, honour Retry-After, jittered backoff | ``LLMRetryPolicy``: a 3.3 ``RetryPolicy`` (``retry_policy=`` on a task), jitter seeded per task instance INCLUDING ``map_index`` |
-| the same without a policy | ``backoff_task_args(backoff, retries)`` -> ``@task(**...)`` |
-| limiter says "wait N s" past ``max_wait`` | ``reschedule_on_backpressure``: ``AirflowRescheduleException``; the task gives its worker slot back and uses no retry |
-| concurrency cap across workers | an Airflow pool (``@task(pool="llm_api")``) |
-| one RPM/TPM budget and one breaker across workers | ``llm_patterns.state`` (``SharedRateLimiter``, ``SharedCircuitBreaker``; ``LLM_PATTERNS_STATE``) |
-| cost per task and per run | ``llm_result`` (the XCom a task returns) + ``SQLiteLedger``; ``aggregate_costs`` (exact Decimal) |
-| logs an operator reads | ``on_retry`` / ``on_failure`` / ``on_success`` callbacks |
+Our pattern, and what it is in Airflow:
+
+- classify the error, honour Retry-After, jittered backoff: ``LLMRetryPolicy``, a 3.3
+  ``RetryPolicy`` (``retry_policy=`` on a task), jitter seeded per task instance INCLUDING
+  ``map_index``; without a policy, ``backoff_task_args(backoff, retries)`` -> ``@task(**...)``;
+- the limiter says "wait N s" past ``max_wait``: ``reschedule_on_backpressure`` raises
+  ``AirflowRescheduleException``; the task gives its worker slot back and uses no retry;
+- a concurrency cap across workers: an Airflow pool (``@task(pool="llm_api")``);
+- one RPM/TPM budget and one breaker across workers: ``llm_patterns.state``
+  (``SharedRateLimiter``, ``SharedCircuitBreaker``; ``LLM_PATTERNS_STATE``);
+- cost per task and per run: ``llm_result`` (the XCom a task returns) + ``SQLiteLedger``;
+  ``aggregate_costs`` (exact Decimal);
+- logs an operator reads: the ``on_retry`` / ``on_failure`` / ``on_success`` callbacks.
 """
 
 from __future__ import annotations
@@ -27,15 +32,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from .backoff import BackoffPolicy
-from .errors import (
+from ..backoff import BackoffPolicy
+from ..errors import (
     AllProvidersFailed,
     CircuitOpenError,
     LLMError,
     RateLimitTimeout,
+    describe,
     is_retryable,
 )
-from .pricing import MONEY_CONTEXT
+from ..pricing import MONEY_CONTEXT
 
 __all__ = [
     "LLMRetryPolicy",  # noqa: F822  (built lazily by __getattr__)
@@ -53,7 +59,7 @@ __all__ = [
     "task_labels",
 ]
 
-logger = logging.getLogger("llm_patterns.airflow")
+logger = logging.getLogger(__name__)  # llm_patterns.integrations.airflow
 
 _WAIT_ERRORS = (RateLimitTimeout, CircuitOpenError)  # "not now", not "broken"
 
@@ -124,13 +130,6 @@ def _permanent(error: BaseException) -> bool:
     return isinstance(error, LLMError) and not is_retryable(error)
 
 
-def _describe(error: BaseException) -> str:
-    status = getattr(error, "status_code", None)
-    provider = getattr(error, "provider", None)
-    text = type(error).__name__ + (f" {status}" if status is not None else "")
-    return text + (f" from {provider}" if provider else "")
-
-
 def retry_decision(
     error: BaseException,
     try_number: int,
@@ -161,7 +160,7 @@ def retry_decision(
         raise ValueError(f"unknown must be 'retry', 'fail' or 'default', got {unknown!r}")
     if isinstance(try_number, bool) or not isinstance(try_number, int) or try_number < 1:
         raise ValueError(f"try_number must be an int >= 1, got {try_number!r}")
-    what = _describe(error)
+    what = describe(error, brief=True)
     if _permanent(error):
         return RetryVerdict("fail", None, f"{what} is not retryable: failing at once")
     delays = list(backoff.delays(try_number, rng))
@@ -233,7 +232,8 @@ def backpressure_delay(error: BaseException) -> float | None:
     if isinstance(error, AllProvidersFailed) and error.errors and all(
         isinstance(e, _WAIT_ERRORS) for _, e in error.errors
     ):
-        waits = [float(e.retry_after) for _, e in error.errors if e.retry_after is not None]
+        waits = [float(ra) for _, e in error.errors
+                 if (ra := getattr(e, "retry_after", None)) is not None]
         return max(0.0, min(waits)) if waits else None
     return None
 
@@ -352,9 +352,11 @@ def _where(context: Mapping[str, Any]) -> str:
 
 def _result_of(context: Mapping[str, Any]) -> Mapping[str, Any] | None:
     ti = context.get("ti")
+    if ti is None:
+        return None
     try:
         value = ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index, key="return_value")
-    except Exception:  # noqa: BLE001  # no XCom yet, or an API that differs: logging must never fail the task
+    except Exception:  # no XCom yet, or an API that differs: logging must never fail the task
         return None
     if isinstance(value, list) and len(value) == 1:  # some versions wrap a single pull
         value = value[0]
@@ -450,7 +452,7 @@ def _build_retry_policy_class() -> type:
 
         def serialize(self) -> dict[str, Any]:
             b = self.backoff
-            return {"__type": "llm_patterns.airflow.LLMRetryPolicy",
+            return {"__type": f"{__name__}.LLMRetryPolicy",
                     "backoff": {"base_delay": b.base_delay, "multiplier": b.multiplier,
                                 "max_delay": b.max_delay, "jitter": b.jitter},
                     "respect_retry_after": self.respect_retry_after,
