@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-
 from common import MODEL, Request  # type: ignore[import-not-found]
 
 from llm_patterns.backoff import BackoffPolicy

@@ -215,7 +215,7 @@ def _update_readme(path: Path, name: str, history_headers: Sequence[str],
 def finish(args: argparse.Namespace, name: str, result: dict[str, Any], *,
            history_headers: Sequence[str], history_row: Sequence[Any], detail: str) -> None:
     """Print ``result`` as JSON, write it under ``--results-dir``, update the README."""
-    result = {"benchmark": name, "date": _dt.datetime.now(_dt.timezone.utc).strftime(
+    result = {"benchmark": name, "date": _dt.datetime.now(_dt.UTC).strftime(
         "%Y-%m-%d %H:%M UTC"), "quick": bool(args.quick), "versions": versions(),
         "machine": machine(), **result}
     text = json.dumps(result, indent=2, default=str)

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from llm_patterns.clock import VirtualClock
-from llm_patterns.course.live import LiveDemo
-from llm_patterns.course.widgets import Dashboard
-from llm_patterns.course.widgets._base import LiveView
+from llm_patterns.clock import VirtualClock  # noqa: E402 - after the sys.path line
+from llm_patterns.course.live import LiveDemo  # noqa: E402 - after the sys.path line
+from llm_patterns.course.widgets import Dashboard  # noqa: E402 - after the sys.path line
+from llm_patterns.course.widgets._base import LiveView  # noqa: E402 - after the sys.path line
 
 CHART_FPS, WIDGET_FPS = 4, 10  # the dashboard's throttles: 0.25 s for the chart, 0.1 s others
 

@@ -6,9 +6,9 @@ its estimate over-admits and collects 429s. Ours (``ResilientClient``) settles e
 against the reported usage, and the limiter LEARNS the ratio of actual to estimated tokens from
 those settlements and charges later calls with it (``RateLimiter.settle``, issue 15); it also
 lowers its levels to the ``x-ratelimit-remaining-*`` headers, aged for what was sent since.
-The "ours, plain dual bucket" row is the same RPM+TPM limiter and retry policy wired by hand, with no
-feedback at all. Target (issue 15): utilization >= 0.97 with at most one 429 (the first wave,
-sent before any answer could teach the limiter anything).
+The "ours, plain dual bucket" row is the same RPM+TPM limiter and retry policy wired by hand,
+with no feedback at all. Target (issue 15): utilization >= 0.97 with at most one 429 (the first
+wave, sent before any answer could teach the limiter anything).
 
     .venv/bin/python benchmarks/estimate_mismatch.py [--quick] [--repeats 3]
 """

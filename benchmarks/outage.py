@@ -10,8 +10,9 @@ full-jitter backoff (callers wait the outage out, like the peers) with a RateLim
 (1,800 RPM, 0.1 s burst: 1.5x the steady load) pacing every attempt (the headline row) and
 without it; as
 configured by default (an open breaker fails the call at once, for a fallback chain to move
-on); retrying CircuitOpenError after its retry_after (the breaker's remaining cooldown). Target: attempts into the outage
-<= threshold + one probe per cooldown (5 + 4 = 9); no retry spike after recovery.
+on); retrying CircuitOpenError after its retry_after (the breaker's remaining cooldown).
+Target: attempts into the outage <= threshold + one probe per cooldown (5 + 4 = 9); no retry
+spike after recovery.
 
     .venv/bin/python benchmarks/outage.py [--quick]
 """
@@ -126,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.finish(
         args, NAME, result,
         history_headers=["ours into outage (paced / jitter / fail fast / retry_after)", "bound",
-                         "ours peak after (paced / jitter / fail fast / retry_after)", "fewest peer", "peer into outage", "peer peak after",
+                         "ours peak after (paced / jitter / fail fast / retry_after)",
+                         "fewest peer", "peer into outage", "peer peak after",
                          "ours / peer attempts"],
         history_row=[" / ".join(str(r["attempts_into_outage"]) for r in rows[:4]), bound,
                      " / ".join(str(r["peak_per_window_after_recovery"]) for r in rows[:4]),

@@ -3,9 +3,9 @@
 Microseconds per call, sync path, SystemClock, no waiting anywhere (limits far above the load,
 no failures): the bookkeeping alone. The provider is a trivial in-process object returning a
 prebuilt ``LLMResponse`` (no HTTP). Each figure: ``time.perf_counter`` around a loop sized to
-~0.15 s, after a warm-up; the median of several repeats taken round-robin; the bare call is reported too and
-subtracted in the "net" column. Peers in the same run: tenacity (the ``@retry`` decorator as
-documented, and a prebuilt ``Retrying`` object), pybreaker, and the two stacked.
+~0.15 s, after a warm-up; the median of several repeats taken round-robin; the bare call is
+reported too and subtracted in the "net" column. Peers in the same run: tenacity (the ``@retry``
+decorator as documented, and a prebuilt ``Retrying`` object), pybreaker, and the two stacked.
 Target: the full ResilientClient stack costs less than tenacity + pybreaker together.
 
     .venv/bin/python benchmarks/overhead.py [--quick] [--repeats 7]
@@ -205,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.finish(
         args, NAME, result,
         history_headers=["full stack us", "tenacity us", "pybreaker us", "tenacity + pybreaker us",
-                         "full / (tenacity + pybreaker)", "same, CPU time", "RetryPolicy / tenacity",
+                         "full / (tenacity + pybreaker)", "same, CPU time",
+                         "RetryPolicy / tenacity",
                          "CircuitBreaker / pybreaker"],
         history_row=[full, tenacity_us, by["pybreaker.call"], peers_sum,
                      ratios["full_stack_vs_tenacity_plus_pybreaker"],

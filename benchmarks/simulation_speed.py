@@ -1,7 +1,7 @@
 """Benchmark 5: simulated requests per real second on the VirtualClock, and notebook wall time.
 
-(a) ``llm_patterns.course.simulation.Simulation`` (two mock providers over httpx.MockTransport behind
-the full ResilientClient: limiter, retry, breaker, fallback, cost) with a large scenario on a
+(a) ``llm_patterns.course.simulation.Simulation`` (two mock providers over httpx.MockTransport
+behind the full ResilientClient: limiter, retry, breaker, fallback, cost) with a large scenario on a
 VirtualClock, one process, one core: simulated requests / real second. Target >= 20,000/s.
 When below, the run is profiled (cProfile, a smaller scenario) and the top hotspots go into
 the JSON. (b) The wall time to execute every ``solutions/*.ipynb`` with nbclient (skipped with
@@ -66,7 +66,7 @@ def profile(duration: float, request_rate: float, top: int = 15) -> dict[str, An
 
     def rows(key: str) -> list[dict[str, Any]]:
         items = []
-        for (path, line, func), (cc, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
+        for (path, line, func), (_cc, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
             items.append({"function": f"{_short(path)}:{line}({func})", "calls": nc,
                           "own_s": round(tt, 4), "cumulative_s": round(ct, 4),
                           "own_share": round(tt / total, 4) if total else None,
@@ -132,8 +132,9 @@ def run_notebooks(folder: Path) -> dict[str, Any]:
         error = None
         try:
             client.execute()
-        except Exception as exc:  # noqa: BLE001 - a failing notebook is reported, not fatal
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}"
+        except Exception as exc:
+            text = str(exc).strip()
+            error = f"{type(exc).__name__}: {text.splitlines()[-1][:200] if text else ''}"
         out.append({"notebook": path.name, "wall_s": round(time.perf_counter() - t0, 2),
                     "cells": len(nb.cells), "error": error})
         print(f"  {path.name}: {out[-1]['wall_s']:.1f} s{' (' + error + ')' if error else ''}",

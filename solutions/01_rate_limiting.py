@@ -304,7 +304,7 @@ class StrictClock(lp.VirtualClock):
     """A VirtualClock that refuses a sleep too short to move it (that loop would never end)."""
 
     def sleep(self, seconds):
-        if 0 < seconds and self.now() + seconds == self.now():
+        if seconds > 0 and self.now() + seconds == self.now():
             raise RuntimeError(f"clock.sleep({seconds:.3g}) cannot move the clock at "
                                f"t={self.now():g}: your wait loop would spin forever")
         super().sleep(seconds)

@@ -201,6 +201,7 @@ except NotImplementedError:
 
 # %% tags=["check", "task:4"]
 from llm_patterns.course.grading import check_task4
+
 check_task4(call_with_fallback)
 
 # %% [markdown]

@@ -23,13 +23,15 @@ import plotly.io as pio
 
 from llm_patterns import (
     BackoffPolicy,
-    CircuitBreaker as LibraryBreaker,
     CircuitOpenError,
     LLMError,
     MockLLMServer,
     OpenAIProvider,
     RetryPolicy,
     VirtualClock,
+)
+from llm_patterns import (
+    CircuitBreaker as LibraryBreaker,
 )
 
 pio.renderers.default = "plotly_mimetype"
@@ -275,6 +277,7 @@ except NotImplementedError:
 
 # %% tags=["check", "task:5"]
 from llm_patterns.course.grading import check_task5
+
 check_task5(CircuitBreaker)
 
 # %% [markdown]

@@ -197,6 +197,7 @@ except NotImplementedError:
 
 # %% tags=["check", "task:7"]
 from llm_patterns.course.grading import check_task7
+
 check_task7(chunk_text)
 
 # %% [markdown]

@@ -21,6 +21,7 @@ import threading
 from decimal import Decimal
 
 from llm_patterns.clock import SystemClock
+from llm_patterns.course.grading.script import run_checks
 from llm_patterns.errors import (
     AllProvidersFailed,
     BudgetExceeded,
@@ -31,7 +32,6 @@ from llm_patterns.errors import (
     RateLimitError,
     ServerError,
 )
-from llm_patterns.course.grading.script import run_checks
 from llm_patterns.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 logger = logging.getLogger("exercise_9_4")
@@ -304,7 +304,7 @@ def call_with_fallback(prompt: str, providers: list[dict]) -> dict:
             # Not a provider failure: the next provider would spend money the budget forbids.
             logger.error("%s: budget exceeded, not falling back", name)
             raise
-        except Exception as exc:  # noqa: BLE001 - an outage, a 429, a timeout: the next may answer
+        except Exception as exc:
             logger.warning(
                 "%s failed (%s: %s), trying the next provider", name, type(exc).__name__, exc
             )

@@ -29,7 +29,7 @@ def run(script: str, tmp_path: Path, *extra: str) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(proc.stdout)  # the whole stdout is one JSON document
-    assert COMMON_KEYS <= set(data), sorted(COMMON_KEYS - set(data))
+    assert set(data) >= COMMON_KEYS, sorted(COMMON_KEYS - set(data))
     assert data["quick"] is True
     assert data["benchmark"] == script.removesuffix(".py")
     assert isinstance(data["targets"], dict) and data["targets"]
@@ -43,7 +43,7 @@ def run(script: str, tmp_path: Path, *extra: str) -> dict:
 def check_rate_rows(data: dict, peers: set[str]) -> None:
     rows = data["clients"]
     for row in rows:
-        assert RATE_ROW_KEYS <= set(row), sorted(RATE_ROW_KEYS - set(row))
+        assert set(row) >= RATE_ROW_KEYS, sorted(RATE_ROW_KEYS - set(row))
         assert row["attempts"] >= row["requests"] - row["failed"]
     names = {r["client"] for r in rows}
     assert peers <= names, sorted(peers - names)

@@ -233,7 +233,7 @@ def test_dashboard_in_jupyterlab(workdir: Path, browser: object) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    log = open(workdir / "lab.log", "w")
+    log = open(workdir / "lab.log", "w")  # noqa: SIM115 - the server writes it until teardown
     lab = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
          "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
@@ -280,7 +280,7 @@ def test_dashboard_in_voila(workdir: Path, browser: object) -> None:
         pytest.skip("voila is not installed next to this Python")
     ARTIFACTS.mkdir(exist_ok=True)
     port = _free_port()
-    log = open(workdir / "voila.log", "w")
+    log = open(workdir / "voila.log", "w")  # noqa: SIM115 - the server writes it until teardown
     voila = subprocess.Popen(
         [str(voila_bin), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
          "--progressive_rendering=True", NOTEBOOK],

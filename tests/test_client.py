@@ -325,8 +325,8 @@ def test_api_key_never_in_logs_or_reprs(caplog):
                              clock=clock)
     mock.fail_next("server_error")
     mock.fail_next("auth")
-    with caplog.at_level(logging.DEBUG, logger="llm_patterns"):
-        with pytest.raises(AllProvidersFailed) as info:
-            client.complete("hi", max_tokens=5)
+    with (caplog.at_level(logging.DEBUG, logger="llm_patterns"),
+          pytest.raises(AllProvidersFailed) as info):
+        client.complete("hi", max_tokens=5)
     assert secret not in caplog.text
     assert secret not in repr(client) + repr(provider) + str(info.value) + repr(info.value)

@@ -151,7 +151,7 @@ def test_sleepers_left_by_a_finished_loop_do_not_break_later_sleeps():
     clock = VirtualClock()
 
     async def leave_one_behind():
-        asyncio.ensure_future(clock.asleep(100))  # never awaited: cancelled when the loop ends
+        asyncio.ensure_future(clock.asleep(100))  # noqa: RUF006 - left behind on purpose
         await clock.asleep(1)
 
     asyncio.run(leave_one_behind())

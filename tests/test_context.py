@@ -115,7 +115,7 @@ def test_unknown_model_raises_key_error_naming_it(model):
 
 
 def test_unknown_model_error_suggests_close_matches():
-    with pytest.raises(KeyError, match="did you mean.*gpt-4o"):
+    with pytest.raises(KeyError, match=r"did you mean.*gpt-4o"):
         context_window("gpt-4p")
 
 

@@ -15,13 +15,13 @@ from llm_patterns.circuit_breaker import CircuitBreaker
 from llm_patterns.client import ResilientClient
 from llm_patterns.clock import VirtualClock
 from llm_patterns.cost import CostTracker
+from llm_patterns.course.simulation import Scenario, Simulation, _choices
 from llm_patterns.errors import LLMError
 from llm_patterns.mock import MockLLMServer
 from llm_patterns.pricing import MILLION, MONEY_CONTEXT, PriceTable, Pricing, TokenCounts
 from llm_patterns.providers import AnthropicProvider, OpenAIProvider
 from llm_patterns.rate_limit import RateLimiter
 from llm_patterns.response import Usage
-from llm_patterns.course.simulation import Scenario, Simulation, _choices
 
 # ------------------------------------------------------------------ direct mock provider parity
 
@@ -62,7 +62,7 @@ def _outcome(call, server: MockLLMServer, clock: VirtualClock, steps) -> list[tu
         clock.advance(0.05)
     stats = server.stats
     stats.pop("log")
-    return out + [("stats", stats)]
+    return [*out, ("stats", stats)]
 
 
 @pytest.mark.parametrize("api", ["openai", "anthropic"])
@@ -294,7 +294,7 @@ def test_headroom_shrinks_capacity_not_rate() -> None:
     assert limiter.tokens_bucket.capacity == pytest.approx(900.0)
     assert limiter.requests_bucket.refill_rate == pytest.approx(10.0)
     assert sum(limiter.try_acquire() for _ in range(20)) == 9
-    with pytest.raises(ValueError, match="less headroom 0.1"):
+    with pytest.raises(ValueError, match=r"less headroom 0\.1"):
         limiter.acquire(950)
     with pytest.raises(ValueError, match="headroom"):
         RateLimiter(rpm=600, burst_seconds=1.0, headroom=1.0)

@@ -301,7 +301,8 @@ def test_the_submission_time_limit_leaves_a_reason_not_a_hang(tmp_path):
         assert task["reason"] == ("not graded: the time limit for the submission (0.001 s) "
                                   "was reached")
     # a task's own limit: the criteria after it are not run, and say so
-    short_task = Limits(criterion_seconds=3, task_seconds=0.3, submission_seconds=60)
+    # (real time: the worker starts in ~1 s, then each looping criterion takes its 1 s)
+    short_task = Limits(criterion_seconds=1, task_seconds=4, submission_seconds=60)
     slow = GOOD_TRACKER.replace("        if model not in self.pricing:",
                                 "        while model == 'gpt-4o':\n            pass\n"
                                 "        if model not in self.pricing:")

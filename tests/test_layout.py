@@ -24,8 +24,9 @@ def test_old_names_are_the_same_module_objects(name):
 
 
 def test_old_submodule_names_resolve_to_the_same_module():
-    import llm_patterns.course.grading.grade as new
     import llm_patterns.grading.grade as old
+
+    import llm_patterns.course.grading.grade as new
 
     assert old is new
 

@@ -22,7 +22,7 @@ import io
 import math
 import re
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ SECTIONS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _build_tool() -> Any:
     spec = importlib.util.spec_from_file_location("_build_notebooks_for_widget_tests",
                                                   ROOT / "tools" / "build_notebooks.py")
@@ -62,7 +62,7 @@ def _build_tool() -> Any:
     return module
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cells(stem: str) -> tuple[Any, ...]:
     return tuple(jupytext.read(SOLUTIONS / f"{stem}.py").cells)
 

@@ -11,12 +11,12 @@ import pytest
 from llm_patterns.backoff import BackoffPolicy
 from llm_patterns.circuit_breaker import CircuitBreaker, CircuitState
 from llm_patterns.clock import SystemClock, VirtualClock
+from llm_patterns.course.simulation import Scenario, Simulation, Timeline
 from llm_patterns.errors import ServerError
 from llm_patterns.events import Event, Observable, _new_event
 from llm_patterns.rate_headers import parse_duration as _parse_duration
 from llm_patterns.rate_limit import RateLimiter
 from llm_patterns.retry import RetryPolicy, current_attempt
-from llm_patterns.course.simulation import Scenario, Simulation, Timeline
 
 
 def _policy(clock: VirtualClock, **kw: object) -> RetryPolicy:

@@ -91,7 +91,7 @@ def test_request_too_large_for_the_primary_goes_to_the_larger_window_without_cal
 def test_the_mock_answers_context_length_exceeded_when_the_check_is_off():
     """Without the local check, the request reaches the primary, fails there, then falls back."""
     clock = VirtualClock()
-    client, small, large = _client(clock, budget=1.0)
+    client, small, _large = _client(clock, budget=1.0)
     unchecked = ResilientClient(client.providers, cost=client.cost, clock=clock,
                                 check_context=False)
     response = unchecked.complete(_document(3 * WINDOW, seed=2), max_tokens=300)
@@ -101,7 +101,7 @@ def test_the_mock_answers_context_length_exceeded_when_the_check_is_off():
 
 def test_budget_too_small_for_the_whole_document_stops_before_overspending():
     clock = VirtualClock()
-    client, small, _ = _client(clock, budget=0.002)
+    client, _small, _ = _client(clock, budget=0.002)
     from llm_patterns import BudgetExceeded
 
     with pytest.raises(BudgetExceeded):

@@ -8,6 +8,7 @@ the student adapters, deterministic reprs, and ``LiveDemo`` on a ``VirtualClock`
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 
 import pytest
@@ -72,7 +73,7 @@ def test_throttle_limits_the_frame_rate_over_time():
         clock.advance(0.002)
     throttle.flush()
     assert 20 <= len(drawn) <= 22  # ~10 frames a second, plus the final one
-    gaps = [b - a for a, b in zip(drawn, drawn[1:-1])]
+    gaps = [b - a for a, b in itertools.pairwise(drawn[:-1])]
     assert min(gaps) >= 0.1 - 1e-9
 
 

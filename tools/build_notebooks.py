@@ -17,7 +17,7 @@ Usage::
     python tools/build_notebooks.py                 # build everything (executes solutions)
     python tools/build_notebooks.py --only 01       # one notebook (stem, file name or prefix)
     python tools/build_notebooks.py --no-execute    # skip execution (solution outputs empty)
-    python tools/build_notebooks.py --check         # exit 1 listing out-of-date files; writes nothing
+    python tools/build_notebooks.py --check         # exit 1 listing out-of-date files, no writes
 
 ``--check`` is fast: it regenerates the student notebooks fully and compares bytes; for the
 solution notebooks it compares everything except outputs and execution counts (those are
@@ -395,7 +395,8 @@ def _write(path: Path, text: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="list out-of-date files, write nothing")
-    p.add_argument("--only", action="append", metavar="NAME", help="build one notebook (repeatable)")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="build one notebook (repeatable)")
     p.add_argument("--no-execute", action="store_true", help="do not execute the solutions")
     p.add_argument("-j", "--jobs", type=int, default=None, help="notebooks executed at once")
     args = p.parse_args(argv)
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         for fut in futures:
             try:
                 name, text, secs = fut.result()
-            except Exception as exc:  # noqa: BLE001 - report every notebook, then fail
+            except Exception as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 failed += 1
                 continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["timeline_figure", "write_report", "STATE_LEVEL"]
+__all__ = ["STATE_LEVEL", "timeline_figure", "write_report"]
 
 STATE_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 COLORS = {"primary": "#1f77b4", "secondary": "#ff7f0e", "budget": "#d62728"}

@@ -23,7 +23,8 @@ def _outage(text: str) -> tuple[float, float] | None:
     try:
         start, end = (float(x) for x in text.split(":"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--outage takes START:END in seconds or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--outage takes START:END in seconds or 'none', got {text!r}") from None
     if not 0 <= start < end:
         raise argparse.ArgumentTypeError(f"--outage needs 0 <= START < END, got {text!r}")
     return start, end

@@ -23,6 +23,7 @@ from typing import Any
 from llm_patterns.clock import Clock, ScaledClock, VirtualClock
 from llm_patterns.events import Observable
 from llm_patterns.rate_limit import RateLimiter
+
 from .simulation import PRIMARY, Scenario, Simulation
 
 __all__ = ["LiveDemo"]
@@ -60,7 +61,8 @@ class LiveDemo(Observable):
                                  budget=_positive("budget", budget), seed=seed,
                                  breaker_threshold=breaker_threshold, breaker_reset=breaker_reset,
                                  dag_id="live_demo")
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+        if (isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
+                or max_in_flight < 1):
             raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
         self.max_in_flight = max_in_flight
         self.tick = None if isinstance(self.clock, VirtualClock) else tick

@@ -30,7 +30,7 @@ from llm_patterns.providers import AnthropicProvider, OpenAIProvider
 from llm_patterns.rate_limit import RateLimiter
 from llm_patterns.retry import RetryPolicy
 
-__all__ = ["Scenario", "Simulation", "Timeline", "SimulationResult"]
+__all__ = ["Scenario", "Simulation", "SimulationResult", "Timeline"]
 
 TASKS = ("summarize", "classify", "extract")
 PRIMARY, SECONDARY = "primary", "secondary"
@@ -62,7 +62,8 @@ class Scenario:
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")
         if self.outage is not None and not 0 <= self.outage[0] < self.outage[1]:
-            raise ValueError(f"outage must be (start, end) with 0 <= start < end, got {self.outage!r}")
+            raise ValueError(
+                f"outage must be (start, end) with 0 <= start < end, got {self.outage!r}")
 
 
 @dataclass(repr=False)
@@ -88,7 +89,8 @@ class Timeline:
             lists[0].append((t, d["requests_available"]))
             lists[1].append((t, d.get("tokens_available")))
         elif event.source == "breaker" and event.kind == "state_change":
-            self.series[f"{event.name}.state"].append((t, str(getattr(d["new"], "value", d["new"]))))
+            state = str(getattr(d["new"], "value", d["new"]))
+            self.series[f"{event.name}.state"].append((t, state))
         elif event.source == "client" and event.kind == "response":
             self.series["provider"].append((t, d["provider"]))
             self.series["latency"].append((t, d["latency"]))
@@ -213,7 +215,8 @@ class Simulation:
             self.primary_server.provider(PRIMARY, PRIMARY_MODEL, api="openai"),
             self.secondary_server.provider(SECONDARY, SECONDARY_MODEL, api="anthropic"),
         ] if transport == "direct" else [
-            OpenAIProvider(PRIMARY, PRIMARY_MODEL, base_url="http://mock.llm/v1", api_key="test-key",
+            OpenAIProvider(PRIMARY, PRIMARY_MODEL, base_url="http://mock.llm/v1",
+                           api_key="test-key",
                            client=self.primary_server.client(),
                            async_client=self.primary_server.async_client(), clock=self.clock),
             AnthropicProvider(SECONDARY, SECONDARY_MODEL, base_url="http://mock.llm",

@@ -142,7 +142,7 @@ def _grade_task(sandbox: Sandbox, program: Program | NotFound, spec: TaskSpec, l
         return _task_report(spec, program.document, criteria, None, time.monotonic() - started)
     except SandboxError as exc:
         raise GradeError(f"grade: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - the grader's own failure on this task: reported
+    except Exception as exc:
         return _zero(spec, f"the grader failed on this task: {type(exc).__name__}: {exc}",
                      program.document)
     finally:

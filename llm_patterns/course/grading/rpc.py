@@ -209,8 +209,19 @@ class Channel:
         self.toplevel.put(_CLOSED)
 
     def close(self, reason: str = "closed") -> None:
+        """Close the channel and its write end (the peer reads EOF). Idempotent: the fd is
+        closed once, as its number may belong to another pipe a moment later."""
         self._close(reason)
-        for fd in (self._wfd,):
+        # under the write lock, so no write is between its check and os.write; a write blocked
+        # on a full pipe (a worker that stopped reading) gets EPIPE once the worker is killed,
+        # so rather than wait for it, leave that one fd to the process's end
+        if not self._wlock.acquire(timeout=1.0):
+            return
+        try:
+            fd, self._wfd = self._wfd, -1
+        finally:
+            self._wlock.release()
+        if fd >= 0:
             try:
                 os.close(fd)
             except OSError:

@@ -303,7 +303,11 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
         # (processes that left the group die with the sandbox: its user is killed at close,
         # when no other worker of the same submission runs under that user any more)
-        for fd in (self.rfd, self.wfd):
+        # the read end only, and once: the write end is the channel's to close (Channel.close).
+        # Closing an fd twice closes whatever pipe reused its number meanwhile -- another
+        # task's worker, which then saw EOF and quit before it was ready (seen with jobs=2).
+        fd, self.rfd = self.rfd, -1
+        if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
 

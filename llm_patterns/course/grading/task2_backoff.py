@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 from llm_patterns import errors as E
+
 from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
 from ._student import fmt
 
@@ -20,7 +21,8 @@ def _delay(calculate_backoff: Any, attempt: int, seed: int, **kw: Any) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise Fail(f"calculate_backoff({attempt}) returned {value!r}: return the delay in seconds")
+        raise Fail(f"calculate_backoff({attempt}) returned {value!r}: "
+                   "return the delay in seconds") from None
 
 
 def _samples(calculate_backoff: Any, attempt: int, **kw: Any) -> list[float]:

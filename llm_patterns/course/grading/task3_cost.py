@@ -35,7 +35,8 @@ def _num(value: Any, what: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise Fail(f"{what} is {value!r}: expected a number of US dollars (float or Decimal)")
+        raise Fail(f"{what} is {value!r}: expected a number of US dollars "
+                   "(float or Decimal)") from None
 
 
 def _close(a: float, b: float) -> bool:
@@ -117,7 +118,7 @@ def _labels(CostTracker: Any) -> None:
         try:
             got = {k: float(v) for k, v in dict(got).items()}
         except (TypeError, ValueError):
-            raise Fail(f"{name}() returned {got!r}: expected a dict of key -> USD")
+            raise Fail(f"{name}() returned {got!r}: expected a dict of key -> USD") from None
         for key, value in want.items():
             if key not in got:
                 example = "('etl', 'extract')" if name == "by_task" else "'etl'"

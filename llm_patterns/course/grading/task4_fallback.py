@@ -80,7 +80,7 @@ def _moves_on(call_with_fallback: Any) -> None:
         raise Fail(
             f"a {type(exc).__name__} from one provider escaped the chain: catch the error, "
             "remember it, and try the next provider"
-        )
+        ) from None
     want = {
         "provider": "gemini-spare",
         "response": "answer from gemini-spare",
@@ -106,13 +106,13 @@ def _budget_stops(call_with_fallback: Any) -> None:
             raise Fail(
                 "BudgetExceeded was raised, but only after calling the next provider: "
                 "re-raise it at once"
-            )
+            ) from None
         return
     except E.AllProvidersFailed:
         raise Fail(
             "BudgetExceeded was wrapped in AllProvidersFailed: re-raise it at once (`raise`) — "
             "the next provider would spend money the budget forbids"
-        )
+        ) from None
     if b.prompts:
         raise Fail(
             "after BudgetExceeded the chain went on to the next provider: catch BudgetExceeded "
@@ -133,22 +133,20 @@ def _all_failed(call_with_fallback: Any) -> None:
         got = call_with_fallback(PROMPT, [p.spec() for p in providers])
     except E.AllProvidersFailed as exc:
         pairs = list(getattr(exc, "errors", []) or [])
-        seen = []
-        for item in pairs:
-            if isinstance(item, (tuple, list)) and len(item) == 2:
-                seen.append((item[0], item[1]))
+        seen = [(item[0], item[1]) for item in pairs
+                if isinstance(item, (tuple, list)) and len(item) == 2]
         if [n for n, _ in seen] != names or any(a is not b for (_, a), b in zip(seen, errs)):
             raise Fail(
                 f"AllProvidersFailed.errors is {pairs!r}: pass every (provider name, error) "
                 "pair, in order: AllProvidersFailed(errors) with errors.append((name, exc))"
-            )
+            ) from None
         return
     except BaseException as exc:
         if any(exc is e for e in errs):
             raise Fail(
                 f"when every provider fails you re-raised the last error ({type(exc).__name__}): "
                 "raise AllProvidersFailed(errors) with every (name, error) pair"
-            )
+            ) from None
         raise
     raise Fail(f"every provider failed but the call returned {got!r}: raise AllProvidersFailed")
 

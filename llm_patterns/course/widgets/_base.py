@@ -8,6 +8,7 @@ from typing import Any
 
 from llm_patterns.clock import Clock
 from llm_patterns.events import Event
+
 from ._throttle import Throttle
 
 __all__ = ["LEVEL_COLORS", "LiveView", "esc", "fmt_num", "level_style"]
@@ -32,7 +33,8 @@ def esc(value: Any) -> str:
 
 
 def fmt_num(value: float | None) -> str:
-    """A readable level: ``12``, ``1.5``, ``840``, ``38.4k``, ``-120`` (a debt), ``–`` if unknown."""
+    """A readable level: ``12``, ``1.5``, ``840``, ``38.4k``, ``-120`` (a debt), ``–`` if
+    unknown."""
     if value is None:
         return "–"
     if abs(value) >= 10_000:

@@ -164,7 +164,8 @@ class WatchedBucket(Watched):
         out: dict[str, float | None] = {}
         for kind in ("requests", "tokens"):
             bucket = self._buckets.get(kind)
-            out[f"{kind}_available"] = None if bucket is None else _read(bucket, "tokens", "available")
+            out[f"{kind}_available"] = (None if bucket is None
+                                        else _read(bucket, "tokens", "available"))
             out[f"{kind}_capacity"] = None if bucket is None else _read(bucket, "capacity")
         return out
 
@@ -295,11 +296,12 @@ class WatchedCostTracker(Watched):
     def summary(self) -> dict[str, Any]:
         total = _read(self.obj, "total") or 0.0
         budget = _read(self.obj, "budget")
-        alert_at = getattr(self.obj, "alert_thresholds", None) or getattr(self.obj, "alert_at", ())
-        alerts = getattr(self.obj, "alerts", ())
+        alert_at: Any = (getattr(self.obj, "alert_thresholds", None)
+                         or getattr(self.obj, "alert_at", ()))
+        alerts = getattr(self.obj, "alerts", None) or ()
         return {"name": self.name, "total": total, "budget": budget,
                 "alert_at": tuple(float(t) for t in alert_at),
-                "alerts": [float(a) for a in (alerts() if callable(alerts) else alerts)]}
+                "alerts": [float(a) for a in ((alerts() if callable(alerts) else alerts) or ())]}
 
 
 def watch(obj: Any, *, name: str = "") -> Any:

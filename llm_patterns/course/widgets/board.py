@@ -11,6 +11,7 @@ import ipywidgets as W
 
 from llm_patterns.clock import Clock
 from llm_patterns.events import Event
+
 from ._base import LEVEL_COLORS, LiveView, esc
 from .breaker import LABELS
 
@@ -63,7 +64,7 @@ class ProviderBoard(LiveView, W.VBox):
     def _on_event(self, e: Event) -> None:
         d = e.data
         if e.source == "client":
-            provider = d.get("provider")
+            provider = str(d.get("provider"))
             if e.kind == "attempt":
                 self.attempts[provider] += 1
             elif e.kind == "error":
@@ -92,7 +93,8 @@ class ProviderBoard(LiveView, W.VBox):
             state = str(b.get("state", "closed"))
             color = _STATE_COLOR.get(state, "#888")
             errors = self.errors.get(name, Counter())
-            top = ", ".join(f"{k.replace('Error', '')} {v}" for k, v in errors.most_common(1)) or "–"
+            top = ", ".join(f"{k.replace('Error', '')} {v}"
+                            for k, v in errors.most_common(1)) or "–"
             now = name == self.answering
             latency = self.latency.get(name)
             tag = (" <span class='lp-answering' style='color:#3b7dd8'>◀ answering</span>"
@@ -101,11 +103,13 @@ class ProviderBoard(LiveView, W.VBox):
                 f"<tr style='{'background:#eef6ff;' if now else ''}'>"
                 f"<td><span style='color:{color};font-size:16px'>●</span> <b>{esc(name)}</b>"
                 f"{tag}</td>"
-                f"<td><span style='color:{color};font-weight:600'>{LABELS.get(state, state)}</span></td>"
+                f"<td><span style='color:{color};font-weight:600'>"
+                f"{LABELS.get(state, state)}</span></td>"
                 f"<td style='text-align:right'><b>{self.answered[name]}</b></td>"
                 f"<td style='text-align:right'>{self.attempts[name]}</td>"
                 f"<td style='text-align:right'>{sum(errors.values())}</td>"
-                f"<td style='text-align:right'>{'–' if latency is None else f'{latency:.2f} s'}</td>"
+                f"<td style='text-align:right'>"
+                f"{'–' if latency is None else f'{latency:.2f} s'}</td>"
                 f"<td style='color:#777;font-size:11px'>{esc(top)}</td></tr>")
         fb_color = LEVEL_COLORS["warning"] if self.fallbacks else "#333"
         failed_color = LEVEL_COLORS["danger"] if self.failed else "#333"

@@ -13,6 +13,7 @@ import anywidget
 import traitlets as t
 
 from llm_patterns.clock import Clock, ScaledClock, VirtualClock
+
 from ._base import LiveView
 
 __all__ = ["LABELS", "BreakerLight"]

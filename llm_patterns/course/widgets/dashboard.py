@@ -1,4 +1,5 @@
-"""``Dashboard``: the live instructor dashboard, every widget plus the controls of a ``LiveDemo``."""
+"""``Dashboard``: the live instructor dashboard, every widget plus the controls of a
+``LiveDemo``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import ipywidgets as W
 
 from llm_patterns.clock import Clock
 from llm_patterns.events import Event
+
 from ..simulation import PRIMARY, SECONDARY
 from ._base import LEVEL_COLORS
 from .board import DEFAULT_SKIP, EventLog, ProviderBoard
@@ -47,8 +49,10 @@ class Dashboard(W.VBox):
         super().__init__()
         self.add_class("lp-dashboard")
         self.demo = demo
-        opts = dict(interval=interval, redraw_clock=redraw_clock, schedule=schedule)
-        self.gauges = {PRIMARY: BucketGauge(demo.limiters[PRIMARY], title="primary limiter", **opts),
+        opts: dict[str, Any] = dict(interval=interval, redraw_clock=redraw_clock,
+                                    schedule=schedule)
+        self.gauges = {PRIMARY: BucketGauge(demo.limiters[PRIMARY],
+                                            title="primary limiter", **opts),
                        SECONDARY: BucketGauge(demo.limiters[SECONDARY],
                                               title="secondary limiter", **opts)}
         self.lights = {name: BreakerLight(demo.breakers[name], title=f"{name} breaker", **opts)

@@ -8,6 +8,7 @@ from typing import Any
 import ipywidgets as W
 
 from llm_patterns.clock import Clock
+
 from ._base import LEVEL_COLORS, LiveView, esc, fmt_num, level_style
 
 __all__ = ["BucketGauge", "CostMeter", "usd_text"]
@@ -85,7 +86,7 @@ class BucketGauge(LiveView, W.VBox):
                             f"<b style='color:{color}'>{fmt_num(level)}</b>"
                             f" / {fmt_num(cap)}</span>")
             children.append(row)
-        if tuple(self.children) != tuple(children):
+        if tuple(getattr(self, "children", ())) != tuple(children):  # a trait: untyped
             self.children = tuple(children)
 
     def __repr__(self) -> str:

@@ -9,9 +9,10 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..charts import STATE_LEVEL, timeline_figure
 from llm_patterns.clock import Clock
 from llm_patterns.events import Event
+
+from ..charts import STATE_LEVEL, timeline_figure
 from ..simulation import Timeline
 from ._base import LiveView
 
@@ -35,7 +36,8 @@ class TimelineFigure(LiveView, W.VBox):
     """
 
     def __init__(self, client: Any, *, window: float = 120.0, height: int = 600,
-                 width: int | None = None, title: str = "", interval: float = 0.1, redraw_clock: Clock | None = None,
+                 width: int | None = None, title: str = "", interval: float = 0.1,
+                 redraw_clock: Clock | None = None,
                  schedule: bool = True) -> None:
         import plotly.graph_objects as go
 
@@ -139,4 +141,5 @@ class TimelineFigure(LiveView, W.VBox):
     def __repr__(self) -> str:
         counts = {name: len(x) for name, (x, _) in self.arrays().items()}
         points = sum(counts.values())
-        return f"TimelineFigure(providers={self.providers!r}, window={self.window:g}, points={points})"
+        return (f"TimelineFigure(providers={self.providers!r}, window={self.window:g}, "
+                f"points={points})")
