@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -403,6 +404,12 @@ def bug_jitter_after_cap(attempt, base_delay=1.0, max_delay=60.0, rng=random):
     return delay + rng.uniform(0, 1)  # the hint's bug: can exceed max_delay
 
 
+def bug_off_by_one(attempt, base_delay=1.0, max_delay=60.0, rng=random):
+    """The exponent one too high, with the seed hint's +10 % jitter: the first retry after 2-2.2 s."""
+    delay = min(base_delay * 2 ** (attempt + 1), max_delay)
+    return min(delay + rng.uniform(0, 0.1 * delay), max_delay)
+
+
 def bug_no_jitter(attempt, base_delay=1.0, max_delay=60.0, rng=random):
     return min(base_delay * 2**attempt, max_delay)
 
@@ -711,6 +718,79 @@ def good_fallback_other_style(prompt, providers):
                 logger.info(f"{name} answered")
             return dict(provider=name, response=text, fallback_used=bool(failures))
     raise AllProvidersFailed(failures)
+
+
+def good_fallback_own_handler(prompt, providers):
+    """Its own logger with its own handler and propagate = False (no duplicate lines)."""
+    logger = logging.getLogger("my_pipeline.fallback")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler())
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    errors = []
+    for i, p in enumerate(providers):
+        try:
+            response = p["call_fn"](prompt)
+        except BudgetExceeded:
+            raise
+        except Exception as e:
+            logger.warning("%s failed: %r", p["name"], e)
+            errors.append((p["name"], e))
+            continue
+        logger.info("%s answered", p["name"])
+        return {"provider": p["name"], "response": response, "fallback_used": i > 0}
+    raise AllProvidersFailed(errors)
+
+
+def good_fallback_root_logger(prompt, providers):
+    """Logs through the root logger (logging.warning), the quickest thing that works."""
+    errors = []
+    for i, p in enumerate(providers):
+        try:
+            response = p["call_fn"](prompt)
+        except BudgetExceeded:
+            raise
+        except Exception as e:
+            logging.warning("%s failed: %s", p["name"], e)
+            errors.append((p["name"], e))
+            continue
+        logging.warning("%s answered", p["name"])
+        return {"provider": p["name"], "response": response, "fallback_used": i > 0}
+    raise AllProvidersFailed(errors)
+
+
+def bug_catches_base_exception(prompt, providers):
+    """``except BaseException``: Ctrl-C in a provider call falls back instead of stopping."""
+    errors = []
+    for i, p in enumerate(providers):
+        try:
+            response = p["call_fn"](prompt)
+        except BudgetExceeded:
+            raise
+        except BaseException as e:
+            log.warning("provider %s failed: %s", p["name"], e)
+            errors.append((p["name"], e))
+            continue
+        log.info("provider %s answered", p["name"])
+        return {"provider": p["name"], "response": response, "fallback_used": i > 0}
+    raise AllProvidersFailed(errors)
+
+
+def bug_bare_except(prompt, providers):
+    """A bare ``except:`` that wraps everything, Ctrl-C included, in AllProvidersFailed."""
+    errors = []
+    for i, p in enumerate(providers):
+        try:
+            response = p["call_fn"](prompt)
+        except BudgetExceeded:
+            raise
+        except:  # noqa: E722 - the bug under test
+            errors.append((p["name"], sys.exc_info()[1]))
+            log.warning("provider %s failed", p["name"])
+            continue
+        log.info("provider %s answered", p["name"])
+        return {"provider": p["name"], "response": response, "fallback_used": i > 0}
+    raise AllProvidersFailed(errors)
 
 
 def bug_no_fallback(prompt, providers):

@@ -33,7 +33,7 @@ COLUMNS = [
      "CircuitBreaker": "GoodEagerBreaker", "chunk_text": "good_chunk_greedy_words"},
     {"TokenBucket": "GoodLazyBucket", "RateLimiter": "GoodConditionLimiter",
      "calculate_backoff": "good_proportional_jitter", "is_retryable": "good_is_retryable",
-     "CostTracker": "GoodRecordsTracker", "call_with_fallback": "good_fallback",
+     "CostTracker": "GoodRecordsTracker", "call_with_fallback": "good_fallback_own_handler",
      "CircuitBreaker": "GoodEagerBreaker", "chunk_text": "good_chunk_recursive"},
 ]
 
@@ -116,6 +116,8 @@ def test_each_buggy_implementation_fails_the_same_criteria_as_in_the_notebook(se
         (4, ("bug_swallows_budget",)),
         (4, ("bug_reraises_last",)),
         (4, ("bug_prints_instead_of_logging",)),
+        (4, ("bug_catches_base_exception",)),
+        (4, ("bug_bare_except",)),
         (5, ("BugStaleCooldown",)),
         (7, ("bug_chunk_cuts_words",)),
     ]

@@ -76,6 +76,7 @@ T4 = {
     "budget": "BudgetExceeded",
     "all_failed": "AllProvidersFailed",
     "logs": "logs who failed",
+    "interrupts": "Ctrl-C and sys.exit()",
 }
 T5 = {
     "closed": "starts closed",
@@ -321,9 +322,10 @@ def test_task2_accepts(impl):
 @pytest.mark.parametrize(
     ("impl", "expected"),
     [
-        ((S.bug_jitter_after_cap, S.good_is_retryable), {"cap"}),
+        ((S.bug_jitter_after_cap, S.good_is_retryable), {"cap", "first"}),
         ((S.bug_no_jitter, S.good_is_retryable), {"jitter"}),
         ((S.bug_linear, S.good_is_retryable), {"growth"}),
+        ((S.bug_off_by_one, S.good_is_retryable), {"first"}),
         ((S.bug_global_random, S.good_is_retryable), {"jitter"}),
         ((S.good_full_jitter, S.bug_retries_quota), {"permanent"}),
         ((S.good_full_jitter, S.bug_misses_529_and_timeouts), {"transient"}),
@@ -374,7 +376,8 @@ def test_task3_rejects(impl, expected):
 # --- task 4 ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", [S.good_fallback, S.good_fallback_other_style])
+@pytest.mark.parametrize("impl", [S.good_fallback, S.good_fallback_other_style,
+                                  S.good_fallback_own_handler, S.good_fallback_root_logger])
 def test_task4_accepts(impl):
     assert_accepts(check_task4, impl)
 
@@ -387,6 +390,8 @@ def test_task4_accepts(impl):
         (S.bug_reraises_last, {"all_failed"}),
         (S.bug_prints_instead_of_logging, {"logs"}),
         (S.bug_logs_only_failures, {"logs"}),
+        (S.bug_catches_base_exception, {"interrupts"}),
+        (S.bug_bare_except, {"interrupts"}),
     ],
     ids=lambda x: getattr(x, "__name__", None),
 )

@@ -35,7 +35,15 @@ def _first_attempt(calculate_backoff: Any) -> None:
         lo, hi = min(delays), max(delays)
         if lo < 0:
             raise Fail(f"calculate_backoff(0) returned {fmt(lo)}: a delay is never negative")
-        if hi > 3 * base or hi < 0.5 * base:
+        if hi > 2 * base:
+            why = ("is the exponent one too high?" if base == 1.0 else
+                   "the jitter does not shrink with base_delay: make it a fraction of the delay")
+            raise Fail(
+                f"with base_delay={fmt(base)}, attempt 0 gave delays up to {fmt(hi)}: attempt 0 "
+                f"waits about base_delay (base_delay * 2**0), at most twice that with jitter — "
+                f"{why}"
+            )
+        if hi < 0.5 * base:
             raise Fail(
                 f"with base_delay={fmt(base)}, attempt 0 gave delays up to {fmt(hi)}: attempt 0 "
                 "waits about base_delay (base_delay * 2**0), jittered below it"

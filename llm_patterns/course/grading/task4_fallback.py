@@ -151,6 +151,37 @@ def _all_failed(call_with_fallback: Any) -> None:
     raise Fail(f"every provider failed but the call returned {got!r}: raise AllProvidersFailed")
 
 
+def _interrupts_pass(call_with_fallback: Any) -> None:
+    stop = KeyboardInterrupt()  # Ctrl-C in the middle of a provider call
+    a, b = _Provider("openai-main", stop), _Provider("anthropic-backup")
+    try:
+        got = call_with_fallback(PROMPT, [a.spec(), b.spec()])
+    except KeyboardInterrupt as exc:
+        if b.prompts:
+            raise Fail(
+                "a KeyboardInterrupt (Ctrl-C) in the first provider went on to the next one: "
+                "catch Exception, not BaseException or a bare `except:`"
+            ) from None
+        if exc is not stop:
+            raise Fail(
+                "the KeyboardInterrupt came out as a new one: let it through untouched"
+            ) from None
+        return
+    except NotImplementedError:
+        raise  # the stub: "not implemented yet"
+    except BaseException as exc:
+        raise Fail(
+            f"a KeyboardInterrupt (Ctrl-C) in the provider came out as {type(exc).__name__}: "
+            "catch Exception, not BaseException or a bare `except:` — Ctrl-C and sys.exit() "
+            "must stop the program, not fall back"
+        ) from None
+    went_on = " and the chain went on to the next provider" if b.prompts else ""
+    raise Fail(
+        f"a KeyboardInterrupt (Ctrl-C) in the first provider was caught{went_on} (the call "
+        f"returned {got!r}): catch Exception, not BaseException or a bare `except:`"
+    )
+
+
 def _logs(call_with_fallback: Any) -> None:
     a = _Provider(
         "openai-main", E.ServerError("unavailable", provider="openai-main", status_code=503)
@@ -186,6 +217,10 @@ def check_task4(call_with_fallback: Any, *, budget: float = DEFAULT_BUDGET) -> C
             lambda: _all_failed(call_with_fallback),
         ),
         Criterion("logs who failed and who answered", lambda: _logs(call_with_fallback)),
+        Criterion(
+            "Ctrl-C and sys.exit() pass through untouched",
+            lambda: _interrupts_pass(call_with_fallback),
+        ),
     ]
     return run_check(
         TITLE, criteria, budget=budget, timeout_hint="each provider should be called once"
