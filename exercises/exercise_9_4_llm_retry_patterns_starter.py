@@ -6,8 +6,8 @@ Replace every ``raise NotImplementedError(...)`` with your code, then run this f
     .venv/bin/python exercises/exercise_9_4_llm_retry_patterns_starter.py --task 2   # task 2 only
 
 Each task is checked by the same checks as the notebooks (``llm_patterns.course.grading``): one line
-per criterion, ✓ or ✗ with a hint, then a score line ("2/6 tasks pass"). The exit status is 0
-when every task passes. The story, the acceptance criteria and the seed hints (with the bugs to
+per criterion, ✓ or ✗ with a hint, then a score line ("2/5 required tasks pass; bonus 0/1"). The
+exit status is 0 when every required task passes (task 7 is a bonus). The story, the acceptance criteria and the seed hints (with the bugs to
 find in them) are in ``exercises/exercise_9_4.md``.
 
 Rules of the game (the checks enforce them):

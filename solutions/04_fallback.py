@@ -147,7 +147,12 @@ print("calls made:", calls)
 #    (`logger.warning(...)` naming the provider and the error). Log who answered too.
 # 4. When every provider failed, `raise AllProvidersFailed(errors)` with the list of pairs.
 #
-# `logger` is defined for you. Catch `BudgetExceeded` *before* the general `except Exception`.
+# `logger` is defined for you. Catch `BudgetExceeded` *before* the general `except Exception`,
+# and catch `Exception`, not `BaseException` (or a bare `except:`): Ctrl-C and `sys.exit()` must
+# stop the program, not fall back.
+#
+# (Your version has one stop rule, `BudgetExceeded`. The library's `FallbackChain` has a second
+# one, a bad request; section 5 shows why. Your chain is checked on the first rule only.)
 
 # %% tags=["task:4"]
 logger = logging.getLogger("task4")
@@ -287,7 +292,8 @@ print({who: sum(1 for _, p in answered if p == who) for who in ("openai", "anthr
 # ## 5 · When *not* to fall back
 #
 # `FallbackChain` moves on after outages, timeouts, 429s, auth errors, even a provider that
-# raises a plain `Exception`. Two errors stop the chain at once:
+# raises a plain `Exception`. Your `call_with_fallback` stops on `BudgetExceeded`; the library
+# stops on two errors at once:
 #
 # - **`InvalidRequestError`** (400, 413, 422): the request itself is wrong. The next provider
 #   would refuse it the same way, after its own round trip, and you would log it as an outage
@@ -337,8 +343,8 @@ print("requests sent:", openai_server.stats["requests"] - sent[0],
 # - A fallback chain turns a provider outage into slower answers instead of lost work.
 # - Normalize answers into one format (`LLMResponse`) so callers never care who answered,
 #   and record `fallback_used` so you can see how often you run on the backup.
-# - Fall back on outages, timeouts and rate limits; **never** on a bad request or an exhausted
-#   budget.
+# - Fall back on outages, timeouts and rate limits; **never** on an exhausted budget (your
+#   task) or a bad request (the library's `FallbackChain` too); never swallow Ctrl-C.
 # - Log every failure and who answered, with the logging module.
 #
 # Next: notebook 05, the circuit breaker, which stops you from paying for calls into a provider

@@ -264,8 +264,9 @@ class CircuitBreaker:
         ### END SOLUTION
 
 # %% [markdown]
-# Try yours on the same 8 threads. (Threads really do call a shared breaker at the same moment:
-# guard its state with a `threading.Lock`, already imported, if you want it airtight.)
+# Try yours on the same 8 threads. Threads really do call a shared breaker at the same moment:
+# guard its state with a `threading.Lock` (already imported). The check runs threads through
+# your breaker and switches between them at every line, so an unguarded half-open is caught.
 
 # %%
 try:

@@ -41,3 +41,47 @@ def test_the_jitter_demo_shows_what_its_text_says():
     assert "the peak drops several-fold" in text and small * 3 <= none
     # full jitter: "the peak drops again several-fold"
     assert "drops again several-fold" in text and full * 3 <= small
+
+
+def _table_after(text: str, heading: str) -> list[str]:
+    """The first column of the table that follows ``heading`` in the exercise file."""
+    rows = []
+    for line in text[text.index(heading):].splitlines()[1:]:
+        if rows and not line.startswith("|"):
+            break
+        if line.startswith("|") and not line.startswith(("| Criterion", "|---")):
+            rows.append(line.split("|")[1].strip())
+    return rows
+
+
+def test_the_exercise_file_lists_exactly_the_criteria_each_check_runs():
+    """The exercise's acceptance tables and the checks name the same criteria, in order: a
+    stub fails every criterion, and the failures are the check's own list."""
+    import contextlib
+    import io
+
+    import student_impls as S
+
+    from llm_patterns.course.grading import (
+        check_task1, check_task2, check_task3, check_task4, check_task5, check_task7,
+    )
+    from llm_patterns.course.grading._framework import CheckFailed
+
+    text = (ROOT / "exercises" / "exercise_9_4.md").read_text(encoding="utf-8")
+    stubs = {
+        "check_task1(": (check_task1, (S.StubBucket, S.StubLimiter)),
+        "check_task2(": (check_task2, (S.stub_backoff, S.stub_is_retryable)),
+        "check_task3(": (check_task3, (S.StubTracker,)),
+        "check_task4(": (check_task4, (S.stub_fallback,)),
+        "check_task5(": (check_task5, (S.StubBreaker,)),
+        "check_task7(": (check_task7, (S.stub_chunk,)),
+    }
+    for call, (check, stub) in stubs.items():
+        names: list[str] = []
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                check(*stub)
+            except CheckFailed as exc:
+                names = [name for name, _ in exc.failures]
+        listed = _table_after(text, f"**Acceptance criteria** (`{call}")
+        assert listed == names, f"{call}: the exercise lists {listed}, the check runs {names}"

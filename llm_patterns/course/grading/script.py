@@ -8,7 +8,8 @@ The starter (``exercises/exercise_9_4_llm_retry_patterns_starter.py``) and the s
 
 ``run_checks`` finds the student's names in that namespace, runs the library's own
 ``check_task1`` … ``check_task7`` on them (the same checks the notebooks call), lets every task
-run even when an earlier one fails, and ends with a score line such as ``4/6 tasks pass``.
+run even when an earlier one fails, and ends with a score line such as
+``4/5 required tasks pass; bonus 1/1`` (task 7 is a bonus: never in the denominator).
 """
 
 from __future__ import annotations
@@ -231,6 +232,18 @@ def run_checks(
     print("\nSummary", flush=True)
     for spec, passed, detail in outcomes:
         print(f"  {'PASS' if passed else 'FAIL'}  {spec.title:<{width}}  {detail}", flush=True)
-    score = sum(passed for _, passed, _ in outcomes)
-    print(f"{score}/{len(outcomes)} tasks pass", flush=True)
-    return 0 if score == len(outcomes) else 1
+    print(score_line(outcomes), flush=True)
+    required = [passed for spec, passed, _ in outcomes if not spec.bonus]
+    return 0 if all(required) else 1
+
+
+def score_line(outcomes: list[tuple[TaskSpec, bool, str]]) -> str:
+    """``4/5 required tasks pass; bonus 1/1``: a bonus task is never in the denominator."""
+    required = [passed for spec, passed, _ in outcomes if not spec.bonus]
+    bonus = [passed for spec, passed, _ in outcomes if spec.bonus]
+    parts = []
+    if required:
+        parts.append(f"{sum(required)}/{len(required)} required tasks pass")
+    if bonus:
+        parts.append(f"bonus {sum(bonus)}/{len(bonus)}")
+    return "; ".join(parts)
