@@ -63,7 +63,12 @@ def test_the_exercise_file_lists_exactly_the_criteria_each_check_runs():
     import student_impls as S
 
     from llm_patterns.course.grading import (
-        check_task1, check_task2, check_task3, check_task4, check_task5, check_task7,
+        check_task1,
+        check_task2,
+        check_task3,
+        check_task4,
+        check_task5,
+        check_task7,
     )
     from llm_patterns.course.grading._framework import CheckFailed
 
