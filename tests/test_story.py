@@ -90,3 +90,20 @@ def test_the_exercise_file_lists_exactly_the_criteria_each_check_runs():
                 names = [name for name, _ in exc.failures]
         listed = _table_after(text, f"**Acceptance criteria** (`{call}")
         assert listed == names, f"{call}: the exercise lists {listed}, the check runs {names}"
+
+
+def test_the_advertised_time_is_the_sum_of_the_notebooks_own():
+    minutes = {}
+    for source in sorted((ROOT / "solutions").glob("0[0-9]_*.py")):
+        found = re.search(r"^# \*\*Time:\*\* about (\d+) minutes", source.read_text("utf-8"), re.M)
+        assert found, f"{source.name} states no time budget"
+        minutes[source.name[:2]] = int(found.group(1))
+    text = " ".join((ROOT / "exercises" / "exercise_9_4.md").read_text("utf-8")[:600].split())
+    claim = re.search(r"about (\d+) minutes for the tour and the five required tasks "
+                      r"\(notebooks 00–05\); task 7 is a bonus \(about (\d+) more\); notebooks "
+                      r"06, 08 and 09 are to read and run \(about (\d+) more\)", text)
+    assert claim, text
+    required, bonus, reading = map(int, claim.groups())
+    assert required == sum(minutes[n] for n in ("00", "01", "02", "03", "04", "05"))
+    assert bonus == minutes["07"]
+    assert reading == sum(minutes[n] for n in ("06", "08", "09"))
