@@ -73,6 +73,20 @@ class GoodLazyBucket:
             return (n - self.tokens) / self.refill_rate
 
 
+
+class BugStrictComparisonBucket(GoodLazyBucket):
+    """``>`` where ``>=`` belongs: the last token is never given out."""
+
+    def consume(self, n=1):
+        if n > self.capacity:
+            raise ValueError(f"n={n} is above capacity={self.capacity}")
+        with self.lock:
+            self._refill()
+            if self.tokens > n:
+                self.tokens -= n
+                return True
+            return False
+
 class GoodGCRABucket:
     """GCRA: store the theoretical arrival time instead of a token count (keyword-only clock)."""
 

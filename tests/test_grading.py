@@ -139,6 +139,8 @@ def test_task1_accepts(impl):
     ("bucket", "limiter", "expected"),
     [
         (S.BugOverfillBucket, S.GoodLimiter, {"overfill"}),
+        (S.BugStrictComparisonBucket, S.GoodLimiter,
+         {"full", "refill", "overfill", "wait_time", "lock"}),
         (S.BugWallClockBucket, S.GoodLimiter, {"refill", "overfill", "wait_time"}),
         (S.BugUnlockedBucket, S.GoodLimiter, {"lock"}),
         (S.BugOneLineUnlockedBucket, S.GoodLimiter, {"lock"}),
@@ -157,6 +159,8 @@ def test_task1_rejects(bucket, limiter, expected):
     failures = assert_rejects(check_task1, (bucket, limiter), T1, expected)
     if bucket is S.BugOverfillBucket:
         assert "capacity is 10" in hint_for(failures, T1["overfill"])
+    if bucket is S.BugStrictComparisonBucket:  # the first failure names the comparison
+        assert "(>=, not >)" in hint_for(failures, T1["full"])
     if bucket is S.BugWallClockBucket:
         assert "time.time()" in hint_for(failures, T1["refill"])
     if limiter is S.BugRealSleepLimiter:
@@ -520,3 +524,21 @@ def test_ipython_shows_the_short_rendering():
 def test_bad_budget_is_a_value_error():
     with pytest.raises(ValueError, match="budget"):
         check_task2(S.good_full_jitter, S.good_is_retryable, budget=0)
+
+
+def test_task3_thread_safety_is_judged_before_by_task_exists():
+    class NoGroupsYet(S.GoodFloatTracker):
+        def by_task(self):
+            raise NotImplementedError
+
+    _, failures, _ = run(check_task3, NoGroupsYet)
+    assert failed_keys(failures, T3) == {"labels"}
+    _, failures, _ = run(check_task3, type("Racy", (S.BugUnlockedTracker,),
+                                           {"by_task": NoGroupsYet.by_task}))
+    assert "one update was lost" in hint_for(failures, T3["lock"])
+
+
+def test_task5_stale_cooldown_is_named_not_told_to_reopen():
+    _, failures, _ = run(check_task5, S.BugStaleCooldown)
+    hint = hint_for(failures, T5["failure_reopens"])
+    assert "restarts the cooldown" in hint and "must re-open" not in hint

@@ -37,6 +37,14 @@ def _starts_full(TokenBucket: Any) -> None:
     clock = VirtualClock()
     bucket = _bucket(TokenBucket, 10, 1.0, clock)
     granted = _grants(bucket)
+    if granted == 9:
+        last = _bucket(TokenBucket, 1, 1.0, VirtualClock())
+        if not last.consume(1):  # a full bucket of one token refuses its only token
+            raise Fail(
+                "a new bucket with capacity 10 granted only 9 requests in a row, and a full "
+                "bucket of capacity 1 refused consume(1): the last token is never given out — "
+                "check the comparison: a request may take every token that is left (>=, not >)"
+            )
     if granted < 10:
         raise Fail(
             f"a new bucket with capacity 10 granted only {granted} requests in a row: a bucket "

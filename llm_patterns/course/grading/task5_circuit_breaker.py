@@ -161,7 +161,11 @@ def _trial_failure_reopens(CircuitBreaker: Any) -> None:
             "re-opens it at once (whatever the failure count)"
         )
     if breaker.can_execute():
-        raise Fail("right after a failed trial the breaker let a call through: it must re-open")
+        raise Fail(
+            "right after a failed trial the breaker is 'open' yet let a call through: its "
+            "cooldown had already run out — a failed trial restarts the cooldown "
+            "(opened_at = clock.now() on every opening, not only the first)"
+        )
     clock.advance(RESET - 0.5)
     if breaker.can_execute():
         raise Fail(
