@@ -181,7 +181,8 @@ print(f"4 records of ${price('gpt-4o', usage):.4f}: total_cost = ${total_cost:.4
 # - `total`: USD recorded so far;
 # - `by_task()` -> `{(dag_id, task_id): usd}` and `by_dag()` -> `{dag_id: usd}`;
 # - `alerts`: the thresholds that have fired, in order; a threshold fires once, when
-#   `total >= threshold * budget`;
+#   `total >= threshold * budget`, and **logs a warning** (`log.warning(...)`, the logger below)
+#   naming the spend and the budget: the people running the pipeline read logs, not lists;
 # - thread-safe: concurrent `record` calls must add up exactly.
 
 # %% tags=["task:3"]

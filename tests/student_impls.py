@@ -543,6 +543,7 @@ class GoodDecimalTracker:
                 if t not in self._fired and self._total >= t * self.budget:
                     self._fired.add(t)
                     self.alerts.append((float(t), self._total))
+                    log.warning("cost alert: %s of the budget reached", t)
         return cost
 
     def by_task(self):
@@ -566,7 +567,10 @@ class GoodRecordsTracker:
         price = self.pricing[model]
         cost = (usage["prompt_tokens"] * price["input"]
                 + usage["completion_tokens"] * price["output"]) / 1e6
+        fired = self.alerts
         self.records.append((dag_id, task_id, cost))
+        for t in self.alerts[len(fired):]:
+            log.warning("cost alert: %s of the budget reached", t)
         return cost
 
     @property
@@ -624,6 +628,7 @@ class BugAlertEveryCallTracker(GoodFloatTracker):
             for t in self.alert_thresholds:
                 if self.total >= t * self.budget:
                     self.alerts.append(t)
+                    log.warning("cost alert: %s of the budget reached", t)
         return cost
 
 
@@ -640,6 +645,24 @@ class BugUnlockedTracker(GoodFloatTracker):
         for t in self.alert_thresholds:
             if self.total >= t * self.budget and t not in self.alerts:
                 self.alerts.append(t)
+                log.warning("cost alert: %s of the budget reached", t)
+        return cost
+
+
+class BugSilentAlertTracker(GoodFloatTracker):
+    """Alerts fire (the list is right) but nobody hears them: no log line."""
+
+    def record(self, model, usage, dag_id=None, task_id=None):
+        price = self.pricing[model]  # KeyError for an unknown model
+        cost = (usage["prompt_tokens"] * price["input"]
+                + usage["completion_tokens"] * price["output"]) / 1_000_000
+        with self.lock:
+            self.total += cost
+            key = (dag_id, task_id)
+            self._by_task[key] = self._by_task.get(key, 0.0) + cost
+            for t in self.alert_thresholds:
+                if self.total >= t * self.budget and t not in self.alerts:
+                    self.alerts.append(t)
         return cost
 
 
@@ -666,6 +689,7 @@ class BugOverwriteByTaskTracker(GoodFloatTracker):
             for t in self.alert_thresholds:
                 if self.total >= t * self.budget and t not in self.alerts:
                     self.alerts.append(t)
+                    log.warning("cost alert: %s of the budget reached", t)
         return cost
 
 

@@ -113,6 +113,7 @@ def test_each_buggy_implementation_fails_the_same_criteria_as_in_the_notebook(se
         (2, ("good_full_jitter", "bug_retries_quota")),
         (3, ("BugPer1KTracker",)),
         (3, ("BugAlertEveryCallTracker",)),
+        (3, ("BugSilentAlertTracker",)),
         (4, ("bug_swallows_budget",)),
         (4, ("bug_reraises_last",)),
         (4, ("bug_prints_instead_of_logging",)),

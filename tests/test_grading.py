@@ -68,6 +68,7 @@ T3 = {
     "unknown": "unknown model",
     "labels": "by_task() and by_dag()",
     "alerts": "alert threshold",
+    "warns": "alert logs a warning",
     "lock": "thread-safe",
 }
 T4 = {
@@ -359,9 +360,10 @@ def test_task3_accepts(impl):
 @pytest.mark.parametrize(
     ("impl", "expected"),
     [
-        (S.BugPer1KTracker, {"per_million", "total", "labels", "alerts", "lock"}),
+        (S.BugPer1KTracker, {"per_million", "total", "labels", "alerts", "warns", "lock"}),
         (S.BugCheapDefaultTracker, {"unknown"}),
-        (S.BugAlertEveryCallTracker, {"alerts"}),
+        (S.BugAlertEveryCallTracker, {"alerts", "warns"}),
+        (S.BugSilentAlertTracker, {"warns"}),
         (S.BugUnlockedTracker, {"lock"}),
         (S.BugByTaskIdOnlyTracker, {"labels"}),
         (S.BugOverwriteByTaskTracker, {"labels"}),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
+from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, capture_logs, run_check
 from ._student import construct, fmt
 from .scheduler import Call, explore, race_errors
 
@@ -195,6 +196,32 @@ def _alerts(CostTracker: Any) -> None:
         )
 
 
+def _alert_warns(CostTracker: Any) -> None:
+    pricing = {"flat": {"input": 1.0, "output": 0.0}}
+    tracker = _tracker(CostTracker, pricing, budget=1.0)
+    for tokens, fired in ((400_000, None), (200_000, 0.5), (300_000, 0.8)):
+        with capture_logs() as records:
+            tracker.record("flat", _usage(tokens, 0))
+        warnings = [m for _, level, m in records if level >= logging.WARNING]
+        if fired is None and warnings:
+            raise Fail(
+                f"recording 0.4 USD of a 1 USD budget logged a warning ({warnings[0]!r}) before "
+                "any threshold was reached: warn only when an alert fires"
+            )
+        if fired is not None and not warnings:
+            quiet = [m for _, _, m in records]
+            raise Fail(
+                f"the {fmt(fired)} alert fired without a log line at WARNING or above"
+                + (f" (logged {quiet[0]!r} below WARNING)" if quiet else "")
+                + ": log each alert with the logging module (log.warning(...)) naming the spend "
+                "and the budget, so the pipeline's operators see it"
+            )
+    with capture_logs() as records:
+        tracker.record("flat", _usage(50_000, 0))
+    if any(level >= logging.WARNING for _, level, _ in records):
+        raise Fail("a record that fired no new alert logged a warning: warn once per threshold")
+
+
 def _thread_safe(CostTracker: Any) -> None:
     usage = _usage(1000, 500)
     expected = 2 * 0.0075
@@ -248,6 +275,7 @@ def check_task3(CostTracker: Any, *, budget: float = DEFAULT_BUDGET) -> CheckRes
         Criterion("an unknown model raises KeyError", lambda: _unknown_model(CostTracker)),
         Criterion("by_task() and by_dag() group the costs", lambda: _labels(CostTracker)),
         Criterion("each alert threshold fires once", lambda: _alerts(CostTracker)),
+        Criterion("each alert logs a warning", lambda: _alert_warns(CostTracker)),
         Criterion(
             "thread-safe: concurrent records add up exactly", lambda: _thread_safe(CostTracker)
         ),
