@@ -18,7 +18,7 @@ import pytest
 from llm_patterns.integrations import airflow_standalone as af
 
 
-def test_every_component_gets_one_loopback_address_and_one_execution_api(tmp_path):
+def test_every_component_gets_one_loopback_address_and_one_execution_api(tmp_path: Path) -> None:
     settings = af.Settings(home=tmp_path / "home", dags=tmp_path / "dags", port=18123,
                            parallelism=4)
     env = af.environment(settings, base={"PATH": "/usr/bin", "LLM_PATTERNS_LEDGER": "/x.db"})
@@ -42,7 +42,7 @@ def test_every_component_gets_one_loopback_address_and_one_execution_api(tmp_pat
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 32
 
 
-def test_secrets_are_generated_once_private_and_kept(tmp_path):
+def test_secrets_are_generated_once_private_and_kept(tmp_path: Path) -> None:
     home = tmp_path / "home"
     password = af.admin_password(home)
     assert password == af.admin_password(home) and len(password) >= 12
@@ -57,7 +57,7 @@ def test_secrets_are_generated_once_private_and_kept(tmp_path):
     assert "export AIRFLOW_HOME=" in env_file.read_text()
 
 
-def test_health_means_every_started_component_and_the_database():
+def test_health_means_every_started_component_and_the_database() -> None:
     good = {"metadatabase": {"status": "healthy"}, "scheduler": {"status": "healthy"},
             "dag_processor": {"status": "healthy"}, "triggerer": {"status": "healthy"}}
     assert af.healthy(good, tuple(af.COMPONENTS))
@@ -71,7 +71,8 @@ def test_health_means_every_started_component_and_the_database():
 @pytest.mark.airflow
 @pytest.mark.skipif(importlib.util.find_spec("airflow") is None,
                     reason="apache-airflow (extra [airflow]) is not installed")
-def test_a_port_in_use_or_a_missing_dags_folder_is_refused_with_the_fix(tmp_path, capsys):
+def test_a_port_in_use_or_a_missing_dags_folder_is_refused_with_the_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -88,7 +89,7 @@ def test_a_port_in_use_or_a_missing_dags_folder_is_refused_with_the_fix(tmp_path
     assert not (tmp_path / "h").exists()  # nothing was set up
 
 
-def test_descendants_finds_grandchildren_in_their_own_process_group():
+def test_descendants_finds_grandchildren_in_their_own_process_group() -> None:
     """What the stop relies on: a task process in a group of its own is still found."""
     code = ("import os, subprocess, sys, time\n"
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
@@ -96,6 +97,7 @@ def test_descendants_finds_grandchildren_in_their_own_process_group():
             "print(c.pid, flush=True)\n"
             "time.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
     try:
         grandchild = int(parent.stdout.readline())
         found = af.descendants(os.getpid())
@@ -111,7 +113,7 @@ def test_descendants_finds_grandchildren_in_their_own_process_group():
         parent.wait(timeout=10)
 
 
-def test_the_launcher_adopts_orphans_and_reaps_them():
+def test_the_launcher_adopts_orphans_and_reaps_them() -> None:
     """As the tree's subreaper, the launcher finds a task process whose worker died (it would
     otherwise go to init, out of reach), kills it, and collects it (no zombie left)."""
     code = (
@@ -137,7 +139,7 @@ def test_the_launcher_adopts_orphans_and_reaps_them():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
-def test_stop_with_parent_ends_the_launcher_when_its_parent_dies(tmp_path):
+def test_stop_with_parent_ends_the_launcher_when_its_parent_dies(tmp_path: Path) -> None:
     """``--stop-with-parent`` (the scheduler test uses it): a killed test runner takes the
     launcher, and so its Airflow, with it."""
     marker = tmp_path / "launcher.pid"

@@ -157,7 +157,8 @@ def prepare(settings: Settings, env: Mapping[str, str]) -> None:
         "'LLM API calls: how many LLM tasks may run at once, across every worker', False)\n"
     )
     subprocess.run([sys.executable, "-c", code], env=dict(env), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300,
+                   preexec_fn=stop_with_parent)
 
 
 def write_env_file(settings: Settings, env: Mapping[str, str]) -> Path:
@@ -266,7 +267,8 @@ class Supervisor:
             log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
             self.children[name] = subprocess.Popen(
                 [airflow, *COMPONENTS[name]], env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=stop_with_parent)  # a launcher killed outright takes them along
             log.close()
 
     def dead(self) -> str | None:
@@ -343,6 +345,7 @@ def run(settings: Settings, *, with_parent: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
     become_subreaper()
     supervisor.start()
     _say(f"starting {', '.join(settings.components)} (logs: {supervisor.logs}/)")
