@@ -81,7 +81,9 @@ def test_a_port_in_use_or_a_missing_dags_folder_is_refused_with_the_fix(
         assert af.main(["--home", str(tmp_path / "h"), "--dags", str(tmp_path),
                         "--port", str(port)]) == 2
     assert f"AIRFLOW_PORT={port + 10}" in capsys.readouterr().out
-    assert af.main(["--home", str(tmp_path / "h"), "--dags", str(tmp_path / "nope")]) == 2
+    # the port is free again: not the default 8080, which something else on the host may hold
+    assert af.main(["--home", str(tmp_path / "h"), "--dags", str(tmp_path / "nope"),
+                    "--port", str(port)]) == 2
     assert "does not exist" in capsys.readouterr().out
     for bad in (["--port", "0"], ["--port", "70000"], ["--parallelism", "0"]):
         with pytest.raises(SystemExit):
@@ -162,3 +164,34 @@ def test_stop_with_parent_ends_the_launcher_when_its_parent_dies(tmp_path: Path)
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # SIGTERM is delivered when the parent exits
     assert not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_components_die_with_a_launcher_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL gives the launcher no chance to stop anything: the components it started go
+    with it (``PR_SET_PDEATHSIG`` set in each child), so no Airflow keeps running."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from llm_patterns.integrations import airflow_standalone as af\n"
+        f"settings = af.Settings(home=Path({str(tmp_path)!r}), components=('scheduler',))\n"
+        "sup = af.Supervisor(settings, {}, program=[sys.executable, '-c', "
+        "'import time; time.sleep(60)'])\n"
+        "sup.start()\n"
+        "print(sup.children['scheduler'].pid, flush=True)\n"
+        "import time; time.sleep(60)\n")
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None
+    try:
+        component = int(launcher.stdout.readline())
+        assert component in af.descendants(launcher.pid)
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{component}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # SIGTERM is delivered when the launcher dies
+    gone = not Path(f"/proc/{component}").exists() or " Z " in Path(
+        f"/proc/{component}/stat").read_text()
+    if not gone:
+        af.kill_all([component])
+    assert gone, "the component outlived its launcher"
