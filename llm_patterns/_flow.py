@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .clock import Clock
 
-__all__ = ["Block", "Call", "Flow", "arun", "run"]
+__all__ = ["Block", "Call", "Flow", "arun", "run", "running_loop"]
 
 R = TypeVar("R")
 
@@ -49,6 +49,14 @@ class Call:
 
 Step = float | Block | Call
 Flow = Generator[Step, Any, R]
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None (without raising)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def run(flow: Flow[R], clock: Clock) -> R:

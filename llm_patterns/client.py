@@ -325,7 +325,7 @@ class _Run:
         self.labels = labels
         self.sync = sync
         self.stream = stream
-        self.events = client._event if client._subscribers else None  # decided once per call
+        self.events = client._event if client.observed else None  # decided once per call
         self.call: Call | None = None
 
     def attempt(self, position: int, stack: Layer) -> Flow[Any]:

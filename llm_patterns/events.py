@@ -35,7 +35,7 @@ Subscriber = Callable[[Event], None]
 
 
 class Observable:
-    """Mixin: ``subscribe`` / ``_emit``. Subclasses set ``_event_source`` and have ``name``."""
+    """Mixin: ``subscribe`` / ``emit``. Subclasses set ``_event_source`` and have ``name``."""
 
     _event_source = "component"
     _subscribers: tuple[Subscriber, ...] = ()
@@ -52,7 +52,13 @@ class Observable:
 
         return unsubscribe
 
-    def _emit(self, kind: str, time: float, **data: Any) -> None:
+    @property
+    def observed(self) -> bool:
+        """Whether anyone listens: a hot path skips building an event's data when not."""
+        return bool(self._subscribers)
+
+    def emit(self, kind: str, time: float, **data: Any) -> None:
+        """Send ``kind`` (at ``time``, with ``data``) to every subscriber."""
         subscribers = self._subscribers
         if not subscribers:
             return
@@ -63,6 +69,8 @@ class Observable:
             except Exception:  # a broken listener must not break the call it watches
                 logger.exception("event subscriber %r failed on %s.%s",
                                  callback, event.source, kind)
+
+    _emit = emit  # the name the components use on themselves
 
 
 def _new_event(source: str, name: str, kind: str, time: float, data: dict[str, Any]) -> Event:

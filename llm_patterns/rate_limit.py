@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import _validate as v
-from ._flow import Block, Flow, arun, run
+from ._flow import Block, Flow, arun, run, running_loop
 from .clock import Clock, SystemClock
 from .errors import RateLimitTimeout
 from .events import Observable
@@ -592,7 +592,7 @@ class RateLimiter(LimiterConfig):
         fut = block.fut
         if fut is not None:
             loop = fut.get_loop()
-            if asyncio._get_running_loop() is loop:
+            if running_loop() is loop:
                 _resolve(fut)
             else:
                 try:

@@ -344,8 +344,8 @@ class _Run:
 
     def succeeded(self) -> None:
         p = self.policy
-        if p._subscribers:
-            p._emit("success", p.clock.now(), attempts=self.attempt, elapsed=self.elapsed())
+        if p.observed:
+            p.emit("success", p.clock.now(), attempts=self.attempt, elapsed=self.elapsed())
         if self.attempt > 1:
             logger.info(
                 "%ssucceeded on attempt %d/%d after %.2f s",
@@ -367,7 +367,7 @@ class _Run:
                     f"{describe(error, 120)} is not retryable; stopped at attempt {k}/{n}",
                 )
             else:
-                p._emit(
+                p.emit(
                     "give_up",
                     p.clock.now(),
                     attempts=k,
@@ -414,7 +414,7 @@ class _Run:
             return None
 
         status = _status_of(error)
-        p._emit(
+        p.emit(
             "retry",
             p.clock.now(),
             attempt=k,
@@ -444,7 +444,7 @@ class _Run:
     def _give_up(self, error: BaseException, reason: str, why: str) -> None:
         p = self.policy
         add_note(error, f"llm_patterns.retry: {self.label}{why}")
-        p._emit(
+        p.emit(
             "give_up",
             p.clock.now(),
             attempts=self.attempt,

@@ -203,14 +203,16 @@ def variable_race(workers: int = 8, increments: int = 5) -> int:
     return variable["spend"]
 
 
+WORKERS, CALLS = 8, 5
+updates = WORKERS * CALLS
 ledger = SQLiteLedger(":memory:")  # a file path in a pipeline: one transaction per record
-for i in range(40):
-    ledger.add(CostRecord(time=0.0, model="m", provider="p", dag_id="d", task_id=f"t{i % 8}",
-                          run_id="r", prompt_tokens=1, completion_tokens=1, cached_tokens=0,
-                          cost=Decimal("0.001")))
-kept = variable_race()
-print(f"The Variable kept {kept} of 40 updates: read-modify-write lost {40 - kept}.")
-print(f"The ledger kept {ledger.count()} of 40 rows, total ${ledger.total()}: "
+for i in range(updates):
+    ledger.add(CostRecord(time=0.0, model="m", provider="p", dag_id="d",
+                          task_id=f"t{i % WORKERS}", run_id="r", prompt_tokens=1,
+                          completion_tokens=1, cached_tokens=0, cost=Decimal("0.001")))
+kept = variable_race(WORKERS, CALLS)
+print(f"The Variable kept {kept} of {updates} updates: read-modify-write lost {updates - kept}.")
+print(f"The ledger kept {ledger.count()} of {updates} rows, total ${ledger.total()}: "
       "one INSERT per call loses nothing.")
 
 # %% [markdown]

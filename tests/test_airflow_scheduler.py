@@ -48,8 +48,8 @@ import httpx
 import pytest
 from grants_audit import fullest, violations
 
-from llm_patterns import SQLiteLedger
 from llm_patterns.integrations.airflow_standalone import descendants, kill_all
+from llm_patterns.ledger import SQLiteLedger
 from llm_patterns.machines.bucket import limits_for
 from llm_patterns.state import SharedCircuitBreaker, SQLiteStateStore, from_url
 

@@ -18,7 +18,7 @@ import pytest
 from llm_patterns.integrations import airflow_standalone as af
 
 
-def test_every_component_gets_one_loopback_address_and_one_execution_api(tmp_path):
+def test_every_component_gets_one_loopback_address_and_one_execution_api(tmp_path: Path) -> None:
     settings = af.Settings(home=tmp_path / "home", dags=tmp_path / "dags", port=18123,
                            parallelism=4)
     env = af.environment(settings, base={"PATH": "/usr/bin", "LLM_PATTERNS_LEDGER": "/x.db"})
@@ -42,7 +42,7 @@ def test_every_component_gets_one_loopback_address_and_one_execution_api(tmp_pat
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 32
 
 
-def test_secrets_are_generated_once_private_and_kept(tmp_path):
+def test_secrets_are_generated_once_private_and_kept(tmp_path: Path) -> None:
     home = tmp_path / "home"
     password = af.admin_password(home)
     assert password == af.admin_password(home) and len(password) >= 12
@@ -57,7 +57,7 @@ def test_secrets_are_generated_once_private_and_kept(tmp_path):
     assert "export AIRFLOW_HOME=" in env_file.read_text()
 
 
-def test_health_means_every_started_component_and_the_database():
+def test_health_means_every_started_component_and_the_database() -> None:
     good = {"metadatabase": {"status": "healthy"}, "scheduler": {"status": "healthy"},
             "dag_processor": {"status": "healthy"}, "triggerer": {"status": "healthy"}}
     assert af.healthy(good, tuple(af.COMPONENTS))
@@ -71,7 +71,8 @@ def test_health_means_every_started_component_and_the_database():
 @pytest.mark.airflow
 @pytest.mark.skipif(importlib.util.find_spec("airflow") is None,
                     reason="apache-airflow (extra [airflow]) is not installed")
-def test_a_port_in_use_or_a_missing_dags_folder_is_refused_with_the_fix(tmp_path, capsys):
+def test_a_port_in_use_or_a_missing_dags_folder_is_refused_with_the_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -80,7 +81,9 @@ def test_a_port_in_use_or_a_missing_dags_folder_is_refused_with_the_fix(tmp_path
         assert af.main(["--home", str(tmp_path / "h"), "--dags", str(tmp_path),
                         "--port", str(port)]) == 2
     assert f"AIRFLOW_PORT={port + 10}" in capsys.readouterr().out
-    assert af.main(["--home", str(tmp_path / "h"), "--dags", str(tmp_path / "nope")]) == 2
+    # the port is free again: not the default 8080, which something else on the host may hold
+    assert af.main(["--home", str(tmp_path / "h"), "--dags", str(tmp_path / "nope"),
+                    "--port", str(port)]) == 2
     assert "does not exist" in capsys.readouterr().out
     for bad in (["--port", "0"], ["--port", "70000"], ["--parallelism", "0"]):
         with pytest.raises(SystemExit):
@@ -88,7 +91,7 @@ def test_a_port_in_use_or_a_missing_dags_folder_is_refused_with_the_fix(tmp_path
     assert not (tmp_path / "h").exists()  # nothing was set up
 
 
-def test_descendants_finds_grandchildren_in_their_own_process_group():
+def test_descendants_finds_grandchildren_in_their_own_process_group() -> None:
     """What the stop relies on: a task process in a group of its own is still found."""
     code = ("import os, subprocess, sys, time\n"
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
@@ -96,6 +99,7 @@ def test_descendants_finds_grandchildren_in_their_own_process_group():
             "print(c.pid, flush=True)\n"
             "time.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
     try:
         grandchild = int(parent.stdout.readline())
         found = af.descendants(os.getpid())
@@ -111,7 +115,7 @@ def test_descendants_finds_grandchildren_in_their_own_process_group():
         parent.wait(timeout=10)
 
 
-def test_the_launcher_adopts_orphans_and_reaps_them():
+def test_the_launcher_adopts_orphans_and_reaps_them() -> None:
     """As the tree's subreaper, the launcher finds a task process whose worker died (it would
     otherwise go to init, out of reach), kills it, and collects it (no zombie left)."""
     code = (
@@ -137,7 +141,7 @@ def test_the_launcher_adopts_orphans_and_reaps_them():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
-def test_stop_with_parent_ends_the_launcher_when_its_parent_dies(tmp_path):
+def test_stop_with_parent_ends_the_launcher_when_its_parent_dies(tmp_path: Path) -> None:
     """``--stop-with-parent`` (the scheduler test uses it): a killed test runner takes the
     launcher, and so its Airflow, with it."""
     marker = tmp_path / "launcher.pid"
@@ -160,3 +164,34 @@ def test_stop_with_parent_ends_the_launcher_when_its_parent_dies(tmp_path):
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # SIGTERM is delivered when the parent exits
     assert not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_components_die_with_a_launcher_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL gives the launcher no chance to stop anything: the components it started go
+    with it (``PR_SET_PDEATHSIG`` set in each child), so no Airflow keeps running."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from llm_patterns.integrations import airflow_standalone as af\n"
+        f"settings = af.Settings(home=Path({str(tmp_path)!r}), components=('scheduler',))\n"
+        "sup = af.Supervisor(settings, {}, program=[sys.executable, '-c', "
+        "'import time; time.sleep(60)'])\n"
+        "sup.start()\n"
+        "print(sup.children['scheduler'].pid, flush=True)\n"
+        "import time; time.sleep(60)\n")
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None
+    try:
+        component = int(launcher.stdout.readline())
+        assert component in af.descendants(launcher.pid)
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{component}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # SIGTERM is delivered when the launcher dies
+    gone = not Path(f"/proc/{component}").exists() or " Z " in Path(
+        f"/proc/{component}/stat").read_text()
+    if not gone:
+        af.kill_all([component])
+    assert gone, "the component outlived its launcher"

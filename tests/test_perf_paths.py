@@ -184,7 +184,7 @@ def test_fast_event_is_the_same_frozen_event() -> None:
     seen: list[Event] = []
     thing = Thing()
     thing.subscribe(seen.append)
-    thing._emit("poke", 2.0, x=1)
+    thing.emit("poke", 2.0, x=1)
     assert seen == [Event("thing", "t", "poke", 2.0, {"x": 1})]
 
 
@@ -200,8 +200,8 @@ def test_timeline_repr_is_short_and_series_are_kept() -> None:
 
 
 def test_without_a_log_the_retry_policy_is_not_observed() -> None:
-    assert Simulation(Scenario(duration=10), keep_log=False).retry._subscribers == ()
-    assert Simulation(Scenario(duration=10), keep_log=True).retry._subscribers != ()
+    assert Simulation(Scenario(duration=10), keep_log=False).retry.observed is False
+    assert Simulation(Scenario(duration=10), keep_log=True).retry.observed is True
 
 
 # ------------------------------------------------------------------ limiter bits

@@ -1057,3 +1057,14 @@ def test_async_twins_of_the_bookkeeping():
     st = lim.status()
     assert st["tokens_available"] == 10 and st["penalty_remaining"] == 2
     assert isinstance(lim, Limiter)
+
+
+@pytest.mark.parametrize("headers", [None, 42, "x-ratelimit-remaining-requests: 3"])
+def test_update_from_headers_names_a_non_mapping_and_keeps_the_levels(headers):
+    limiter = RateLimiter(rpm=60, clock=VirtualClock())
+    before = limiter.requests_bucket.available
+    with pytest.raises(TypeError, match="headers must be a mapping"):
+        limiter.update_from_headers(headers)
+    assert limiter.requests_bucket.available == before
+    limiter.update_from_headers({"x-ratelimit-remaining-requests": "0"})  # a mapping still works
+    assert limiter.requests_bucket.available == 0 < before

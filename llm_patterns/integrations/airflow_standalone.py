@@ -157,7 +157,8 @@ def prepare(settings: Settings, env: Mapping[str, str]) -> None:
         "'LLM API calls: how many LLM tasks may run at once, across every worker', False)\n"
     )
     subprocess.run([sys.executable, "-c", code], env=dict(env), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300,
+                   preexec_fn=stop_with_parent)
 
 
 def write_env_file(settings: Settings, env: Mapping[str, str]) -> Path:
@@ -254,19 +255,22 @@ def reap_orphans(keep: Sequence[int]) -> None:
 class Supervisor:
     """The components as children of this process; stops them (and all below) on exit."""
 
-    def __init__(self, settings: Settings, env: Mapping[str, str]) -> None:
+    def __init__(self, settings: Settings, env: Mapping[str, str],
+                 program: Sequence[str] | None = None) -> None:
         self.settings, self.env = settings, dict(env)
         self.logs = settings.home / "logs" / "components"
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        # this venv's ``airflow`` (tests run a stand-in program to check the process handling)
+        self.program = list(program or [str(Path(sys.executable).with_name("airflow"))])
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        airflow = str(Path(sys.executable).with_name("airflow"))
         for name in self.settings.components:
             log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
             self.children[name] = subprocess.Popen(
-                [airflow, *COMPONENTS[name]], env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [*self.program, *COMPONENTS[name]], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=stop_with_parent)  # a launcher killed outright takes them along
             log.close()
 
     def dead(self) -> str | None:
@@ -343,6 +347,7 @@ def run(settings: Settings, *, with_parent: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
     become_subreaper()
     supervisor.start()
     _say(f"starting {', '.join(settings.components)} (logs: {supervisor.logs}/)")

@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .. import _validate as v
-from .._flow import Call, Flow, arun, run
+from .._flow import Call, Flow, arun, run, running_loop
 from ..circuit_breaker import BreakerBase
 from ..circuit_breaker import check_clock as check_breaker_clock
 from ..machines.breaker import BreakerConfig
@@ -113,7 +113,7 @@ class SharedRateLimiter(LimiterConfig):
 
     # -- store calls that must not block an event loop
     def _in_loop(self) -> bool:
-        return self._blocking and asyncio._get_running_loop() is not None
+        return self._blocking and running_loop() is not None
 
     def _background(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on this limiter's worker thread (in order, never concurrently); its
