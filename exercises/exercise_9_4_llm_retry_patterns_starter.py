@@ -206,6 +206,10 @@ class CircuitBreaker:
     def record_failure(self) -> None:
         raise NotImplementedError("CircuitBreaker.record_failure: count; open at the threshold")
 
+    def health(self) -> dict:
+        raise NotImplementedError(
+            'CircuitBreaker.health: {"state": ..., "failures": ..., "retry_in": ...}')
+
 
 # =============================================================================================
 # Task 7 (optional) · Token limits: split long text into chunks that fit the context window

@@ -213,6 +213,9 @@ print("draft breaker in half-open admitted", admitted_at_once(DraftBreaker(3, 30
 # - **half-open:** `can_execute()` lets **exactly one** trial through and refuses everyone else
 #   until that trial reports back. `record_success()` closes the breaker (and resets the count);
 #   `record_failure()` opens it again, with a fresh cooldown starting now.
+# - **`health()`** returns `{"state": ..., "failures": ..., "retry_in": ...}` for a dashboard or
+#   a health endpoint: the state, the failures in a row, and the seconds until an open breaker
+#   lets a trial through (`0` unless open).
 #
 # Fix the draft's bug: remember that the trial was handed out.
 
@@ -261,6 +264,15 @@ class CircuitBreaker:
                 self.state = "open"
                 self.opened_at = self.clock.now()
                 self.trial_in_flight = False
+        ### END SOLUTION
+
+    def health(self):
+        ### BEGIN SOLUTION: a dict of state, failures and retry_in (retry_in: 0 unless open)
+        with self._lock:
+            retry_in = 0.0
+            if self.state == "open":
+                retry_in = max(0.0, self.opened_at + self.reset_timeout - self.clock.now())
+            return {"state": self.state, "failures": self.failures, "retry_in": retry_in}
         ### END SOLUTION
 
 # %% [markdown]

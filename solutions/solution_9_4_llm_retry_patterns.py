@@ -402,6 +402,15 @@ class CircuitBreaker:
                 self._open()
             # Already open (a call that started before it opened): the cooldown stays as it is.
 
+    def health(self) -> dict:
+        """For monitoring: the state, the failures in a row, the seconds until a trial."""
+        with self.lock:
+            self._update()
+            retry_in = 0.0
+            if self._state == OPEN:
+                retry_in = max(0.0, self.opened_at + self.reset_timeout - self.clock.now())
+            return {"state": self._state, "failures": self.failures, "retry_in": retry_in}
+
 
 # =============================================================================================
 # Task 7 (optional) · Token limits: split long text into chunks that fit the context window

@@ -948,6 +948,13 @@ class GoodLazyBreaker:
                 self.state = "open"
                 self.opened_at = self.clock.now()
 
+    def health(self):
+        with self.lock:
+            retry_in = 0.0
+            if self.state == "open":
+                retry_in = max(0.0, self.opened_at + self.reset_timeout - self.clock.now())
+            return {"state": self.state, "failures": self.failures, "retry_in": retry_in}
+
 
 class BugUnlockedHalfOpenBreaker(GoodLazyBreaker):
     """Right on one thread; with two, both see "no trial yet" and both become the trial."""
@@ -1015,6 +1022,11 @@ class GoodEagerBreaker:
                 self._state = State.OPEN
                 self._open_until = self.clock.now() + self.reset_timeout
 
+    def health(self):
+        state = self.state
+        wait = self._open_until - self.clock.now() if state is State.OPEN else 0.0
+        return dict(state=state, failures=self._consecutive, retry_in=wait)
+
 
 class BugEveryoneInHalfOpen(GoodLazyBreaker):
     def can_execute(self):
@@ -1074,6 +1086,15 @@ class BugStaleCooldown(GoodLazyBreaker):
             if self.opened_at is None:
                 self.opened_at = self.clock.now()  # set once: a failed trial keeps the old time
             self.state = "open"
+
+
+class BugFrozenRetryInBreaker(GoodLazyBreaker):
+    """health() reports the whole cooldown while open, never what is left of it."""
+
+    def health(self):
+        with self.lock:
+            retry_in = self.reset_timeout if self.state == "open" else 0.0
+            return {"state": self.state, "failures": self.failures, "retry_in": retry_in}
 
 
 class BugNoSuccessReset(GoodLazyBreaker):

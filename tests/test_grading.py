@@ -89,6 +89,7 @@ T5 = {
     "success_closes": "successful trial",
     "failure_reopens": "failed trial",
     "lock": "thread-safe",
+    "health": "health() reports",
 }
 T7 = {
     "lost": "loses no text",
@@ -434,12 +435,13 @@ def test_task5_accepts(impl):
         (S.BugNeverHalfOpens,
          {"half_opens", "one_trial", "success_closes", "failure_reopens", "lock"}),
         (S.BugWallClockBreaker,
-         {"half_opens", "one_trial", "success_closes", "failure_reopens", "lock"}),
+         {"half_opens", "one_trial", "success_closes", "failure_reopens", "lock", "health"}),
         (S.BugTrialFailureStaysHalfOpen, {"failure_reopens", "lock"}),
         (S.BugStaleCooldown, {"failure_reopens"}),
         (S.BugNoSuccessReset, {"reset", "success_closes"}),
         (S.BugStraightToClosed, {"half_opens", "one_trial", "failure_reopens", "lock"}),
         (S.BugUnlockedHalfOpenBreaker, {"lock"}),
+        (S.BugFrozenRetryInBreaker, {"health"}),
     ],
     ids=lambda x: getattr(x, "__name__", None),
 )
@@ -503,11 +505,11 @@ def test_check_failed_renders_short():
     exc = info.value
     assert isinstance(exc, AssertionError)
     lines = exc._render_traceback_()
-    assert lines[0] == "CheckFailed: Task 5 · Circuit breaker: 2 of 9 criteria failed"
+    assert lines[0] == "CheckFailed: Task 5 · Circuit breaker: 2 of 10 criteria failed"
     assert lines[1] == "  ✗ half-open admits exactly one trial"
     assert len(lines) <= 10
     assert "half-open admits exactly one trial" in str(exc)
-    assert out.getvalue().splitlines()[-1] == "7/9 criteria passed · 7/9 points"
+    assert out.getvalue().splitlines()[-1] == "8/10 criteria passed · 8/10 points"
 
 
 def test_ipython_shows_the_short_rendering():
@@ -519,7 +521,7 @@ def test_ipython_shows_the_short_rendering():
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         shell.run_cell("check_task5(Impl)")
     text = out.getvalue() + err.getvalue()
-    assert "CheckFailed: Task 5 · Circuit breaker: 2 of 9 criteria failed" in text
+    assert "CheckFailed: Task 5 · Circuit breaker: 2 of 10 criteria failed" in text
     assert "Traceback" not in text and "task5_circuit_breaker.py" not in text
 
 

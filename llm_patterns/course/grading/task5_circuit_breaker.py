@@ -177,6 +177,60 @@ def _trial_failure_reopens(CircuitBreaker: Any) -> None:
         raise Fail("reset_timeout after a failed trial the breaker did not half-open again")
 
 
+def _health_of(breaker: Any, when: str) -> dict[str, Any]:
+    health = getattr(breaker, "health", None)
+    if not callable(health):
+        raise Fail("the breaker has no health() method: add one that returns a dict "
+                   '{"state": ..., "failures": ..., "retry_in": ...} for dashboards')
+    got = health()
+    if not isinstance(got, dict):
+        raise Fail(f"health() returned {type(got).__name__} {when}: return a dict "
+                   '{"state": ..., "failures": ..., "retry_in": ...}')
+    missing = [k for k in ("state", "failures", "retry_in") if k not in got]
+    if missing:
+        raise Fail(f"health() {when} has no {', '.join(map(repr, missing))} "
+                   f"(it returned {sorted(got)!r}): a dashboard needs all three")
+    return got
+
+
+def _health(CircuitBreaker: Any) -> None:
+    clock = VirtualClock()
+    breaker = _breaker(CircuitBreaker, clock)
+    expectations = []  # (when, state, failures, retry_in)
+    got = _health_of(breaker, "on a new breaker")
+    expectations.append(("on a new breaker", got, "closed", 0, 0.0))
+    breaker.can_execute()
+    breaker.record_failure()
+    got = _health_of(breaker, "after one failure")
+    expectations.append(("after one failure", got, "closed", 1, 0.0))
+    for _ in range(THRESHOLD - 1):
+        breaker.can_execute()
+        breaker.record_failure()
+    clock.advance(10.0)
+    got = _health_of(breaker, "10 s after opening")
+    expectations.append(("10 s after opening", got, "open", THRESHOLD, RESET - 10.0))
+    for when, health, state, failures, retry_in in expectations:
+        try:
+            seen = norm_state(health["state"])
+        except (TypeError, ValueError, AttributeError):
+            seen = repr(health["state"])
+        if seen != state:
+            raise Fail(f"health()['state'] {when} is {health['state']!r}, expected {state!r}: "
+                       "report the breaker's own state")
+        try:
+            count, wait = int(health["failures"]), float(health["retry_in"])
+        except (TypeError, ValueError):
+            raise Fail(f"health() {when} gave failures={health['failures']!r}, "
+                       f"retry_in={health['retry_in']!r}: expected numbers") from None
+        if count != failures:
+            raise Fail(f"health()['failures'] {when} is {count}, expected {failures}: the "
+                       "failures in a row the breaker has counted")
+        if abs(wait - retry_in) > 1e-6:
+            raise Fail(f"health()['retry_in'] {when} is {wait:g} s, expected {retry_in:g}: the "
+                       "seconds until an open breaker lets a trial through (0 unless open), "
+                       "from self.clock")
+
+
 def _half_open_race(CircuitBreaker: Any) -> None:
     """Two threads ask an open breaker whose cooldown is over: exactly one is the trial."""
 
@@ -230,5 +284,6 @@ def check_task5(CircuitBreaker: Any, *, budget: float = DEFAULT_BUDGET) -> Check
             "thread-safe: concurrent callers after the cooldown get exactly one trial",
             lambda: _half_open_race(CircuitBreaker),
         ),
+        Criterion("health() reports state, failures and retry_in", lambda: _health(CircuitBreaker)),
     ]
     return run_check(TITLE, criteria, budget=budget, timeout_hint="a breaker never needs to loop")
