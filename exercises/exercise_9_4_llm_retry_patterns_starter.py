@@ -39,6 +39,7 @@ from llm_patterns.errors import (  # noqa: F401 - the error taxonomy your code d
     ProviderTimeout,
     QuotaExceededError,
     RateLimitError,
+    RateLimitTimeout,
     ServerError,
 )
 from llm_patterns.course.grading.script import run_checks
@@ -83,10 +84,12 @@ class RateLimiter:
 
     ``acquire(tokens)`` waits with ``clock.sleep`` until BOTH buckets can pay (one request and
     ``tokens`` tokens), then takes from both at once, and returns the seconds it waited. It never
-    takes from one bucket while it waits for the other.
+    takes from one bucket while it waits for the other. When the wait would pass ``max_wait``
+    it raises ``RateLimitTimeout`` at once, taking nothing (backpressure); each wait is logged
+    with its length.
     """
 
-    def __init__(self, rpm: float, tpm: float, clock=None) -> None:
+    def __init__(self, rpm: float, tpm: float, clock=None, max_wait=None) -> None:
         raise NotImplementedError("RateLimiter.__init__: one bucket for requests, one for tokens")
 
     def acquire(self, tokens: int = 0) -> float:

@@ -148,11 +148,16 @@ outcome_chart(sent, "No rate limiter: most requests bounce").show()
 # - `n > capacity` raises `ValueError` (it could never succeed: a caller would wait forever);
 # - reads time only from `clock.now()`, never holds more than `capacity`, and is thread-safe.
 #
-# **`RateLimiter(rpm, tpm, clock)`**
+# **`RateLimiter(rpm, tpm, clock, max_wait=None)`**
 # - one bucket for requests (capacity `rpm`, refilled at `rpm / 60` per second) and one for
 #   tokens (capacity `tpm`, refilled at `tpm / 60`);
 # - `acquire(tokens) -> float`: wait with `clock.sleep(...)` until **both** buckets can pay
-#   (1 request and `tokens` tokens), then pay both at once, and return the seconds waited.
+#   (1 request and `tokens` tokens), then pay both at once, and return the seconds waited;
+# - **backpressure:** when the wait would be longer than `max_wait` seconds, raise
+#   `RateLimitTimeout` at once (before sleeping), taking nothing: the caller gets its time back
+#   and can give the work back to its queue. `max_wait=None` waits as long as it takes;
+# - **status logging:** each time `acquire` has to wait, log it (`log.info(...)`, the logger
+#   defined for you) with the seconds it waits, so an operator can see the limit biting.
 #
 # The last point is subtle: if you take the request first and then wait for the tokens, the
 # request slot is spent while you wait. Check both, then take from both or from neither.
@@ -162,6 +167,11 @@ outcome_chart(sent, "No rate limiter: most requests bounce").show()
 # clock at all: your loop spins forever. Make every wait move time (e.g. sleep at least 1e-6 s).
 
 # %% tags=["task:1"]
+from llm_patterns import RateLimitTimeout
+
+log = logging.getLogger("task1")
+
+
 class TokenBucket:
     def __init__(self, capacity, refill_rate, clock):
         ### BEGIN SOLUTION: store the settings, start full, remember the last refill time, make a lock
@@ -205,9 +215,10 @@ class TokenBucket:
 
 
 class RateLimiter:
-    def __init__(self, rpm, tpm, clock):
+    def __init__(self, rpm, tpm, clock, max_wait=None):
         ### BEGIN SOLUTION: one TokenBucket for requests, one for tokens, each refilled per minute
         self.clock = clock
+        self.max_wait = max_wait
         self.requests = TokenBucket(rpm, rpm / 60, clock)
         self.tokens = TokenBucket(tpm, tpm / 60, clock)
         self.lock = threading.Lock()
@@ -223,6 +234,11 @@ class RateLimiter:
                     self.requests.consume(1)
                     self.tokens.consume(tokens)
                     return self.clock.now() - start
+            waited = self.clock.now() - start
+            if self.max_wait is not None and waited + wait > self.max_wait:
+                raise RateLimitTimeout(f"acquire would wait {waited + wait:.1f} s in all, "
+                                       f"more than max_wait={self.max_wait} s")
+            log.info("rate limited: waiting %.2f s", wait)
             self.clock.sleep(max(wait, 1e-6))  # a float-rounding crumb must still move time
         ### END SOLUTION
 

@@ -30,6 +30,7 @@ from llm_patterns.errors import (
     ProviderTimeout,
     QuotaExceededError,
     RateLimitError,
+    RateLimitTimeout,
     ServerError,
 )
 from llm_patterns.tokens import CHARS_PER_TOKEN, estimate_tokens
@@ -112,8 +113,9 @@ class RateLimiter:
     pays one request token and its LLM tokens together, from both buckets or from neither.
     """
 
-    def __init__(self, rpm: float, tpm: float, clock=None) -> None:
+    def __init__(self, rpm: float, tpm: float, clock=None, max_wait: float | None = None) -> None:
         self.clock = clock if clock is not None else SystemClock()
+        self.max_wait = max_wait  # backpressure: refuse a wait longer than this (None: no limit)
         self.rpm = rpm
         self.tpm = tpm
         self.requests = TokenBucket(rpm, rpm / 60.0, self.clock)
@@ -123,7 +125,8 @@ class RateLimiter:
 
     def acquire(self, tokens: int = 0) -> float:
         """Wait (with ``clock.sleep``) until a request of ``tokens`` LLM tokens may be sent, pay
-        for it, and return the seconds waited."""
+        for it, and return the seconds waited; ``RateLimitTimeout`` at once, taking nothing, when
+        the wait would pass ``max_wait``."""
         if tokens > self.tpm:
             raise ValueError(
                 f"a request of {tokens} tokens can never pass a limit of tpm={self.tpm}: "
@@ -142,6 +145,10 @@ class RateLimiter:
                     if waited:
                         logger.info("waited %.2f s for 1 request and %d tokens", waited, tokens)
                     return waited
+            if self.max_wait is not None and waited + wait > self.max_wait:
+                raise RateLimitTimeout(f"acquire would wait {waited + wait:.1f} s, more than "
+                                       f"max_wait={self.max_wait} s")
+            logger.info("rate limited: waiting %.2f s (1 request, %d tokens)", wait, tokens)
             # Sleep outside the lock so other threads can check (and pay) in the meantime;
             # then check again: another thread may have taken the tokens we waited for.
             self.clock.sleep(wait)

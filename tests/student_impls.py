@@ -25,6 +25,7 @@ from llm_patterns.errors import (
     ProviderTimeout,
     QuotaExceededError,
     RateLimitError,
+    RateLimitTimeout,
     ServerError,
 )
 from llm_patterns.tokens import estimate_tokens
@@ -249,8 +250,9 @@ class BugNoCapacityCheckBucket(GoodLazyBucket):
 class GoodLimiter:
     """Wait for the longer of the two waits, then take from both buckets at once."""
 
-    def __init__(self, rpm, tpm, clock):
+    def __init__(self, rpm, tpm, clock, max_wait=None):
         self.clock = clock
+        self.max_wait = max_wait
         self.requests = GoodLazyBucket(rpm, rpm / 60, clock)
         self.tokens = GoodLazyBucket(tpm, tpm / 60, clock)
         self.lock = threading.Lock()
@@ -264,6 +266,9 @@ class GoodLimiter:
                     self.requests.consume(1)
                     self.tokens.consume(tokens)
                     return waited
+            if self.max_wait is not None and waited + wait > self.max_wait:
+                raise RateLimitTimeout(f"would wait {waited + wait:.1f} s, max_wait {self.max_wait}")
+            log.info("rate limited: waiting %.2f s", wait)
             self.clock.sleep(wait)
             waited += wait
 
@@ -272,14 +277,20 @@ class GoodPollingLimiter:
     """Polls in small clock.sleep steps; checks both buckets and takes from both under one
     lock (the RLock of its own, taken again inside the buckets' calls, is fine)."""
 
-    def __init__(self, rpm, tpm, *, clock):
+    def __init__(self, rpm, tpm, *, clock, max_wait=float("inf")):
         self.clock = clock
+        self.max_wait = max_wait
         self.req = GoodGCRABucket(rpm, rpm / 60, clock=clock)
         self.tok = GoodGCRABucket(tpm, tpm / 60, clock=clock)
         self.lock = threading.RLock()
 
     def acquire(self, tokens=0):
         start = self.clock.now()
+        ahead = max(self.req.wait_time(1), self.tok.wait_time(tokens))
+        if ahead > (self.max_wait if self.max_wait is not None else float("inf")):
+            raise RateLimitTimeout("the wait would pass max_wait")
+        if ahead > 0:
+            logging.getLogger("limiter").warning(f"throttled for {ahead} seconds")
         while True:
             with self.lock:
                 if self.req.wait_time(1) == 0 and self.tok.wait_time(tokens) == 0:
@@ -292,8 +303,9 @@ class GoodPollingLimiter:
 class GoodConditionLimiter:
     """A Condition around both buckets (``from threading import Condition`` style imports)."""
 
-    def __init__(self, rpm, tpm, clock):
+    def __init__(self, rpm, tpm, clock, max_wait=None):
         self.clock = clock
+        self.max_wait = max_wait
         self.requests = GoodLazyBucket(rpm, rpm / 60, clock)
         self.tokens = GoodLazyBucket(tpm, tpm / 60, clock)
         self.cond = Condition(Lock())
@@ -307,6 +319,10 @@ class GoodConditionLimiter:
                     self.requests.consume(1)
                     self.tokens.consume(tokens)
                     return self.clock.now() - start
+                if self.max_wait is not None and self.clock.now() - start + wait > self.max_wait:
+                    raise RateLimitTimeout(f"{wait:.1f} s to wait, over max_wait={self.max_wait}")
+            print_wait = logging.getLogger(__name__)
+            print_wait.debug("waiting %s s for both buckets", round(wait, 3))
             self.clock.sleep(max(wait, 1e-6))
 
 
@@ -389,7 +405,7 @@ class StubBucket:
 
 
 class StubLimiter:
-    def __init__(self, rpm, tpm, clock):
+    def __init__(self, rpm, tpm, clock, max_wait=None):
         raise NotImplementedError("implement RateLimiter")
 
 

@@ -53,7 +53,11 @@ T1 = {
     "acquire": "acquire waits",
     "all_or_nothing": "both buckets or from neither",
     "limiter_lock": "RateLimiter is thread-safe",
+    "backpressure": "backpressure: past max_wait",
+    "logs": "logs each wait",
 }
+# a limiter whose own acquire has neither max_wait nor a log line fails both of these too
+WAITS = ("backpressure", "logs")
 T2 = {
     "first": "attempt 0",
     "growth": "doubles",
@@ -148,12 +152,13 @@ def test_task1_accepts(impl):
         (S.BugOneLineUnlockedBucket, S.GoodLimiter, {"lock"}),
         (S.BugRefillBeforeLockBucket, S.GoodLimiter, {"lock"}),
         (S.BugHintBucket, S.GoodLimiter, {"lock"}),
-        (S.GoodGCRABucket, S.BugCheckThenTakeLimiter, {"limiter_lock"}),
+        (S.GoodGCRABucket, S.BugCheckThenTakeLimiter, {"limiter_lock", *WAITS}),
         (S.BugNoCapacityCheckBucket, S.GoodLimiter, {"above_capacity"}),
-        (S.GoodLazyBucket, S.BugSpendWhileWaitingLimiter, {"all_or_nothing"}),
-        (S.GoodLazyBucket, S.BugTokensFirstLimiter, {"all_or_nothing"}),
-        (S.GoodLazyBucket, S.BugShortCircuitLimiter, {"all_or_nothing"}),
-        (S.GoodLazyBucket, S.BugRealSleepLimiter, {"acquire", "all_or_nothing", "limiter_lock"}),
+        (S.GoodLazyBucket, S.BugSpendWhileWaitingLimiter, {"all_or_nothing", *WAITS}),
+        (S.GoodLazyBucket, S.BugTokensFirstLimiter, {"all_or_nothing", *WAITS}),
+        (S.GoodLazyBucket, S.BugShortCircuitLimiter, {"all_or_nothing", *WAITS}),
+        (S.GoodLazyBucket, S.BugRealSleepLimiter,
+         {"acquire", "all_or_nothing", "limiter_lock", *WAITS}),
     ],
     ids=lambda x: getattr(x, "__name__", None),
 )
@@ -267,7 +272,7 @@ def test_endless_loop_fails_within_budget_and_returns():
     t0 = time.perf_counter()
     _, failures, _ = run(check_task1, S.GoodLazyBucket, S.BugBusyWaitLimiter, budget=0.5)
     assert time.perf_counter() - t0 < 10  # a hang guard, not a speed test
-    assert failed_keys(failures, T1) == {"acquire", "all_or_nothing", "limiter_lock"}
+    assert failed_keys(failures, T1) == {"acquire", "all_or_nothing", "limiter_lock", *WAITS}
     assert all(h.startswith("did not finish within 0.5 s — an endless loop?")
                for h in failures.values())
     # the stopped threads are gone: the async exception reached them
@@ -280,7 +285,7 @@ def test_endless_loop_fails_within_budget_and_returns():
 def test_deadlock_is_named_and_does_not_spill_into_later_checks():
     """A lock taken twice blocks forever: the hint says so, and the next check is unharmed."""
     _, failures, _ = run(check_task1, S.GoodLazyBucket, S.BugDeadlockLimiter, budget=0.3)
-    assert failed_keys(failures, T1) == {"acquire", "all_or_nothing", "limiter_lock"}
+    assert failed_keys(failures, T1) == {"acquire", "all_or_nothing", "limiter_lock", *WAITS}
     # on one thread: a criterion stuck in the lock; under the race scheduler: named at once
     assert all("stuck waiting for a lock" in h or "waits for a lock it already holds" in h
                for h in failures.values()), failures
@@ -492,7 +497,7 @@ def test_output_is_deterministic_and_short():
     second = run(check_task1, S.GoodGCRABucket, S.GoodLimiter)
     assert first[2] == second[2]
     assert first[2].splitlines()[0] == "Task 1 · Rate limiting"
-    assert repr(first[0]) == "CheckResult(passed=9, total=9)"
+    assert repr(first[0]) == "CheckResult(passed=11, total=11)"
     _, _, a = run(check_task3, S.BugCheapDefaultTracker)
     _, _, b = run(check_task3, S.BugCheapDefaultTracker)
     assert a == b and "0x" not in a

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from llm_patterns.clock import VirtualClock
 
-from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, run_check
+from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, capture_logs, run_check
 from ._student import construct, fmt
 from .scheduler import Call, WaitingClock, explore, race_errors
 
@@ -315,6 +316,70 @@ def _all_or_nothing(RateLimiter: Any) -> None:
         )
 
 
+def _max_wait_limiter(RateLimiter: Any, clock: VirtualClock) -> Any:
+    try:
+        return construct(RateLimiter, rpm=60, tpm=1000, clock=clock, max_wait=5.0)
+    except TypeError as exc:
+        raise Fail(f"RateLimiter(rpm, tpm, clock, max_wait=5) raised TypeError ({exc}): add a "
+                   "max_wait=None parameter (None: wait as long as it takes)") from None
+
+
+def _backpressure(RateLimiter: Any) -> None:
+    clock = VirtualClock()
+    limiter = _max_wait_limiter(RateLimiter, clock)
+    limiter.acquire(900)
+    start = clock.now()
+    try:
+        got = limiter.acquire(900)  # 800 more tokens at 1000/min: 48 s, above max_wait=5
+    except Exception as exc:  # noqa: BLE001 - the class is what is judged
+        if type(exc).__name__ != "RateLimitTimeout":
+            raise Fail(f"an acquire that would wait 48 s with max_wait=5 raised "
+                       f"{type(exc).__name__}: raise RateLimitTimeout (from llm_patterns), the "
+                       "backpressure signal upstream code can act on") from None
+    else:
+        raise Fail(f"with max_wait=5 an acquire that needed 48 s returned {got!r} after "
+                   f"{fmt(clock.now() - start)} s: when the wait would pass max_wait, raise "
+                   "RateLimitTimeout at once instead of waiting")
+    if clock.now() - start > 1e-9:
+        raise Fail(f"acquire slept {fmt(clock.now() - start)} s before raising RateLimitTimeout: "
+                   "raise at once, before sleeping — the caller wants its time back")
+    passed = 0
+    for _ in range(60):
+        with_clock = clock.now()
+        limiter.acquire(0)
+        if clock.now() > with_clock:
+            break
+        passed += 1
+    if passed < 59:
+        raise Fail(f"after the refused acquire only {passed} of the 59 requests left passed at "
+                   "once: a refused acquire must take nothing from either bucket")
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _logs_waits(RateLimiter: Any) -> None:
+    clock = VirtualClock()
+    limiter = _limiter(RateLimiter, 6, 100_000, clock)
+    with capture_logs() as quiet:
+        for _ in range(6):
+            limiter.acquire(10)
+    with capture_logs() as records:
+        limiter.acquire(10)  # waits 10 s
+    messages = [m for _, _, m in records]
+    if not messages:
+        raise Fail("an acquire that waited 10 s logged nothing: log each wait with the logging "
+                   "module (e.g. log.info('rate limited: waiting %.1f s', wait)), so an "
+                   "operator sees why the pipeline slowed down")
+    numbers = [float(n) for m in messages for n in _NUMBER.findall(m)]
+    if not any(abs(n - 10.0) < 0.06 for n in numbers):
+        raise Fail(f"the wait was logged without its length ({messages[0]!r}): name the seconds "
+                   "waited, so the log says how hard the limit bites")
+    if len(quiet) > 6:
+        raise Fail(f"six acquires that did not wait logged {len(quiet)} lines: log the waits, "
+                   "not every call")
+
+
 def check_task1(
     TokenBucket: Any, RateLimiter: Any, *, budget: float = DEFAULT_BUDGET
 ) -> CheckResult:
@@ -349,5 +414,10 @@ def check_task1(
             "RateLimiter is thread-safe: concurrent acquires never get more than there is",
             lambda: _limiter_thread_safe(RateLimiter),
         ),
+        Criterion(
+            "backpressure: past max_wait, RateLimitTimeout at once, nothing taken",
+            lambda: _backpressure(RateLimiter),
+        ),
+        Criterion("logs each wait with its length", lambda: _logs_waits(RateLimiter)),
     ]
     return run_check(TITLE, criteria, budget=budget)
