@@ -362,8 +362,23 @@ def _capturing_is_enabled_for(self: logging.Logger, level: int) -> bool:
     return True
 
 
+# Files of the code under check that count as the student's for ``capture_logs(code)``: the
+# library's own classes when a notebook checks them (the tour), by file path, with a count.
+_checked_files: dict[str, int] = {}
+
+
+def _source_file(obj: Any) -> str | None:
+    import inspect
+
+    target = getattr(obj, "func", obj)  # a functools.partial of the class
+    try:
+        return inspect.getsourcefile(target)
+    except (TypeError, OSError):  # a builtin, or a class defined in a notebook cell
+        return None
+
+
 def _capturing_handle(self: logging.Logger, record: logging.LogRecord) -> None:
-    if is_student_file(record.pathname):
+    if is_student_file(record.pathname) or record.pathname in _checked_files:
         try:
             text = record.getMessage()
         except Exception:
@@ -375,14 +390,19 @@ def _capturing_handle(self: logging.Logger, record: logging.LogRecord) -> None:
 
 
 @contextmanager
-def capture_logs() -> Iterator[list[tuple[str, int, str]]]:
+def capture_logs(*code: Any) -> Iterator[list[tuple[str, int, str]]]:
     """Collect ``(logger, level, message)`` for every logging call the student's code makes
     in the block, at any level, through any logger or handler, propagating or not; what the
-    student's own handlers show is unchanged. Works in a notebook and through ``grade``."""
+    student's own handlers show is unchanged. Works in a notebook and through ``grade``.
+    ``code``: the classes or functions under check, whose own files count as the student's
+    even when they are the library's (a notebook that checks the library's classes)."""
     global _log_patch_depth
     records: list[tuple[str, int, str]] = []
     listener = records.append
+    files = [f for f in map(_source_file, code) if f]
     with _log_patch_lock:
+        for f in files:
+            _checked_files[f] = _checked_files.get(f, 0) + 1
         if _log_patch_depth == 0:
             logging.Logger.isEnabledFor = _capturing_is_enabled_for  # type: ignore[method-assign]
             logging.Logger.handle = _capturing_handle  # type: ignore[method-assign]
@@ -393,6 +413,10 @@ def capture_logs() -> Iterator[list[tuple[str, int, str]]]:
     finally:
         log_listeners.remove(listener)
         with _log_patch_lock:
+            for f in files:
+                _checked_files[f] -= 1
+                if not _checked_files[f]:
+                    del _checked_files[f]
             _log_patch_depth -= 1
             if _log_patch_depth == 0:
                 logging.Logger.isEnabledFor = _real_is_enabled_for  # type: ignore[method-assign]

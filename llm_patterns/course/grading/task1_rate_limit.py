@@ -331,7 +331,7 @@ def _backpressure(RateLimiter: Any) -> None:
     start = clock.now()
     try:
         got = limiter.acquire(900)  # 800 more tokens at 1000/min: 48 s, above max_wait=5
-    except Exception as exc:  # noqa: BLE001 - the class is what is judged
+    except Exception as exc:
         if type(exc).__name__ != "RateLimitTimeout":
             raise Fail(f"an acquire that would wait 48 s with max_wait=5 raised "
                        f"{type(exc).__name__}: raise RateLimitTimeout (from llm_patterns), the "
@@ -361,10 +361,10 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 def _logs_waits(RateLimiter: Any) -> None:
     clock = VirtualClock()
     limiter = _limiter(RateLimiter, 6, 100_000, clock)
-    with capture_logs() as quiet:
+    with capture_logs(RateLimiter) as quiet:
         for _ in range(6):
             limiter.acquire(10)
-    with capture_logs() as records:
+    with capture_logs(RateLimiter) as records:
         limiter.acquire(10)  # waits 10 s
     messages = [m for _, _, m in records]
     if not messages:
