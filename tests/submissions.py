@@ -76,3 +76,27 @@ class CostTracker:
     def record(self, model, usage, dag_id=None, task_id=None):
         raise NotImplementedError("record")
 '''
+
+
+def criteria_count(task: int) -> int:
+    """How many criteria (points) task ``task``'s check has: its stub fails every one."""
+    import contextlib
+    import io
+
+    import student_impls as S
+
+    from llm_patterns.course.grading import check_task1, check_task3
+    from llm_patterns.course.grading._framework import CheckFailed
+
+    check, stub = {1: (check_task1, (S.StubBucket, S.StubLimiter)),
+                   3: (check_task3, (S.StubTracker,))}[task]
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            check(*stub)
+        except CheckFailed as exc:
+            return len(exc.failures)
+    raise AssertionError(f"the stub passed task {task}'s check")
+
+
+T1_MAX = criteria_count(1)
+T3_MAX = criteria_count(3)

@@ -71,15 +71,15 @@ def test_a_renamed_notebook_is_found_by_the_names_it_defines_and_every_task_coun
     report = G.grade(tmp_path, limits=FAST)
     t3 = report["tasks"]["task3"]
     assert t3["notebook"] == "my work (final).ipynb"
-    assert t3["points"] == t3["max"] == 6 and t3["passed"] and t3["reason"] is None
+    assert t3["points"] == t3["max"] == SUB.T3_MAX and t3["passed"] and t3["reason"] is None
     assert t3["criteria"][0]["name"] == "prices are per 1M tokens"
     assert all(c["passed"] and c["points"] == 1 and c["hint"] is None for c in t3["criteria"])
     # the denominator is the whole course; the missing tasks score 0 and say why
     assert set(report["tasks"]) == {"task1", "task2", "task3", "task4", "task5", "task7"}
     assert report["max"] == sum(t["max"] for t in report["tasks"].values() if not t["bonus"])
-    assert report["score"] == 6 and report["max"] > 6
+    assert report["score"] == SUB.T3_MAX and report["max"] > SUB.T3_MAX
     t1 = report["tasks"]["task1"]
-    assert t1["points"] == 0 and t1["max"] == 9 and not t1["passed"]
+    assert t1["points"] == 0 and t1["max"] == SUB.T1_MAX and not t1["passed"]
     assert t1["reason"].startswith("no notebook defines TokenBucket and RateLimiter")
     assert "01_rate_limiting.ipynb is missing" in t1["reason"]
     assert all(c["hint"] == t1["reason"] for c in t1["criteria"])
@@ -90,7 +90,7 @@ def test_a_broken_notebook_scores_zero_with_the_reason(tmp_path):
     (tmp_path / "03_cost_tracking.ipynb").write_text("{ this is not json", encoding="utf-8")
     report = G.grade(tmp_path, limits=FAST, tasks=[3])
     t3 = report["tasks"]["task3"]
-    assert t3["points"] == 0 and t3["max"] == 6
+    assert t3["points"] == 0 and t3["max"] == SUB.T3_MAX
     assert "03_cost_tracking.ipynb is not a valid notebook (JSON error" in t3["reason"]
 
 
@@ -107,7 +107,7 @@ def test_partial_credit_is_per_criterion(tmp_path):
     unlocked = GOOD_TRACKER.replace("with self.lock:", "if True:")
     tracker_submission(tmp_path, body=unlocked)
     t3 = G.grade(tmp_path, limits=FAST, tasks=[3])["tasks"]["task3"]
-    assert (t3["points"], t3["max"]) == (5, 6)
+    assert (t3["points"], t3["max"]) == (SUB.T3_MAX - 1, SUB.T3_MAX)
     (failed,) = [c for c in t3["criteria"] if not c["passed"]]
     assert failed["name"] == "thread-safe: concurrent records add up exactly"
     assert "one update was lost" in failed["hint"] and "how: thread" in failed["hint"]
@@ -146,7 +146,7 @@ def test_slicing_keeps_the_task_and_what_it_needs_and_stops_at_the_check_cell(tm
     assert "RuntimeError" not in code and "lp.CostTracker" not in code and "echo" not in code
     assert [c["filename"] for c in program.chunks] == ["x.ipynb (cell 1)", "x.ipynb (cell 3)"]
     report = G.grade(tmp_path, limits=FAST, tasks=[3])
-    assert report["tasks"]["task3"]["points"] == 6
+    assert report["tasks"]["task3"]["points"] == SUB.T3_MAX
 
 
 def test_a_syntax_error_in_the_task_cell_is_the_reason(tmp_path):
@@ -160,7 +160,7 @@ def test_a_stub_notebook_does_not_hide_the_real_work_elsewhere(tmp_path):
     tracker_submission(tmp_path, body=SUB.STUB_TRACKER)  # the course's notebook, untouched
     tracker_submission(tmp_path, name="scratch.ipynb")  # the student worked here
     t3 = G.grade(tmp_path, limits=FAST, tasks=[3])["tasks"]["task3"]
-    assert t3["notebook"] == "scratch.ipynb" and t3["points"] == 6
+    assert t3["notebook"] == "scratch.ipynb" and t3["points"] == SUB.T3_MAX
 
 
 # --- copying the submission -----------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_symbolic_links_are_never_followed(tmp_path):
     assert os.readlink(tmp_path / "copy" / "loop") == "."
     assert (tmp_path / "copy" / "big").is_symlink()
     report = G.grade(sub, limits=FAST, tasks=[3])
-    assert report["tasks"]["task3"]["points"] == 6
+    assert report["tasks"]["task3"]["points"] == SUB.T3_MAX
     assert "secret.ipynb is a symbolic link: not graded (submit the file itself)" in report["notes"]
 
 
@@ -190,7 +190,7 @@ def test_the_copy_is_bounded(tmp_path):
     (tmp_path / "zz_huge.bin").write_bytes(b"\0" * (3 << 20))
     small = Limits(copy_bytes=1 << 20, criterion_seconds=3, task_seconds=30)
     report = G.grade(tmp_path, limits=small, tasks=[3])
-    assert report["tasks"]["task3"]["points"] == 6
+    assert report["tasks"]["task3"]["points"] == SUB.T3_MAX
     assert any("over 1 MB" in note for note in report["notes"])
 
 
@@ -227,11 +227,12 @@ def test_table_json_and_classroom_result(tmp_path, capsys):
     assert G.main([str(tmp_path), "--task", "3", "--classroom", str(result_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["task", "notebook", "status", "points", "note"]
-    assert lines[2].split() == ["task3", "03_cost_tracking.ipynb", "✓", "6/6"]
-    assert lines[3] == "score: 6/6"
+    n = SUB.T3_MAX
+    assert lines[2].split() == ["task3", "03_cost_tracking.ipynb", "✓", f"{n}/{n}"]
+    assert lines[3] == f"score: {n}/{n}"
     classroom = json.loads(result_file.read_text())
-    assert classroom["version"] == 1 and classroom["max_score"] == 6
-    assert len(classroom["tests"]) == 6 and all(t["status"] == "pass" for t in classroom["tests"])
+    assert classroom["version"] == 1 and classroom["max_score"] == n
+    assert len(classroom["tests"]) == n and all(t["status"] == "pass" for t in classroom["tests"])
     assert G.main([str(tmp_path), "--task", "3", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"tasks", "score", "max", "bonus", "sandbox", "seconds"} <= set(report)
@@ -250,7 +251,7 @@ def test_a_class_gradebook_and_feedback_files(tmp_path):
     assert code == 0
     rows = list(csv.DictReader(gradebook.open(encoding="utf-8")))
     assert [r["student"] for r in rows] == ["alice", "bob", "carol"]
-    assert [r["task3"] for r in rows] == ["6", "0", "0"]
+    assert [r["task3"] for r in rows] == [str(SUB.T3_MAX), "0", "0"]
     assert all(r["max"] == rows[0]["max"] and int(r["max"]) > 6 for r in rows)
     assert "not a valid notebook" in rows[2]["notes"]
     alice = (feedback / "alice.md").read_text(encoding="utf-8")
@@ -285,10 +286,10 @@ def test_the_classroom_workflow_runs_grade_and_feeds_the_reporter(tmp_path):
     assert proc.returncode == 0, proc.stderr
     encoded = base64.b64encode((tmp_path / "classroom.json").read_bytes()).decode()
     result = json.loads(base64.b64decode(encoded))
-    assert result["version"] == 1 and result["max_score"] == 6
-    assert sum(t["score"] for t in result["tests"]) == 6
+    assert result["version"] == 1 and result["max_score"] == SUB.T3_MAX
+    assert sum(t["score"] for t in result["tests"]) == SUB.T3_MAX
     assert all({"name", "status", "score", "message"} <= set(t) for t in result["tests"])
-    assert json.loads(proc.stdout)["score"] == 6
+    assert json.loads(proc.stdout)["score"] == SUB.T3_MAX
     assert (tmp_path / "feedback" / "notebooks.md").exists()
 
 

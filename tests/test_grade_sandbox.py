@@ -156,7 +156,7 @@ ATTACKS = {
 def test_tampering_scores_zero_on_a_stub(tmp_path, name):
     before = fingerprint(GRADER_FILES)
     task = grade_attack(tmp_path, ATTACKS[name])
-    assert task["points"] == 0 and task["max"] == 6, task
+    assert task["points"] == 0 and task["max"] == SUB.T3_MAX, task
     assert not any(c["passed"] for c in task["criteria"])
     assert fingerprint(GRADER_FILES) == before
 
@@ -330,7 +330,7 @@ def test_every_confinement_level_grades_alike_and_cleans_up(tmp_path, level):
     good = SUB.solution_cell("03_cost_tracking", 3)
     SUB.write(tmp_path / "good", "03_cost_tracking.ipynb", IMPORTS_3, good)
     report = G.grade(tmp_path / "good", limits=LIMITS, tasks=[3], level=level)
-    assert report["sandbox"] == level and report["tasks"]["task3"]["points"] == 6
+    assert report["sandbox"] == level and report["tasks"]["task3"]["points"] == SUB.T3_MAX
     spawner = "def _attack():\n    import subprocess\n    subprocess.Popen(['sleep', '4242'])"
     SUB.write(tmp_path / "bad", "03_cost_tracking.ipynb", IMPORTS_3, stub_with(spawner))
     report = G.grade(tmp_path / "bad", limits=LIMITS, tasks=[3], level=level)
