@@ -99,6 +99,7 @@ T7 = {
     "lost": "loses no text",
     "limit": "fits in max_tokens",
     "word_cut": "no word cut",
+    "cuts": "cuts at a paragraph break",
     "long_word": "longer than the limit",
     "empty_bad": "empty text",
     "overlap": "with overlap",
@@ -470,9 +471,10 @@ def test_task7_accepts(impl):
 @pytest.mark.parametrize(
     ("impl", "expected"),
     [
-        (S.bug_chunk_loses_whitespace, {"lost", "word_cut", "long_word", "overlap"}),
-        (S.bug_chunk_over_limit, {"limit", "long_word", "overlap"}),
-        (S.bug_chunk_cuts_words, {"word_cut"}),
+        (S.bug_chunk_loses_whitespace, {"lost", "word_cut", "cuts", "long_word", "overlap"}),
+        (S.bug_chunk_over_limit, {"limit", "cuts", "long_word", "overlap"}),
+        (S.bug_chunk_cuts_words, {"word_cut", "cuts"}),
+        (S.bug_chunk_words_only, {"cuts"}),
         (S.bug_chunk_empty_text, {"empty_bad"}),
         (S.bug_chunk_no_validation, {"empty_bad"}),
     ],
@@ -484,7 +486,7 @@ def test_task7_rejects(impl, expected):
 
 def test_task7_endless_loop_on_a_long_word_is_a_failed_criterion():
     failures = assert_rejects(
-        check_task7, (S.bug_chunk_endless_on_long_word,), T7, {"long_word"}, budget=0.3
+        check_task7, (S.bug_chunk_endless_on_long_word,), T7, {"long_word", "cuts"}, budget=0.3
     )
     assert "did not finish within 0.3 s" in hint_for(failures, T7["long_word"])
 

@@ -78,6 +78,39 @@ def _no_text_lost(chunk_text: Any) -> None:
                 )
 
 
+_SENTENCE_ENDS = (". ", "! ", "? ", ".\n", "!\n", "?\n")  # a sentence end in reach
+
+
+def _clean_cuts(chunk_text: Any) -> None:
+    """Rule 3's order: a chunk ends after a paragraph break when one is in reach, else after a
+    sentence end when one is in reach (else after whitespace: 'no word cut' checks that)."""
+    label, text = TEXTS[1]
+    for max_tokens in (12, 40):
+        reach, pos = max_tokens * 4, 0
+        chunks = _chunks(chunk_text, text, max_tokens)
+        if "".join(chunks) != text:
+            raise Fail("the chunks do not join back to the text — fix 'loses no text' first")
+        for chunk in chunks[:-1]:
+            window = text[pos:pos + reach]
+            pos += len(chunk)
+            rest = text[pos:]
+            at_break = (chunk.endswith("\n\n") or rest.startswith("\n\n")
+                        or (chunk.endswith("\n") and rest.startswith("\n")))
+            if "\n\n" in window and not at_break:
+                raise Fail(
+                    f"for {label} with max_tokens={max_tokens} a chunk ends with "
+                    f"{chunk[-25:]!r} though a paragraph break was in reach: cut after the last "
+                    "paragraph break (\"\\n\\n\") that fits, then at sentence ends, then at spaces"
+                )
+            if ("\n\n" not in window and any(e in window for e in _SENTENCE_ENDS)
+                    and not chunk.rstrip().endswith((".", "!", "?")) and not at_break):
+                raise Fail(
+                    f"for {label} with max_tokens={max_tokens} a chunk ends mid-sentence "
+                    f"({chunk[-25:]!r}) though a sentence end was in reach: prefer a paragraph "
+                    "break, then the end of a sentence, then a space"
+                )
+
+
 def _within_limit(chunk_text: Any) -> None:
     for label, text in TEXTS:
         for max_tokens in (4, 12, 40):
@@ -181,6 +214,10 @@ def check_task7(chunk_text: Any, *, budget: float = DEFAULT_BUDGET) -> CheckResu
         ),
         Criterion("every chunk fits in max_tokens", lambda: _within_limit(chunk_text)),
         Criterion("no word cut in half when it fits", lambda: _no_word_cut(chunk_text)),
+        Criterion(
+            "cuts at a paragraph break, else a sentence end, else a space",
+            lambda: _clean_cuts(chunk_text),
+        ),
         Criterion(
             "a word longer than the limit is cut (no endless loop)", lambda: _long_word(chunk_text)
         ),
