@@ -17,11 +17,14 @@ from llm_patterns.clock import VirtualClock
 from llm_patterns.cost import CostTracker
 from llm_patterns.course.simulation import Scenario, Simulation, _choices
 from llm_patterns.errors import LLMError
+from llm_patterns.layers import Call, stamp
 from llm_patterns.mock import MockLLMServer
 from llm_patterns.pricing import MILLION, MONEY_CONTEXT, PriceTable, Pricing, TokenCounts
+from llm_patterns.protocols import Demand
 from llm_patterns.providers import AnthropicProvider, OpenAIProvider
 from llm_patterns.rate_limit import RateLimiter
-from llm_patterns.response import Usage
+from llm_patterns.request import Request
+from llm_patterns.response import LLMResponse, Usage, asend, send
 
 # ------------------------------------------------------------------ direct mock provider parity
 
@@ -335,3 +338,55 @@ def test_headroom_avoids_the_opening_burst_429() -> None:
 
     assert run(0.0) > 0
     assert run(0.05) == 0
+
+
+# ------------------------------------------------ a plain provider's complete() and the stamp
+
+class _Recorder:
+    """A provider with only complete()/acomplete(): records the keywords it was given."""
+
+    name = "plain"
+    model = "gpt-4o-mini"
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def complete(self, prompt=None, **kw):
+        self.seen.append({"prompt": prompt, **kw} if prompt is not None else dict(kw))
+        return LLMResponse(text="ok", model=self.model, provider=self.name,
+                           usage=Usage(prompt_tokens=3, completion_tokens=1))
+
+    async def acomplete(self, prompt=None, **kw):
+        return self.complete(prompt, **kw)
+
+
+@pytest.mark.parametrize("args", [
+    {"prompt": "hi", "max_tokens": 5},  # the lone prompt: no complete_kwargs dict is built
+    {"prompt": "hi", "max_tokens": 5, "temperature": 0.2},
+    {"prompt": "hi", "max_tokens": 5, "timeout": 3.0},
+    {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+    {"prompt": "hi", "max_tokens": 5, "system": "be brief"},
+])
+def test_a_plain_provider_gets_exactly_complete_kwargs(args) -> None:
+    request = Request(**args)
+    sync, async_ = _Recorder(), _Recorder()
+    send(sync, request)
+    asyncio.run(asend(async_, request))
+    assert sync.seen == async_.seen == [request.complete_kwargs()]
+
+
+def test_the_stamp_sets_three_fields_and_keeps_the_rest() -> None:
+    response = LLMResponse(text="ok", model="m", provider="p", usage=Usage(3, 1),
+                           headers={"x": "1"})
+    call = Call(Demand(1, 1), sync=True)
+    call.started = 10.0
+    stamped = stamp(response, call, 1, 9.0)  # a clock read before the start: latency 0
+    assert (stamped.attempts, stamped.latency_s, stamped.fallback_used) == (1, 0.0, True)
+    assert stamped is not response and response.attempts == 1 and not response.fallback_used
+    assert {k: v for k, v in vars(stamped).items()
+            if k not in ("attempts", "latency_s", "fallback_used")} == \
+        {k: v for k, v in vars(response).items()
+         if k not in ("attempts", "latency_s", "fallback_used")}
+    call.attempts = 3
+    again = stamp(response, call, 0, 12.5)
+    assert (again.attempts, again.latency_s, again.fallback_used) == (3, 2.5, False)
