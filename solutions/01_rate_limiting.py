@@ -260,12 +260,26 @@ check_task1(TokenBucket, RateLimiter)
 # %%
 import random
 
+from llm_patterns.course.grading import under_guard
 from llm_patterns.course.widgets import BucketGauge, watch
 
 
 def level(value, digits=0):
     """A bucket level read by watch(); "?" if it could not find that bucket on your limiter."""
     return "?" if value is None else f"{value:,.{digits}f}"
+
+
+def burst():
+    """14 requests through your limiter (run under_guard: a real-time sleep or an endless
+    loop in your code stops the demo with a message instead of freezing the notebook)."""
+    for i in range(1, 15):
+        tokens = rng.randint(100, 300)
+        waited = my_limiter.acquire(tokens)
+        s = watched.status()
+        print(f"#{i:<2} sent at t={clock.now():4.1f} s  {tokens} tokens  waited {waited:3.1f} s  "
+              f"left: {level(s['requests_available'], 1)} requests, "
+              f"{level(s['tokens_available'])} tokens")
+    return True
 
 
 clock = lp.VirtualClock()
@@ -275,13 +289,8 @@ try:
     my_limiter = RateLimiter(rpm=10, tpm=2_000, clock=clock)
     watched = watch(my_limiter, name="your RateLimiter")
     gauge = BucketGauge(watched)
-    for i in range(1, 15):
-        tokens = rng.randint(100, 300)
-        waited = my_limiter.acquire(tokens)
-        s = watched.status()
-        print(f"#{i:<2} sent at t={clock.now():4.1f} s  {tokens} tokens  waited {waited:3.1f} s  "
-              f"left: {level(s['requests_available'], 1)} requests, "
-              f"{level(s['tokens_available'])} tokens")
+    if not under_guard(burst, what="the burst through your limiter"):
+        my_limiter = None
 except NotImplementedError:
     my_limiter = None
     print("implement TokenBucket and RateLimiter above first, then re-run this cell")
@@ -302,7 +311,7 @@ if my_limiter is None:
     print("implement TokenBucket and RateLimiter above first, then re-run the cell above and this one")
 else:
     clock.sleep(60)  # a quiet minute
-    waited = my_limiter.acquire(200)
+    waited = under_guard(lambda: my_limiter.acquire(200), what="your limiter's acquire")
     s = watched.status()
     print(f"after a quiet minute, at t={clock.now():.1f} s: waited {waited:.1f} s; left: "
           f"{level(s['requests_available'], 1)} requests, {level(s['tokens_available'])} tokens")
@@ -326,13 +335,15 @@ class StrictClock(lp.VirtualClock):
         super().sleep(seconds)
 
 
+sent = None
 try:
     clock = StrictClock()
     limiter = RateLimiter(rpm=60, tpm=20_000, clock=clock)
-    sent = run_pipeline(clock, before_send=limiter.acquire)
+    sent = under_guard(lambda: run_pipeline(clock, before_send=limiter.acquire),
+                       what="the pipeline through your limiter", budget=10.0)
 except NotImplementedError:
     print("implement TokenBucket and RateLimiter above first")
-else:
+if isinstance(sent, list):  # not a stub, not stopped
     refused = sum(1 for _, o in sent if o == "429")
     print(f"{len(sent)} requests in {sent[-1][0]:.0f} s: {len(sent) - refused} answered, "
           f"{refused} refused with 429")

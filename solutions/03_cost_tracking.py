@@ -263,7 +263,7 @@ try:
                  "completion_tokens": rng.randint(200, 1_000)}
         cost = my_tracker.record("gpt-4o", usage, dag_id="nightly", task_id="summarize")
         print(f"call {call:>2}: ${cost:.4f}, total ${my_tracker.total:.4f} "
-              f"({my_tracker.total / budget:.0%} of the budget)")
+              f"({float(my_tracker.total) / budget:.0%} of the budget)")  # float or Decimal
 except NotImplementedError:
     print("implement CostTracker above first, then re-run this cell")
 else:

@@ -553,3 +553,37 @@ def test_task5_stale_cooldown_is_named_not_told_to_reopen():
     _, failures, _ = run(check_task5, S.BugStaleCooldown)
     hint = hint_for(failures, T5["failure_reopens"])
     assert "restarts the cooldown" in hint and "must re-open" not in hint
+
+
+# --- under_guard: demo cells run student code like the checks do --------------------------------
+
+
+def test_under_guard_stops_a_real_sleep_and_a_loop_with_a_message_and_returns_values():
+    from llm_patterns.course.grading import Stopped, under_guard
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert under_guard(lambda: 42) == 42
+        slept = under_guard(lambda: time.sleep(120), what="the burst through your limiter")
+        t0 = time.perf_counter()
+
+        def spin():
+            while True:
+                pass
+
+        looped = under_guard(spin, what="the demo", budget=0.3)
+        spent = time.perf_counter() - t0
+    assert isinstance(slept, Stopped) and not slept and "use clock.sleep" in slept.reason
+    assert isinstance(looped, Stopped) and "did not finish within 0.3 s" in looped.reason
+    assert spent < 10  # a hang guard, not a speed test
+    assert "⚠ the burst through your limiter was stopped: used time.sleep" in out.getvalue()
+    with pytest.raises(NotImplementedError):  # a stub's error is the student's to read
+        under_guard(_stub_call)
+    assert time.sleep.__name__ == "sleep" and time.sleep is _REAL_SLEEP  # restored
+
+
+_REAL_SLEEP = time.sleep
+
+
+def _stub_call():
+    raise NotImplementedError("implement RateLimiter")

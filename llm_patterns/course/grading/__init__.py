@@ -8,7 +8,7 @@ runs whole notebooks and scores them per task.
 
 from __future__ import annotations
 
-from ._framework import CheckFailed, CheckResult
+from ._framework import CheckFailed, CheckResult, Stopped, under_guard
 from .task1_rate_limit import check_task1
 from .task2_backoff import check_task2
 from .task3_cost import check_task3
@@ -19,10 +19,12 @@ from .task7_chunking import check_task7
 __all__ = [
     "CheckFailed",
     "CheckResult",
+    "Stopped",
     "check_task1",
     "check_task2",
     "check_task3",
     "check_task4",
     "check_task5",
     "check_task7",
+    "under_guard",
 ]

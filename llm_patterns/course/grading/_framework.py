@@ -33,6 +33,7 @@ __all__ = [
     "CriterionResult",
     "Fail",
     "RealSleepUsed",
+    "Stopped",
     "capture_logs",
     "deadline",
     "harness_code",
@@ -41,6 +42,7 @@ __all__ = [
     "output_to",
     "run_check",
     "spawn_guarded",
+    "under_guard",
 ]
 
 DEFAULT_BUDGET = 2.0
@@ -510,6 +512,42 @@ def _verdict(
 
 
 TIMEOUT_HINT = "a `while` that waits for tokens must call clock.sleep so time can pass"
+
+
+class Stopped:
+    """What ``under_guard`` returns when it had to stop the student's code: falsy, with the
+    reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"Stopped({self.reason!r})"
+
+
+def under_guard(fn: Callable[[], Any], *, what: str = "your code", budget: float = 5.0,
+            timeout_hint: str = TIMEOUT_HINT) -> Any:
+    """Run a demo cell's call into student code the way a check runs it: a real
+    ``time.sleep`` is refused, ``budget`` real seconds at most, and instead of a silent wait or
+    a hung kernel one line naming what happened. Returns ``fn()``'s value, or a falsy
+    :class:`Stopped`; any other exception (``NotImplementedError`` from a stub...) is raised as
+    it was, for the student to read."""
+    if not budget > 0:
+        raise ValueError(f"budget must be > 0 seconds, got {budget!r}")
+    box: dict[str, Any] = {}
+    with _SleepPatch():
+        status, exc, guard = _run_one(lambda: box.setdefault("value", fn()), budget)
+    if status == "error" and exc is not None and not (
+            guard.real_sleep or isinstance(exc, (RealSleepUsed, _StopCriterion))):
+        raise exc
+    hint = _verdict(status, exc, guard, budget, timeout_hint)
+    if hint is None:
+        return box.get("value")
+    _emit(f"⚠ {what} was stopped: {hint}")
+    return Stopped(hint)
 
 
 def run_check(

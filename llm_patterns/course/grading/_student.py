@@ -107,3 +107,16 @@ def fmt(x: Any) -> str:
         return f"{float(x):.6g}"
     except (TypeError, ValueError):
         return repr(x)
+
+
+def alert_threshold(item: Any) -> float | None:
+    """The threshold of one entry of a student's ``alerts``, whatever its shape: ``0.5``,
+    ``(0.5, total)``, ``{"threshold": 0.5, ...}``; None if it holds none."""
+    if isinstance(item, dict):
+        item = item.get("threshold")
+    elif isinstance(item, (tuple, list)) and item:
+        item = item[0]
+    try:
+        return float(item)
+    except (TypeError, ValueError):
+        return None

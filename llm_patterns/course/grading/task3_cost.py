@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from ._framework import DEFAULT_BUDGET, CheckResult, Criterion, Fail, capture_logs, run_check
-from ._student import construct, fmt
+from ._student import alert_threshold, construct, fmt
 from .scheduler import Call, explore, race_errors
 
 __all__ = ["check_task3"]
@@ -137,20 +137,9 @@ def _labels(CostTracker: Any) -> None:
             raise Fail(f"{name}() has keys no record used: {sorted(map(repr, extra))}")
 
 
-def _threshold_of(item: Any) -> float | None:
-    if isinstance(item, dict):
-        item = item.get("threshold")
-    elif isinstance(item, (tuple, list)) and item:
-        item = item[0]
-    try:
-        return float(item)
-    except (TypeError, ValueError):
-        return None
-
-
 def _alerts_list(tracker: Any) -> list[float]:
     raw = _call_or_get(tracker, "alerts")
-    values = [_threshold_of(x) for x in list(raw)]
+    values = [alert_threshold(x) for x in list(raw)]
     if any(v is None for v in values):
         raise Fail(f"alerts is {list(raw)!r}: expected the thresholds that fired, e.g. [0.5, 0.8]")
     return [round(v, 9) for v in values]  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from llm_patterns.course.grading._student import alert_threshold
 from llm_patterns.events import Observable
 
 __all__ = ["Watched", "WatchedBreaker", "WatchedBucket", "WatchedCostTracker", "watch"]
@@ -301,7 +302,8 @@ class WatchedCostTracker(Watched):
         alerts = getattr(self.obj, "alerts", None) or ()
         return {"name": self.name, "total": total, "budget": budget,
                 "alert_at": tuple(float(t) for t in alert_at),
-                "alerts": [float(a) for a in ((alerts() if callable(alerts) else alerts) or ())]}
+                "alerts": [t for a in ((alerts() if callable(alerts) else alerts) or ())
+                           if (t := alert_threshold(a)) is not None]}
 
 
 def watch(obj: Any, *, name: str = "") -> Any:
