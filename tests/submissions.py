@@ -85,11 +85,12 @@ def criteria_count(task: int) -> int:
 
     import student_impls as S
 
-    from llm_patterns.course.grading import check_task1, check_task3
+    from llm_patterns.course.grading import check_task1, check_task3, check_task7
     from llm_patterns.course.grading._framework import CheckFailed
 
     check, stub = {1: (check_task1, (S.StubBucket, S.StubLimiter)),
-                   3: (check_task3, (S.StubTracker,))}[task]
+                   3: (check_task3, (S.StubTracker,)),
+                   7: (check_task7, (S.stub_chunk,))}[task]
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             check(*stub)
@@ -100,3 +101,4 @@ def criteria_count(task: int) -> int:
 
 T1_MAX = criteria_count(1)
 T3_MAX = criteria_count(3)
+T7_MAX = criteria_count(7)

@@ -83,7 +83,7 @@ def test_a_renamed_notebook_is_found_by_the_names_it_defines_and_every_task_coun
     assert t1["reason"].startswith("no notebook defines TokenBucket and RateLimiter")
     assert "01_rate_limiting.ipynb is missing" in t1["reason"]
     assert all(c["hint"] == t1["reason"] for c in t1["criteria"])
-    assert report["tasks"]["task7"]["bonus"] and report["bonus"] == {"score": 0, "max": 6}
+    assert report["tasks"]["task7"]["bonus"] and report["bonus"] == {"score": 0, "max": SUB.T7_MAX}
 
 
 def test_a_broken_notebook_scores_zero_with_the_reason(tmp_path):
