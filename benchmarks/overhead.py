@@ -4,7 +4,10 @@ Microseconds per call, sync path, SystemClock, no waiting anywhere (limits far a
 no failures): the bookkeeping alone. The provider is a trivial in-process object returning a
 prebuilt ``LLMResponse`` (no HTTP). Each figure: ``time.perf_counter`` around a loop sized to
 ~0.15 s, after a warm-up; the median of several repeats taken round-robin; the bare call is
-reported too and subtracted in the "net" column. Peers in the same run: tenacity (the ``@retry``
+reported too and subtracted in the "net" column. The same client over no-op protocol
+implementations (``NoOps``) measures what the layers themselves cost (the structure of issue 16:
+generators, per-call objects, the fallback and retry loops), apart from the patterns'
+bookkeeping. Peers in the same run: tenacity (the ``@retry``
 decorator as documented, and a prebuilt ``Retrying`` object), pybreaker, and the two stacked.
 Target: the full ResilientClient stack costs less than tenacity + pybreaker together.
 
@@ -17,7 +20,7 @@ import gc
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import common  # type: ignore[import-not-found]
 
@@ -32,6 +35,7 @@ from llm_patterns.response import LLMResponse, Usage
 from llm_patterns.retry import RetryPolicy
 
 NAME = "overhead"
+LAYERS_ONLY = "ResilientClient.complete, layers only (no-op limiter, breaker, budget)"
 MODEL = common.MODEL
 USAGE = Usage(prompt_tokens=12, completion_tokens=5)
 RESPONSE = LLMResponse(text="ok", model=MODEL, provider="fake", usage=USAGE)
@@ -57,6 +61,69 @@ def _fn() -> LLMResponse:
     return RESPONSE
 
 
+class _NoPermit:
+    trial = False
+
+    def success(self) -> None: ...
+
+    def failure(self, error: BaseException) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class NoOps:
+    """A limiter, breaker and budget that decide nothing (each protocol's methods, empty): the
+    client built over them costs what its layers cost, without any pattern's bookkeeping."""
+
+    prices = None
+    _permit = _NoPermit()
+
+    def acquire(self, demand: Any = 0) -> float:
+        return 0.0
+
+    async def acquire_async(self, demand: Any = 0) -> float:
+        return 0.0
+
+    def check(self, demand: Any) -> None: ...
+
+    def settle(self, estimated: Any, actual: Any) -> None: ...
+
+    async def asettle(self, estimated: Any, actual: Any) -> None: ...
+
+    def penalize(self, seconds: float) -> None: ...
+
+    async def apenalize(self, seconds: float) -> None: ...
+
+    def update_from_headers(self, headers: Any, *, sent_at: float | None = None) -> None: ...
+
+    async def aupdate_from_headers(self, headers: Any, *, sent_at: float | None = None) -> None:
+        ...
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def admit(self) -> _NoPermit:
+        return self._permit
+
+    async def admit_async(self) -> _NoPermit:
+        return self._permit
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+    def reserve(self, model: str, demand: Any) -> None: ...
+
+    async def areserve(self, model: str, demand: Any) -> None: ...
+
+    def commit(self, hold: Any, model: str, usage: Any, **labels: Any) -> None: ...
+
+    async def acommit(self, hold: Any, model: str, usage: Any, **labels: Any) -> None: ...
+
+    def release(self, hold: Any) -> None: ...
+
+    async def arelease(self, hold: Any) -> None: ...
+
+
 def cases() -> list[tuple[str, str, Callable[[], Any]]]:
     """(group, label, zero-argument call) for every measured thing."""
     import pybreaker
@@ -73,6 +140,11 @@ def cases() -> list[tuple[str, str, Callable[[], Any]]]:
         retry=RetryPolicy(max_attempts=5, backoff=BackoffPolicy(base_delay=0.5, max_delay=8)),
         breakers={"fake": CircuitBreaker("fake", failure_threshold=5, reset_timeout=60.0)},
         cost=CostTracker(PRICES))
+    noops = NoOps()
+    layers_only = ResilientClient(
+        [provider], limiters={"fake": cast(Any, noops)}, breakers={"fake": cast(Any, noops)},
+        retry=RetryPolicy(max_attempts=5, backoff=BackoffPolicy(base_delay=0.5, max_delay=8)),
+        cost=cast(Any, noops))
 
     @tenacity.retry(stop=tenacity.stop_after_attempt(5),
                     wait=tenacity.wait_random_exponential(multiplier=0.5, max=8), reraise=True)
@@ -100,6 +172,7 @@ def cases() -> list[tuple[str, str, Callable[[], Any]]]:
          lambda: chain.complete("hello", max_tokens=16)),
         ("ours", "ResilientClient.complete (full stack)",
          lambda: client.complete("hello", max_tokens=16)),
+        ("ours", LAYERS_ONLY, lambda: layers_only.complete("hello", max_tokens=16)),
         ("peer", "tenacity @retry", tenacity_decorated),
         ("peer", "tenacity Retrying object", lambda: retrying(_fn)),
         ("peer", "pybreaker.call", lambda: pyb.call(_fn)),
@@ -179,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "full_stack_vs_stacked_peers": full / stacked,
         "retry_vs_tenacity": by["RetryPolicy.call"] / tenacity_us,
         "breaker_vs_pybreaker": by["CircuitBreaker.call"] / by["pybreaker.call"],
+        "layers_only_share_of_full_stack": by[LAYERS_ONLY] / full,
     }
     targets = {"full stack < tenacity + pybreaker": full < peers_sum,
                "full stack < tenacity + pybreaker (CPU time)":
@@ -200,7 +274,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     detail = (f"Sync path, zero-latency in-process provider, median of {repeats} loops of "
               f"~{seconds:g} s each. tenacity figure = the cheaper of the decorator and the "
               f"Retrying object ({tenacity_us:.2f} us); tenacity + pybreaker = "
-              f"{peers_sum:.2f} us.\n\n{table}\n\nTargets: "
+              f"{peers_sum:.2f} us. The layers alone (the same client over a no-op limiter, "
+              f"breaker and budget): {by[LAYERS_ONLY]:.2f} us, "
+              f"{ratios['layers_only_share_of_full_stack']:.0%} of the full stack."
+              f"\n\n{table}\n\nTargets: "
               + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()))
     common.finish(
         args, NAME, result,
