@@ -173,7 +173,7 @@ class LiveDemo(Observable):
 
     async def _one(self, index: int, sim: Simulation) -> None:
         try:
-            await sim._one(index, sim._prompt())
+            await sim.one(index)
         except asyncio.CancelledError:
             raise
         except Exception:  # never let one odd failure kill the demo

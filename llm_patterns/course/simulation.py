@@ -257,6 +257,11 @@ class Simulation:
         words = self.rng.randint(lo, hi)
         return "Summarize this document: " + " ".join(_choices(self.rng, _WORDS, words))
 
+    async def one(self, index: int) -> None:
+        """One request of the workload, the ``index``-th (its task label), with a fresh prompt;
+        counted in ``outcomes``, ``errors`` and ``fallbacks``. The live dashboard drives it."""
+        await self._one(index, self._prompt())
+
     async def _one(self, index: int, prompt: str) -> None:
         task = TASKS[index % len(TASKS)]
         try:
