@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import _thread
 import base64
+import contextlib
 import enum
 import inspect
 import itertools
@@ -170,6 +171,13 @@ class Channel:
         except OSError as exc:
             reason = f"read failed: {exc}"
         self._close(reason)
+        # the read end is closed here and only here, after the last read: closed by another
+        # thread while this loop still runs, its number goes to the next pipe opened (another
+        # task's new worker) and this reader would go on reading that pipe, stealing its
+        # messages (seen as a load that never answers, or a worker "closed" before it started)
+        fd, self._rfd = self._rfd, -1
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def _dispatch(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("id", 0), int):
@@ -210,7 +218,8 @@ class Channel:
 
     def close(self, reason: str = "closed") -> None:
         """Close the channel and its write end (the peer reads EOF). Idempotent: the fd is
-        closed once, as its number may belong to another pipe a moment later."""
+        closed once, as its number may belong to another pipe a moment later. The read end is
+        the reader thread's to close, once the peer's side is gone (``_read_loop``)."""
         self._close(reason)
         # under the write lock, so no write is between its check and os.write; a write blocked
         # on a full pipe (a worker that stopped reading) gets EPIPE once the worker is killed,

@@ -303,13 +303,9 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
         # (processes that left the group die with the sandbox: its user is killed at close,
         # when no other worker of the same submission runs under that user any more)
-        # the read end only, and once: the write end is the channel's to close (Channel.close).
-        # Closing an fd twice closes whatever pipe reused its number meanwhile -- another
-        # task's worker, which then saw EOF and quit before it was ready (seen with jobs=2).
-        fd, self.rfd = self.rfd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        # Neither pipe end is closed here: both are the channel's (Channel.close closes the
+        # write end, its reader thread the read end after its last read). Closed here, a number
+        # the reader still reads from goes to the next pipe opened, another task's worker's.
 
     def exit_description(self) -> str:
         code = self.proc.poll()
