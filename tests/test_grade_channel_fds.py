@@ -7,7 +7,6 @@ and a new worker of another task got the freed number: the old reader stole its 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,9 +18,8 @@ from llm_patterns.course.grading.rpc import Channel, Codec
 from llm_patterns.course.grading.sandbox import WorkerProcess
 
 
-def _frame(message: dict[str, Any]) -> bytes:
-    data = json.dumps(message).encode()
-    return len(data).to_bytes(4, "big") + data
+def _noop(channel: Channel, message: dict[str, Any]) -> None:
+    return None
 
 
 def _fd_open(fd: int) -> bool:
@@ -33,9 +31,10 @@ def _fd_open(fd: int) -> bool:
 
 
 def test_a_dropped_workers_reader_never_reads_the_next_workers_pipe(tmp_path: Path) -> None:
-    # worker A: the grader reads r_a; w_a stays open, as a child of the worker would hold it
+    # worker A's side of its two pipes (its own Channel); the grader reads r_a
     r_a, w_a = os.pipe()
     to_a_r, to_a_w = os.pipe()
+    worker_side_a = Channel(to_a_r, w_a, _noop, Codec(), name="worker-a")
     inside = threading.Event()
     release = threading.Event()
     seen_by_a: list[dict[str, Any]] = []
@@ -45,13 +44,14 @@ def test_a_dropped_workers_reader_never_reads_the_next_workers_pipe(tmp_path: Pa
         inside.set()
         release.wait(10)  # the reader is busy between two reads
 
-    channel_a = Channel(r_a, to_a_w, lambda ch, m: None, Codec(), name="a", on_event=on_event_a)
+    channel_a = Channel(r_a, to_a_w, _noop, Codec(), name="a", on_event=on_event_a)
     proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
     worker_a = WorkerProcess(proc, r_a, to_a_w, tmp_path / "a.log", "none", None)
-    os.write(w_a, _frame({"t": "evt", "id": 0, "kind": "first"}))
+    worker_side_a.event("first")
     assert inside.wait(10)
 
-    # A is dropped as Session._drop does it, while its reader is still inside a dispatch
+    # A is dropped as Session._drop does it, while its reader is still inside a dispatch (and
+    # w_a still open, as a child of the worker would hold it)
     channel_a.close("worker dropped")
     worker_a.kill()
     assert _fd_open(r_a), "the read end was closed under its reader's feet"
@@ -59,23 +59,21 @@ def test_a_dropped_workers_reader_never_reads_the_next_workers_pipe(tmp_path: Pa
     # worker B's pipe: were r_a free, os.pipe would hand its number out again
     r_b, w_b = os.pipe()
     to_b_r, to_b_w = os.pipe()
+    worker_side_b = Channel(to_b_r, w_b, _noop, Codec(), name="worker-b")
     seen_by_b: list[dict[str, Any]] = []
     got_b = threading.Event()
-    channel_b = Channel(r_b, to_b_w, lambda ch, m: None, Codec(), name="b",
+    channel_b = Channel(r_b, to_b_w, _noop, Codec(), name="b",
                         on_event=lambda m: (seen_by_b.append(m), got_b.set()))
     release.set()
-    os.write(w_b, _frame({"t": "evt", "id": 0, "kind": "for-b"}))
+    worker_side_b.event("for-b")
     assert got_b.wait(10)
     assert [m["kind"] for m in seen_by_b] == ["for-b"]
     assert [m["kind"] for m in seen_by_a] == ["first"]
 
     # once the last writer of A's pipe is gone its reader ends and closes the read end itself
-    os.close(w_a)
+    worker_side_a.close()
     channel_a._reader.join(10)
     assert not channel_a._reader.is_alive()
     assert not _fd_open(r_a)
-    channel_b.close()
-    os.close(w_b)
-    channel_b._reader.join(10)
-    for fd in (to_a_r, to_b_r):
-        os.close(fd)
+    for channel in (worker_side_b, channel_b):  # each reader closes its own read end
+        channel.close()
